@@ -1,0 +1,79 @@
+"""Opening the backupdb: WAL, real transactions, schema version check.
+
+pysqlite's own transaction handling starts transactions lazily and lets reads escape them; the
+connect/begin hooks below hand transaction control to SQLAlchemy, so `engine.begin()` is a real
+SQLite transaction that a kill -9 either keeps whole or rolls back.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from sqlalchemy import Engine, create_engine, event, insert, inspect, select
+from sqlalchemy.exc import SQLAlchemyError
+
+from backupdb import schema
+from deltagrid.errors import BackupDBError
+
+
+def _engine(path: Path, writer: bool = True) -> Engine:
+    engine = create_engine(f"sqlite:///{path}")
+    begin = "BEGIN IMMEDIATE" if writer else "BEGIN"
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn, _record):
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=FULL")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn):
+        conn.exec_driver_sql(begin)
+
+    return engine
+
+
+def create(path: Path) -> Engine:
+    """Create a new, empty backupdb at `path`."""
+    engine = _engine(path)
+    with engine.begin() as conn:
+        schema.metadata.create_all(conn)
+        conn.execute(insert(schema.schema_version).values(version=schema.SCHEMA_VERSION))
+    return engine
+
+
+def open_db(path: Path, writer: bool = True) -> Engine:
+    """Open an existing backupdb, refusing one that is damaged or of an unknown schema.
+
+    Writers take SQLite's write lock when a transaction begins; readers never wait for one.
+    """
+    if not path.exists():
+        raise BackupDBError(f"no backupdb at {path}; repair it with 'deltagrid attach'")
+    engine = _engine(path, writer)
+    try:
+        with engine.connect() as conn:
+            conn.exec_driver_sql("PRAGMA quick_check").fetchall()
+            tables = set(inspect(conn).get_table_names())
+            missing = {t.name for t in schema.metadata.sorted_tables} - tables
+            if missing:
+                raise BackupDBError(
+                    f"backupdb {path} lacks tables {sorted(missing)}; "
+                    "repair it with 'deltagrid attach'"
+                )
+            version = conn.execute(select(schema.schema_version.c.version)).scalar()
+    except (sqlite3.DatabaseError, SQLAlchemyError) as exc:
+        engine.dispose()
+        raise BackupDBError(
+            f"backupdb {path} is damaged ({exc.__class__.__name__}); "
+            "repair it with 'deltagrid attach'"
+        ) from None
+    if version != schema.SCHEMA_VERSION:
+        raise BackupDBError(
+            f"backupdb {path} has schema version {version}; this deltagrid reads "
+            f"{schema.SCHEMA_VERSION}"
+        )
+    return engine

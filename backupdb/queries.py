@@ -1,0 +1,454 @@
+"""Queries over the backupdb, beside the schema so no SQL is scattered elsewhere.
+
+A version is live in snapshot S when valid_from <= S and it has no end, or ends after S. The
+uploader writes for the pending snapshot (the last committed one + 1); readers only look at
+snapshots the root pointer has published.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+from sqlalchemy import (
+    Connection,
+    and_,
+    bindparam,
+    delete,
+    exists,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.engine import Row
+from sqlalchemy.sql import Select
+
+from backupdb.schema import (
+    blobs,
+    content_blobs,
+    contents,
+    packs,
+    paths,
+    queue,
+    scan_errors,
+    scans,
+    snapshots,
+    version_ends,
+    versions,
+)
+
+
+def _new_id(conn: Connection, statement: Any) -> int:
+    """Execute an INSERT and return the new row's id."""
+    rowid = conn.execute(statement).lastrowid
+    assert rowid is not None
+    return int(rowid)
+
+
+_not_ended = ~exists().where(version_ends.c.version_id == versions.c.id)
+
+
+def under(column: Any, prefix: bytes) -> Any:
+    """SQL condition: `column` is `prefix` itself or a path below it."""
+    if prefix == b"/":
+        return column.like(b"/%")
+    return or_(column == prefix, and_(column > prefix + b"/", column < prefix + b"0"))
+
+
+def live_in(snapshot_id: int) -> Any:
+    """SQL condition: the version is live in `snapshot_id`."""
+    ended_by = (
+        select(version_ends.c.valid_until)
+        .where(version_ends.c.version_id == versions.c.id)
+        .scalar_subquery()
+    )
+    return and_(
+        versions.c.valid_from <= snapshot_id,
+        or_(ended_by.is_(None), ended_by > snapshot_id),
+    )
+
+
+# --- snapshots --------------------------------------------------------------------------------
+
+
+def last_snapshot_id(conn: Connection) -> int:
+    """The newest snapshot recorded locally, 0 when there is none."""
+    return conn.execute(select(func.coalesce(func.max(snapshots.c.id), 0))).scalar_one()
+
+
+def list_snapshots(conn: Connection, upto: int) -> list[Row[Any]]:
+    return list(
+        conn.execute(select(snapshots).where(snapshots.c.id <= upto).order_by(snapshots.c.id))
+    )
+
+
+def snapshot(conn: Connection, snapshot_id: int) -> Row[Any] | None:
+    return conn.execute(select(snapshots).where(snapshots.c.id == snapshot_id)).first()
+
+
+def snapshot_at(conn: Connection, time_ns: int, upto: int) -> Row[Any] | None:
+    """The last snapshot committed at or before `time_ns`."""
+    return conn.execute(
+        select(snapshots)
+        .where(snapshots.c.committed_ns <= time_ns, snapshots.c.id <= upto)
+        .order_by(snapshots.c.id.desc())
+        .limit(1)
+    ).first()
+
+
+def add_snapshot(
+    conn: Connection,
+    snapshot_id: int,
+    started_ns: int,
+    hostname: str,
+    sources: list[str],
+    stats: dict[str, int],
+) -> None:
+    files = conn.execute(
+        select(func.count())
+        .select_from(versions)
+        .where(live_in(snapshot_id), versions.c.kind == "f")
+    ).scalar_one()
+    added = conn.execute(
+        select(func.coalesce(func.sum(packs.c.size), 0)).where(packs.c.snapshot_id == snapshot_id)
+    ).scalar_one()
+    conn.execute(
+        insert(snapshots).values(
+            id=snapshot_id,
+            started_ns=started_ns,
+            committed_ns=time.time_ns(),
+            hostname=hostname,
+            sources=json.dumps(sources),
+            files=files,
+            bytes_added=added,
+            stats=json.dumps(stats),
+        )
+    )
+
+
+# --- paths and versions -----------------------------------------------------------------------
+
+
+def path_id(conn: Connection, path: bytes) -> int | None:
+    return conn.execute(select(paths.c.id).where(paths.c.path == path)).scalar()
+
+
+def ensure_path(conn: Connection, path: bytes) -> int:
+    """The id of `path`, adding it and any missing ancestors."""
+    found = path_id(conn, path)
+    if found is not None:
+        return found
+    parent = None
+    if path != b"/":
+        head = path.rsplit(b"/", 1)[0] or b"/"
+        parent = ensure_path(conn, head)
+    return _new_id(conn, insert(paths).values(parent_id=parent, path=path))
+
+
+def _versions(*extra: Any) -> Select[Any]:
+    """Versions joined with their paths."""
+    return select(paths.c.path, *versions.c, *extra).join(paths, paths.c.id == versions.c.path_id)
+
+
+def live_children(conn: Connection, parent_id: int) -> dict[bytes, Row[Any]]:
+    """Live versions of the direct children of a directory, by their path."""
+    rows = conn.execute(_versions().where(paths.c.parent_id == parent_id, _not_ended))
+    return {row.path: row for row in rows}
+
+
+def live_version(conn: Connection, path: bytes) -> Row[Any] | None:
+    return conn.execute(_versions().where(paths.c.path == path, _not_ended)).first()
+
+
+def live_below(conn: Connection, path: bytes) -> list[Row[Any]]:
+    """Live versions strictly below `path` (a directory that is going away)."""
+    return list(
+        conn.execute(
+            _versions()
+            .where(under(paths.c.path, path), paths.c.path != path, _not_ended)
+            .order_by(paths.c.path)
+        )
+    )
+
+
+def add_version(
+    conn: Connection,
+    path_id_: int,
+    valid_from: int,
+    columns: dict[str, Any],
+    content_id: int | None,
+    recheck: bool,
+) -> int:
+    return _new_id(
+        conn,
+        insert(versions).values(
+            path_id=path_id_,
+            valid_from=valid_from,
+            content_id=content_id,
+            recheck=recheck,
+            **columns,
+        ),
+    )
+
+
+def end_version(conn: Connection, version_id: int, valid_until: int) -> None:
+    conn.execute(insert(version_ends).values(version_id=version_id, valid_until=valid_until))
+
+
+def versions_at(
+    conn: Connection, snapshot_id: int, prefixes: Sequence[bytes] = ()
+) -> Iterator[Row[Any]]:
+    """Every entry live in a snapshot (optionally only below `prefixes`), in path order."""
+    query = (
+        _versions(contents.c.hash.label("content_hash"))
+        .outerjoin(contents, contents.c.id == versions.c.content_id)
+        .where(live_in(snapshot_id))
+        .order_by(paths.c.path)
+    )
+    if prefixes:
+        query = query.where(or_(*(under(paths.c.path, p) for p in prefixes)))
+    yield from conn.execute(query)
+
+
+def version_changes(conn: Connection, snapshot_id: int) -> Iterator[Row[Any]]:
+    """Versions that begin in a snapshot."""
+    yield from conn.execute(select(versions).where(versions.c.valid_from == snapshot_id))
+
+
+# --- contents, blobs, packs -------------------------------------------------------------------
+
+
+def content_by_hash(conn: Connection, digest: bytes) -> Row[Any] | None:
+    return conn.execute(select(contents).where(contents.c.hash == digest)).first()
+
+
+def content_by_id(conn: Connection, content_id: int) -> Row[Any]:
+    return conn.execute(select(contents).where(contents.c.id == content_id)).one()
+
+
+def add_content(
+    conn: Connection,
+    digest: bytes,
+    size: int,
+    basis_id: int | None,
+    depth: int,
+    chain_bytes: int,
+    blob_ids: Sequence[int],
+) -> int:
+    content_id = _new_id(
+        conn,
+        insert(contents).values(
+            hash=digest, size=size, basis_id=basis_id, depth=depth, chain_bytes=chain_bytes
+        ),
+    )
+    if blob_ids:
+        conn.execute(
+            insert(content_blobs),
+            [{"content_id": content_id, "seq": i, "blob_id": b} for i, b in enumerate(blob_ids)],
+        )
+    return content_id
+
+
+def content_pieces(conn: Connection, content_id: int) -> list[Row[Any]]:
+    """The blobs of a content in order, with the pack each lives in."""
+    return list(
+        conn.execute(
+            select(
+                blobs.c.id,
+                blobs.c.offset,
+                blobs.c.length,
+                blobs.c.raw_length,
+                blobs.c.hash,
+                packs.c.ref,
+            )
+            .select_from(content_blobs)
+            .join(blobs, blobs.c.id == content_blobs.c.blob_id)
+            .join(packs, packs.c.id == blobs.c.pack_id)
+            .where(content_blobs.c.content_id == content_id)
+            .order_by(content_blobs.c.seq)
+        )
+    )
+
+
+def blob_by_hash(conn: Connection, digest: bytes) -> int | None:
+    return conn.execute(select(blobs.c.id).where(blobs.c.hash == digest).limit(1)).scalar()
+
+
+def add_pack(conn: Connection, ref: str, size: int, snapshot_id: int) -> int:
+    return _new_id(conn, insert(packs).values(ref=ref, size=size, snapshot_id=snapshot_id))
+
+
+def add_blob(
+    conn: Connection, pack_id: int, offset: int, length: int, raw_length: int, digest: bytes
+) -> int:
+    return _new_id(
+        conn,
+        insert(blobs).values(
+            pack_id=pack_id, offset=offset, length=length, raw_length=raw_length, hash=digest
+        ),
+    )
+
+
+def all_packs(conn: Connection) -> list[Row[Any]]:
+    return list(conn.execute(select(packs).order_by(packs.c.id)))
+
+
+def all_contents(conn: Connection) -> list[Row[Any]]:
+    return list(conn.execute(select(contents).order_by(contents.c.id)))
+
+
+def contents_live_in(conn: Connection, snapshot_id: int) -> set[int]:
+    return set(
+        conn.execute(
+            select(versions.c.content_id).where(
+                live_in(snapshot_id), versions.c.content_id.is_not(None)
+            )
+        ).scalars()
+    )
+
+
+def snapshots_using(conn: Connection, content_ids: Iterable[int], upto: int) -> list[int]:
+    """Snapshots in which a version with one of these contents is live."""
+    ids = list(content_ids)
+    rows = conn.execute(
+        select(versions.c.valid_from, version_ends.c.valid_until)
+        .outerjoin(version_ends, version_ends.c.version_id == versions.c.id)
+        .where(versions.c.content_id.in_(ids))
+    )
+    found: set[int] = set()
+    for valid_from, valid_until in rows:
+        found.update(range(valid_from, min(valid_until or upto + 1, upto + 1)))
+    return sorted(found)
+
+
+# --- scans and the queue ----------------------------------------------------------------------
+
+
+def begin_scan(conn: Connection, roots: list[str]) -> int:
+    """Start a scan: abandon the rows of any scan that never finished."""
+    unfinished = select(scans.c.id).where(scans.c.finished_ns.is_(None))
+    conn.execute(delete(queue).where(queue.c.scan_id.in_(unfinished), queue.c.done.is_(False)))
+    conn.execute(update(scans).where(scans.c.finished_ns.is_(None)).values(finished_ns=0))
+    return _new_id(
+        conn, insert(scans).values(started_ns=time.time_ns(), roots=json.dumps(roots), errors=0)
+    )
+
+
+def finish_scan(
+    conn: Connection, scan_id: int, roots: Sequence[bytes], counts: dict[str, int], errors: int
+) -> None:
+    """Complete a scan: it supersedes the pending rows older scans left below its roots."""
+    for root in roots:
+        conn.execute(
+            delete(queue).where(
+                queue.c.scan_id != scan_id, queue.c.done.is_(False), under(queue.c.path, root)
+            )
+        )
+    conn.execute(
+        update(scans)
+        .where(scans.c.id == scan_id)
+        .values(finished_ns=time.time_ns(), counts=json.dumps(counts), errors=errors)
+    )
+
+
+def interrupted_scan(conn: Connection) -> Row[Any] | None:
+    """The last scan, if it never finished."""
+    row = conn.execute(select(scans).order_by(scans.c.id.desc()).limit(1)).first()
+    return row if row is not None and row.finished_ns is None else None
+
+
+def add_scan_error(conn: Connection, scan_id: int, path: bytes, message: str) -> None:
+    conn.execute(insert(scan_errors).values(scan_id=scan_id, path=path, message=message))
+
+
+def scan_errors_since(conn: Connection, first_scan_id: int) -> list[Row[Any]]:
+    return list(conn.execute(select(scan_errors).where(scan_errors.c.scan_id >= first_scan_id)))
+
+
+def enqueue(conn: Connection, rows: list[dict[str, Any]]) -> None:
+    if rows:
+        conn.execute(insert(queue), rows)
+
+
+def pending(conn: Connection, after_id: int, limit: int) -> list[Row[Any]]:
+    return list(
+        conn.execute(
+            select(queue)
+            .where(queue.c.done.is_(False), queue.c.id > after_id)
+            .order_by(queue.c.id)
+            .limit(limit)
+        )
+    )
+
+
+def pending_totals(conn: Connection) -> tuple[int, int]:
+    """(rows, bytes) still to upload."""
+    rows, size = conn.execute(
+        select(func.count(), func.coalesce(func.sum(queue.c.size), 0)).where(
+            queue.c.done.is_(False)
+        )
+    ).one()
+    return rows, size
+
+
+def pending_by_reason(conn: Connection) -> dict[str, int]:
+    rows = conn.execute(
+        select(queue.c.reason, func.count()).where(queue.c.done.is_(False)).group_by(queue.c.reason)
+    )
+    return {reason: n for reason, n in rows}
+
+
+def roots_scanned_since(conn: Connection, since_ns: int) -> list[str]:
+    """The roots of the scans finished since `since_ns` (what a new snapshot covers afresh)."""
+    found: list[str] = []
+    for raw in conn.execute(
+        select(scans.c.roots).where(scans.c.finished_ns >= since_ns).order_by(scans.c.id)
+    ).scalars():
+        for root in json.loads(raw):
+            if root not in found:
+                found.append(root)
+    return found
+
+
+def mark_done(conn: Connection, outcomes: Iterable[tuple[int, str]]) -> None:
+    rows = [{"qid": qid, "outcome": outcome} for qid, outcome in outcomes]
+    if rows:
+        conn.execute(
+            update(queue)
+            .where(queue.c.id == bindparam("qid"))
+            .values(done=True, outcome=bindparam("outcome")),
+            rows,
+        )
+
+
+def clear_done(conn: Connection) -> None:
+    """Forget finished queue rows once their snapshot is committed."""
+    conn.execute(delete(queue).where(queue.c.done.is_(True)))
+
+
+def move_basis(
+    conn: Connection, scan_id: int, inode: int, dev: int, size: int, mtime_ns: int
+) -> Row[Any] | None:
+    """A file deleted in the same scan that a new file likely came from (rename, then edit)."""
+    prev = versions.alias("prev")
+    return conn.execute(
+        select(prev.c.content_id)
+        .select_from(queue)
+        .join(prev, prev.c.id == queue.c.prev_version_id)
+        .where(
+            queue.c.scan_id == scan_id,
+            queue.c.reason == "deleted",
+            prev.c.kind == "f",
+            prev.c.content_id.is_not(None),
+            or_(
+                and_(prev.c.inode == inode, prev.c.dev == dev),
+                and_(prev.c.size == size, prev.c.mtime_ns == mtime_ns),
+            ),
+        )
+        .order_by((prev.c.inode == inode).desc())
+        .limit(1)
+    ).first()

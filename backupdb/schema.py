@@ -1,0 +1,189 @@
+"""Every table of the backupdb, in one place.
+
+Catalog tables are append-only: a row is never updated in place, and a version's end of life is a
+row of its own in `version_ends`. Uniqueness and lookups live in separate `Index` objects, never
+in the CREATE TABLE, so the export (tables in rowid order, no indexes) changes only at its ends
+from one night to the next and its rdiff delta stays small. Local tables (the queue, scans) never
+leave the machine.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    Boolean,
+    Column,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+
+SCHEMA_VERSION = 1
+
+metadata = MetaData()
+
+schema_version = Table(
+    "schema_version",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("version", Integer, nullable=False),
+)
+
+snapshots = Table(
+    "snapshots",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("started_ns", Integer, nullable=False),
+    Column("committed_ns", Integer, nullable=False),
+    Column("hostname", Text, nullable=False),
+    Column("sources", Text, nullable=False),  # JSON list of the roots scanned
+    Column("files", Integer, nullable=False),  # regular files live in the snapshot
+    Column("bytes_added", Integer, nullable=False),  # pack bytes put to the store for it
+    Column("stats", Text, nullable=False),  # JSON counts of the run that made it
+)
+
+paths = Table(
+    "paths",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("parent_id", Integer),
+    Column("path", LargeBinary, nullable=False),  # absolute, as bytes
+)
+Index("paths_by_path", paths.c.path, unique=True)
+Index("paths_by_parent", paths.c.parent_id)
+
+versions = Table(
+    "versions",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("path_id", Integer, nullable=False),
+    Column("valid_from", Integer, nullable=False),  # first snapshot id in which it is live
+    Column("kind", String(1), nullable=False),  # f file, d directory, l symlink
+    Column("mode", Integer, nullable=False),
+    Column("uid", Integer, nullable=False),
+    Column("gid", Integer, nullable=False),
+    Column("size", Integer, nullable=False),
+    Column("mtime_ns", Integer, nullable=False),
+    Column("ctime_ns", Integer, nullable=False),
+    Column("inode", Integer, nullable=False),
+    Column("dev", Integer, nullable=False),
+    Column("nlink", Integer, nullable=False),
+    Column("target", LargeBinary),  # symlink target
+    Column("content_id", Integer),  # regular files only
+    Column("recheck", Boolean, nullable=False),  # the next scan must read it again
+)
+Index("versions_by_path", versions.c.path_id, versions.c.id)
+Index("versions_by_content", versions.c.content_id)
+
+version_ends = Table(
+    "version_ends",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("version_id", Integer, nullable=False),
+    Column("valid_until", Integer, nullable=False),  # first snapshot id in which it is gone
+)
+Index("version_ends_by_version", version_ends.c.version_id, unique=True)
+
+contents = Table(
+    "contents",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("hash", LargeBinary, nullable=False),  # BLAKE2b-256 of the file's bytes
+    Column("size", Integer, nullable=False),
+    Column("basis_id", Integer),  # NULL: a keyframe; else a delta against this content
+    Column("depth", Integer, nullable=False),  # deltas between it and its keyframe
+    Column("chain_bytes", Integer, nullable=False),  # delta bytes on that chain
+)
+Index("contents_by_hash", contents.c.hash, unique=True)
+
+content_blobs = Table(
+    "content_blobs",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("content_id", Integer, nullable=False),
+    Column("seq", Integer, nullable=False),
+    Column("blob_id", Integer, nullable=False),
+)
+Index("content_blobs_by_content", content_blobs.c.content_id, content_blobs.c.seq)
+
+blobs = Table(
+    "blobs",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("pack_id", Integer, nullable=False),
+    Column("offset", Integer, nullable=False),
+    Column("length", Integer, nullable=False),  # stored (compressed) length
+    Column("raw_length", Integer, nullable=False),
+    Column("hash", LargeBinary, nullable=False),  # BLAKE2b-256 of the raw bytes
+)
+Index("blobs_by_hash", blobs.c.hash)
+Index("blobs_by_pack", blobs.c.pack_id)
+
+packs = Table(
+    "packs",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("ref", Text, nullable=False),
+    Column("size", Integer, nullable=False),
+    Column("snapshot_id", Integer, nullable=False),  # the snapshot whose upload put it
+)
+Index("packs_by_ref", packs.c.ref)
+
+CATALOG = [
+    schema_version,
+    snapshots,
+    paths,
+    versions,
+    version_ends,
+    contents,
+    content_blobs,
+    blobs,
+    packs,
+]
+
+# Local tables: the machine's own work, never exported.
+
+scans = Table(
+    "scans",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("started_ns", Integer, nullable=False),
+    Column("finished_ns", Integer),  # NULL while running or if interrupted
+    Column("roots", Text, nullable=False),  # JSON list of roots (surrogate-escaped)
+    Column("counts", Text),  # JSON counts by reason
+    Column("errors", Integer, nullable=False, default=0),
+)
+
+queue = Table(
+    "queue",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("scan_id", Integer, nullable=False),
+    Column("path", LargeBinary, nullable=False),
+    Column("reason", String(8), nullable=False),  # new, changed, meta, deleted
+    Column("kind", String(1), nullable=False),
+    Column("size", Integer, nullable=False),
+    Column("mtime_ns", Integer, nullable=False),
+    Column("inode", Integer, nullable=False),
+    Column("dev", Integer, nullable=False),
+    Column("prev_version_id", Integer),  # the live version when scanned
+    Column("done", Boolean, nullable=False, default=False),
+    Column("outcome", String(12)),  # stored, unchanged, vanished, unreadable
+)
+Index("queue_pending", queue.c.done, queue.c.id)
+Index("queue_by_scan", queue.c.scan_id, queue.c.reason)
+Index("queue_by_path", queue.c.path)
+
+scan_errors = Table(
+    "scan_errors",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("scan_id", Integer, nullable=False),
+    Column("path", LargeBinary, nullable=False),
+    Column("message", Text, nullable=False),
+)
+
+LOCAL = [scans, queue, scan_errors]

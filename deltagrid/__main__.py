@@ -1,0 +1,3 @@
+from deltagrid.cli import entry
+
+entry()

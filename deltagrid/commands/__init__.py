@@ -1,0 +1,15 @@
+"""One module per command; each registers its parser and its run function."""
+
+from deltagrid.commands import (
+    backup,
+    init,
+    ls,
+    restore,
+    scan,
+    snapshots,
+    status,
+    upload,
+    verify,
+)
+
+COMMANDS = [init, scan, upload, backup, snapshots, ls, restore, status, verify]

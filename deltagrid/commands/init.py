@@ -1,0 +1,42 @@
+"""`deltagrid init [--store URL]`: create the repository (default store: HOME/store)."""
+
+from __future__ import annotations
+
+import argparse
+
+from deltagrid.errors import DeltagridError
+from deltagrid.home import Home
+from deltagrid.output import Output
+from store import open_store
+from uploader.commit import parse_root
+
+
+def add(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("init", parents=[common], help="create the repository")
+    p.add_argument("--store", help="store URL (default: file://HOME/store)")
+    p.set_defaults(run=run)
+
+
+def initialise(home: Home, store_url: str | None) -> str:
+    """Create config, backupdb and store; refuse to take over an existing repository."""
+    if home.initialised():
+        raise DeltagridError(f"{home.path} already holds a deltagrid repository")
+    url = store_url or home.default_store_url()
+    store = open_store(url, create=True)
+    if parse_root(store.read_root()) is not None:
+        raise DeltagridError(
+            f"{url} already holds backups; use 'deltagrid attach' to continue them"
+        )
+    home.path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    home.db_path.unlink(missing_ok=True)
+    home.create_db().dispose()
+    home.write_config(url)
+    return url
+
+
+def run(args: argparse.Namespace, home: Home, out: Output) -> int:
+    with home.lock():
+        url = initialise(home, args.store)
+    out.line(f"created repository in {home.path}, store {url}")
+    out.document({"home": str(home.path), "store": url})
+    return 0

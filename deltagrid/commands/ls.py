@@ -1,0 +1,65 @@
+"""`deltagrid ls [SNAPSHOT] [PATH]`: the entries of a snapshot (default: the latest)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import stat
+
+from backupdb import queries
+from deltagrid.commands.snapshots import iso
+from deltagrid.errors import UsageError
+from deltagrid.home import Home, reading
+from deltagrid.output import Output
+from restore.resolve import resolve
+
+_TYPE = {"f": stat.S_IFREG, "d": stat.S_IFDIR, "l": stat.S_IFLNK}
+
+
+def add(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("ls", parents=[common], help="list the entries of a snapshot")
+    p.add_argument("args", nargs="*", metavar="[SNAPSHOT] [PATH]")
+    p.set_defaults(run=run)
+
+
+def split_args(args: list[str]) -> tuple[int | None, bytes | None]:
+    snapshot_id: int | None = None
+    path: bytes | None = None
+    rest = list(args)
+    if rest and (rest[0].isdigit() or rest[0] == "latest"):
+        first = rest.pop(0)
+        snapshot_id = None if first == "latest" else int(first)
+    if rest:
+        path = os.path.abspath(os.fsencode(rest.pop(0)))
+    if rest:
+        raise UsageError("ls takes at most a snapshot and a path")
+    return snapshot_id, path
+
+
+def run(args: argparse.Namespace, home: Home, out: Output) -> int:
+    snapshot_id, path = split_args(args.args)
+    with reading(home) as (conn, _store, published):
+        snap = resolve(conn, published, snapshot_id)
+        entries = list(queries.versions_at(conn, snap.id, [path] if path else []))
+    docs = []
+    for e in entries:
+        mode = stat.filemode(_TYPE[e.kind] | e.mode)
+        name = os.fsdecode(e.path)
+        shown = f"{name} -> {os.fsdecode(e.target)}" if e.kind == "l" else name
+        out.line(f"{mode} {e.uid:>5} {e.gid:>5} {e.size:>12} {iso(e.mtime_ns)} {shown}")
+        doc = {
+            "path": name,
+            "type": e.kind,
+            "mode": e.mode,
+            "uid": e.uid,
+            "gid": e.gid,
+            "size": e.size,
+            "mtime_ns": e.mtime_ns,
+        }
+        if e.kind == "l":
+            doc["target"] = os.fsdecode(e.target)
+        if e.content_hash is not None:
+            doc["hash"] = e.content_hash.hex()
+        docs.append(doc)
+    out.document({"snapshot_id": snap.id, "entries": docs})
+    return 0

@@ -1,0 +1,56 @@
+"""Choosing a snapshot: by id, by `--at TIME`, or the latest published one."""
+
+from __future__ import annotations
+
+import re
+import time
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection
+
+from backupdb import queries
+from deltagrid.errors import DeltagridError, UsageError
+
+_RELATIVE = re.compile(r"^(\d+)([smhdw])$")
+_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_time(text: str, now: float | None = None) -> int:
+    """`3d`, `12h`, ... before now, or an ISO date/time (local time unless it has an offset)."""
+    now = time.time() if now is None else now
+    m = _RELATIVE.match(text.strip())
+    if m:
+        return int((now - int(m.group(1)) * _UNIT[m.group(2)]) * 1e9)
+    try:
+        when = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise UsageError(
+            f"cannot read time {text!r} (use ISO like 2026-11-20T02:30 or 3d)"
+        ) from None
+    return int(when.timestamp() * 1e9)
+
+
+def resolve(
+    conn: Connection, published: int, snapshot_id: int | None = None, at: str | None = None
+) -> Any:
+    """The snapshot row asked for; only snapshots the root pointer has published count."""
+    if published == 0:
+        raise DeltagridError("the repository has no snapshot yet")
+    if snapshot_id is not None:
+        row = queries.snapshot(conn, snapshot_id) if snapshot_id <= published else None
+        if row is None:
+            raise DeltagridError(f"no snapshot {snapshot_id}")
+        return row
+    if at is not None:
+        row = queries.snapshot_at(conn, parse_time(at), published)
+        if row is None:
+            raise DeltagridError(f"no snapshot was committed at or before {at}")
+        return row
+    row = queries.snapshot(conn, published)
+    if row is None:
+        raise DeltagridError(
+            f"the store names snapshot {published}, which the local backupdb lacks; "
+            "run 'deltagrid attach'"
+        )
+    return row

@@ -1,0 +1,189 @@
+"""Restoring a snapshot (or paths in it) under a target directory.
+
+Entries land at TARGET + their original absolute path. Nothing is written outside TARGET: every
+path from the backupdb is checked component by component, directories under TARGET are created
+by us and re-checked to be real directories (never symlinks) before anything is put in them,
+files are written to a temporary name and renamed into place, and symlinks are created last, so
+no link restored in this run can redirect a later write.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection
+
+from backupdb import queries
+from backupdb.records import KIND_DIR, KIND_FILE, KIND_LINK
+from deltagrid.errors import DeltagridError
+from restore.rebuild import materialize
+from store.base import Store
+
+
+class UnsafePath(DeltagridError):
+    """A path from the backupdb would leave the target."""
+
+
+@dataclass
+class RestoreResult:
+    files: int = 0
+    dirs: int = 0
+    symlinks: int = 0
+    hardlinks: int = 0
+    size: int = 0
+    errors: list[tuple[bytes, str]] = field(default_factory=list)
+
+
+def check_path(path: bytes) -> list[bytes]:
+    """The components of an absolute backupdb path, refusing anything that could escape."""
+    if not path.startswith(b"/") or b"\0" in path:
+        raise UnsafePath("not an absolute path")
+    parts = path.split(b"/")[1:]
+    if path == b"/":
+        return []
+    if any(p in (b"", b".", b"..") for p in parts):
+        raise UnsafePath("path has an empty, '.' or '..' component")
+    return parts
+
+
+class Restorer:
+    def __init__(
+        self,
+        conn: Connection,
+        store: Store,
+        target: Path,
+        on_progress: Callable[[int], None] | None = None,
+    ) -> None:
+        self.conn = conn
+        self.store = store
+        self.target = os.fsencode(os.path.abspath(target))
+        self.on_progress = on_progress or (lambda _n: None)
+        self.as_root = os.geteuid() == 0
+        self.result = RestoreResult()
+        self.made: set[bytes] = set()
+
+    def run(self, snapshot_id: int, prefixes: list[bytes]) -> RestoreResult:
+        os.makedirs(self.target, exist_ok=True)
+        dirs: list[Any] = []
+        files: list[Any] = []
+        links: list[Any] = []
+        for e in queries.versions_at(self.conn, snapshot_id, prefixes):
+            {KIND_DIR: dirs, KIND_FILE: files, KIND_LINK: links}[e.kind].append(e)
+        for e in dirs:
+            self._guard(e, self._dir)
+        linked: dict[tuple[int, int], tuple[bytes, bytes]] = {}
+        for e in files:
+            self._guard(e, lambda e: self._file(e, linked))
+        for e in links:
+            self._guard(e, self._symlink)
+        for e in reversed(dirs):
+            self._guard(e, self._dir_meta)
+        return self.result
+
+    def _guard(self, entry: Any, action: Callable[[Any], None]) -> None:
+        try:
+            action(entry)
+        except (DeltagridError, OSError) as exc:
+            message = str(exc) if isinstance(exc, DeltagridError) else (exc.strerror or str(exc))
+            self.result.errors.append((entry.path, message))
+
+    def _parent(self, path: bytes) -> bytes:
+        """Make sure every directory above `path` under the target is a real directory."""
+        parts = check_path(path)
+        current = self.target
+        for part in parts[:-1]:
+            current = current + b"/" + part
+            if current in self.made:
+                continue
+            try:
+                st = os.lstat(current)
+            except FileNotFoundError:
+                os.mkdir(current, 0o700)
+                st = os.lstat(current)
+            if not stat.S_ISDIR(st.st_mode):
+                raise UnsafePath(f"{os.fsdecode(current)} is in the way and not a directory")
+            self.made.add(current)
+        return current
+
+    def _dest(self, path: bytes) -> bytes:
+        parent = self._parent(path)
+        return parent + b"/" + path.rsplit(b"/", 1)[1] if path != b"/" else self.target
+
+    def _dir(self, e: Any) -> None:
+        dest = self._dest(e.path)
+        try:
+            st = os.lstat(dest)
+        except FileNotFoundError:
+            os.mkdir(dest, 0o700)
+            st = os.lstat(dest)
+        if not stat.S_ISDIR(st.st_mode):
+            raise UnsafePath(f"{os.fsdecode(dest)} is in the way and not a directory")
+        self.made.add(dest)
+        self.result.dirs += 1
+
+    def _dir_meta(self, e: Any) -> None:
+        dest = self._dest(e.path)
+        self._set_meta(dest, e, follow=True)
+
+    def _set_meta(self, dest: bytes, e: Any, follow: bool) -> None:
+        if self.as_root:
+            os.chown(dest, e.uid, e.gid, follow_symlinks=follow)
+        if follow:
+            os.chmod(dest, e.mode)
+        os.utime(dest, ns=(e.mtime_ns, e.mtime_ns), follow_symlinks=follow)
+
+    def _install(self, tmp: bytes, dest: bytes) -> None:
+        try:
+            if stat.S_ISDIR(os.lstat(dest).st_mode):
+                raise UnsafePath(f"{os.fsdecode(dest)} is a directory in the way")
+        except FileNotFoundError:
+            pass
+        os.rename(tmp, dest)
+
+    def _file(self, e: Any, linked: dict[tuple[int, int], tuple[bytes, bytes]]) -> None:
+        dest = self._dest(e.path)
+        parent = dest.rsplit(b"/", 1)[0]
+        key = (e.dev, e.inode)
+        first = linked.get(key) if e.nlink > 1 else None
+        if first is not None and first[1] == e.content_hash:
+            tmp = parent + b"/.deltagrid-link-" + os.urandom(6).hex().encode()
+            os.link(first[0], tmp)
+            self._install(tmp, dest)
+            self.result.hardlinks += 1
+            return
+        tmp = os.fsencode(
+            materialize(self.conn, self.store, e.content_id, Path(os.fsdecode(parent)))
+        )
+        try:
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+            self._set_meta(tmp, e, follow=True)
+            self._install(tmp, dest)
+        except BaseException:
+            if os.path.lexists(tmp):
+                os.unlink(tmp)
+            raise
+        if e.nlink > 1:
+            linked[key] = (dest, e.content_hash)
+        self.result.files += 1
+        self.result.size += e.size
+        self.on_progress(e.size)
+
+    def _symlink(self, e: Any) -> None:
+        dest = self._dest(e.path)
+        parent = dest.rsplit(b"/", 1)[0]
+        tmp = parent + b"/.deltagrid-link-" + os.urandom(6).hex().encode()
+        os.symlink(e.target, tmp)
+        try:
+            self._set_meta(tmp, e, follow=False)
+            self._install(tmp, dest)
+        except BaseException:
+            if os.path.lexists(tmp):
+                os.unlink(tmp)
+            raise
+        self.result.symlinks += 1

@@ -1,0 +1,239 @@
+"""The nightly scanner: walk the roots, compare each entry with its live version, queue changes.
+
+The walk is iterative (os.scandir, never following symlinks) and compares one directory's entries
+against the backupdb in one query. Queue rows are committed in batches; the scan's last
+transaction marks it complete and drops what older scans left pending below the same roots, so a
+killed scan is simply run again.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Connection, Engine
+
+from backupdb import queries
+from backupdb.records import KIND_DIR, KIND_FILE, KIND_LINK, Meta, kind_of
+from deltagrid.errors import UsageError
+from scanner.excludes import Excludes
+
+BATCH = 2000
+REASONS = ("new", "changed", "meta", "deleted")
+
+
+@dataclass
+class ScanResult:
+    scan_id: int
+    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(REASONS, 0))
+    unchanged: int = 0
+    skipped: list[bytes] = field(default_factory=list)  # sockets, FIFOs, devices
+    errors: list[tuple[bytes, str]] = field(default_factory=list)
+
+
+def normalise_roots(sources: list[str]) -> list[bytes]:
+    """Absolute, normalised roots; a root inside another is dropped; a missing one is an error."""
+    roots: list[bytes] = []
+    for src in sources:
+        path = os.path.abspath(os.fsencode(src))
+        if not os.path.lexists(path):
+            raise UsageError(f"source not found: {src}")
+        roots.append(path)
+    roots.sort()
+    kept: list[bytes] = []
+    for root in roots:
+        if not any(root == k or root.startswith(k.rstrip(b"/") + b"/") for k in kept):
+            kept.append(root)
+    return kept
+
+
+def reason_for(prev: Any, meta: Meta, checksum: bool) -> str | None:
+    """Why an entry must be queued, or None when its live version still describes it."""
+    if prev is None:
+        return "new"
+    if prev.kind != meta.kind:
+        return "changed"
+    if meta.kind == KIND_FILE and (
+        checksum
+        or prev.recheck
+        or (prev.size, prev.mtime_ns, prev.ctime_ns, prev.inode)
+        != (meta.size, meta.mtime_ns, meta.ctime_ns, meta.inode)
+    ):
+        return "changed"
+    if meta.kind == KIND_LINK and prev.target != meta.target:
+        return "changed"
+    if (prev.mode, prev.uid, prev.gid, prev.mtime_ns, prev.ctime_ns, prev.inode) != (
+        meta.mode,
+        meta.uid,
+        meta.gid,
+        meta.mtime_ns,
+        meta.ctime_ns,
+        meta.inode,
+    ):
+        return "meta"
+    return None
+
+
+def _join(parent: bytes, name: bytes) -> bytes:
+    return parent + name if parent.endswith(b"/") else parent + b"/" + name
+
+
+class Scanner:
+    """One scan run over a set of roots."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        excludes: Excludes,
+        checksum: bool = False,
+        one_file_system: bool = False,
+        on_entry: Callable[[], None] | None = None,
+        warn: Callable[[str], None] | None = None,
+    ) -> None:
+        self.engine = engine
+        self.excludes = excludes
+        self.checksum = checksum
+        self.one_file_system = one_file_system
+        self.on_entry = on_entry or (lambda: None)
+        self.warn = warn or (lambda _msg: None)
+        self.rows: list[dict[str, Any]] = []
+
+    def run(self, roots: list[bytes]) -> ScanResult:
+        with self.engine.connect() as conn:
+            scan_id = queries.begin_scan(conn, [os.fsdecode(r) for r in roots])
+            conn.commit()
+            self.result = ScanResult(scan_id)
+            for root in roots:
+                self._scan_root(conn, root)
+            self._flush(conn)
+            queries.finish_scan(
+                conn,
+                scan_id,
+                roots,
+                self.result.counts,
+                len(self.result.errors),
+            )
+            conn.commit()
+        return self.result
+
+    def _queue(self, conn: Connection, path: bytes, reason: str, meta: Any, prev: Any) -> None:
+        self.result.counts[reason] += 1
+        self.rows.append(
+            {
+                "scan_id": self.result.scan_id,
+                "path": path,
+                "reason": reason,
+                "kind": meta.kind,
+                "size": meta.size,
+                "mtime_ns": meta.mtime_ns,
+                "inode": meta.inode,
+                "dev": meta.dev,
+                "prev_version_id": prev.id if prev is not None else None,
+                "done": False,
+            }
+        )
+        if len(self.rows) >= BATCH:
+            self._flush(conn)
+
+    def _flush(self, conn: Connection) -> None:
+        for path, message in self.result.errors[getattr(self, "_errors_saved", 0) :]:
+            queries.add_scan_error(conn, self.result.scan_id, path, message)
+        self._errors_saved = len(self.result.errors)
+        queries.enqueue(conn, self.rows)
+        conn.commit()
+        self.rows = []
+
+    def _error(self, path: bytes, exc: OSError) -> None:
+        message = exc.strerror or str(exc)
+        self.result.errors.append((path, message))
+        self.warn(f"cannot read {os.fsdecode(path)}: {message}")
+
+    def _delete(self, conn: Connection, prev: Any) -> None:
+        """Queue a vanished entry and, for a directory, everything that was below it."""
+        self._queue(conn, prev.path, "deleted", prev, prev)
+        self._delete_below(conn, prev)
+
+    def _delete_below(self, conn: Connection, prev: Any) -> None:
+        if prev.kind == KIND_DIR:
+            for below in queries.live_below(conn, prev.path):
+                self._queue(conn, below.path, "deleted", below, below)
+
+    def _visit(
+        self, conn: Connection, path: bytes, st: os.stat_result, prev: Any
+    ) -> tuple[Meta, bool] | None:
+        """Compare one entry with its live version; return its Meta and whether to descend."""
+        self.on_entry()
+        if kind_of(st.st_mode) is None:
+            self.result.skipped.append(path)
+            self.warn(f"skipping special file {os.fsdecode(path)}")
+            if prev is not None:
+                self._delete(conn, prev)
+            return None
+        target = None
+        if stat.S_ISLNK(st.st_mode):
+            try:
+                target = os.readlink(path)
+            except FileNotFoundError:
+                return None
+        meta = Meta.from_stat(st, target)
+        reason = reason_for(prev, meta, self.checksum)
+        if reason is None:
+            self.result.unchanged += 1
+        else:
+            if prev is not None and meta.kind != KIND_DIR:
+                self._delete_below(conn, prev)
+            self._queue(conn, path, reason, meta, prev)
+        return meta, meta.kind == KIND_DIR
+
+    def _scan_root(self, conn: Connection, root: bytes) -> None:
+        try:
+            st = os.lstat(root)
+        except OSError as exc:
+            self._error(root, exc)
+            return
+        prev = queries.live_version(conn, root)
+        visited = self._visit(conn, root, st, prev)
+        if visited is None or not visited[1]:
+            return
+        root_dev = st.st_dev
+        stack: list[tuple[bytes, int | None]] = [(root, prev.path_id if prev else None)]
+        while stack:
+            directory, dir_id = stack.pop()
+            try:
+                with os.scandir(directory) as it:
+                    entries = sorted(it, key=lambda e: e.name)
+            except FileNotFoundError:
+                continue  # removed mid-walk; the next scan of its parent sees it gone
+            except OSError as exc:
+                self._error(directory, exc)
+                continue
+            live = queries.live_children(conn, dir_id) if dir_id is not None else {}
+            for entry in entries:
+                path = _join(directory, os.fsencode(entry.name))
+                prev = live.pop(path, None)
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    if prev is not None:
+                        self._delete(conn, prev)
+                    continue
+                except OSError as exc:
+                    self._error(path, exc)
+                    continue
+                rel = path[len(root) :].lstrip(b"/")
+                if self.excludes.excluded(rel, stat.S_ISDIR(st.st_mode)):
+                    if prev is not None:
+                        self._delete(conn, prev)
+                    continue
+                visited = self._visit(conn, path, st, prev)
+                if visited is None or not visited[1]:
+                    continue
+                if self.one_file_system and st.st_dev != root_dev:
+                    continue
+                child_id = prev.path_id if prev is not None and prev.kind == KIND_DIR else None
+                stack.append((path, child_id))
+            for prev in live.values():
+                self._delete(conn, prev)

@@ -1,0 +1,141 @@
+"""`file://DIR`: objects named by their BLAKE2b hash under a two-level fan-out of directories.
+
+Every write goes to a temporary name, is fsynced, then renamed into place, and the directory is
+fsynced, so a crash leaves either no object or a whole one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from deltagrid.errors import CorruptData, ObjectMissing, StoreError
+from store.base import Store
+
+_REF = re.compile(r"^[0-9a-f]{64}$")
+_CHUNK = 1 << 20
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename or a new entry in directory `path` durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Write `data` to `path` crash-safely: temporary name, fsync, rename, fsync the directory."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+class FileStore(Store):
+    """A store in a local directory: the embedded default."""
+
+    def __init__(self, root: Path, create: bool = False) -> None:
+        self.root = root
+        self.url = "file://" + str(root)
+        self.objects = root / "objects"
+        if create:
+            self.objects.mkdir(parents=True, exist_ok=True)
+        elif not self.objects.is_dir():
+            raise StoreError(f"no deltagrid store at {root} (run 'deltagrid init')")
+
+    def _path(self, ref: str) -> Path:
+        if not _REF.match(ref):
+            raise CorruptData(f"not a file-store object name: {ref!r}")
+        return self.objects / ref[:2] / ref
+
+    def _install(self, tmp: Path, ref: str) -> str:
+        dest = self._path(ref)
+        dest.parent.mkdir(exist_ok=True)
+        os.replace(tmp, dest)
+        fsync_dir(dest.parent)
+        return ref
+
+    def _tempfile(self) -> tuple[int, Path]:
+        fd, name = tempfile.mkstemp(dir=self.objects, prefix=".tmp-")
+        return fd, Path(name)
+
+    def put_bytes(self, data: bytes) -> str:
+        ref = hashlib.blake2b(data, digest_size=32).hexdigest()
+        if self._path(ref).exists():
+            return ref
+        fd, tmp = self._tempfile()
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            return self._install(tmp, ref)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+    def put_file(self, path: Path) -> str:
+        h = hashlib.blake2b(digest_size=32)
+        fd, tmp = self._tempfile()
+        try:
+            with open(path, "rb") as src, os.fdopen(fd, "wb") as dst:
+                while chunk := src.read(_CHUNK):
+                    h.update(chunk)
+                    dst.write(chunk)
+                dst.flush()
+                os.fsync(dst.fileno())
+            ref = h.hexdigest()
+            if self._path(ref).exists():
+                tmp.unlink()
+                return ref
+            return self._install(tmp, ref)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+    def get(self, ref: str, offset: int = 0, length: int | None = None) -> bytes:
+        try:
+            with open(self._path(ref), "rb") as f:
+                f.seek(offset)
+                data = f.read() if length is None else f.read(length)
+        except FileNotFoundError:
+            raise ObjectMissing(f"object {ref} is missing from {self.url}") from None
+        if length is not None and len(data) != length:
+            raise CorruptData(f"object {ref} is truncated (wanted {offset}+{length})")
+        return data
+
+    def size(self, ref: str) -> int:
+        try:
+            return self._path(ref).stat().st_size
+        except FileNotFoundError:
+            raise ObjectMissing(f"object {ref} is missing from {self.url}") from None
+
+    def read_root(self) -> bytes | None:
+        try:
+            return (self.root / "root.json").read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def replace_root(self, data: bytes) -> None:
+        atomic_write(self.root / "root.json", data)
+
+    def list_refs(self) -> Iterator[str]:
+        for sub in sorted(self.objects.iterdir()):
+            if sub.is_dir():
+                for obj in sorted(sub.iterdir()):
+                    if _REF.match(obj.name):
+                        yield obj.name

@@ -1,0 +1,43 @@
+"""Helpers the tests share: describing a tree on disk so two trees can be compared exactly."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from pathlib import Path
+
+
+def describe(root: Path, mtimes: bool = True) -> dict[bytes, tuple]:
+    """Every entry below `root`: kind, mode, size, content hash, link target, mtime, link group.
+
+    Hard links appear as a group id (the first path of the group), so two trees compare equal
+    only if the same names are linked together.
+    """
+    out: dict[bytes, tuple] = {}
+    groups: dict[tuple[int, int], bytes] = {}
+    base = os.fsencode(root)
+    for dirpath, dirnames, filenames in os.walk(base):
+        dirnames.sort()
+        for name in sorted(dirnames) + sorted(filenames):
+            full = os.path.join(dirpath, name)
+            rel = os.path.relpath(full, base)
+            st = os.lstat(full)
+            mtime = st.st_mtime_ns if mtimes else 0
+            if stat.S_ISLNK(st.st_mode):
+                out[rel] = ("l", os.readlink(full), mtime)
+            elif stat.S_ISDIR(st.st_mode):
+                out[rel] = ("d", stat.S_IMODE(st.st_mode), mtime)
+            else:
+                with open(full, "rb") as f:
+                    digest = hashlib.blake2b(f.read(), digest_size=16).hexdigest()
+                group = None
+                if st.st_nlink > 1:
+                    group = groups.setdefault((st.st_dev, st.st_ino), rel)
+                out[rel] = ("f", stat.S_IMODE(st.st_mode), st.st_size, digest, mtime, group)
+    return out
+
+
+def restored_root(target: Path, source: Path) -> Path:
+    """Where restore puts `source`: TARGET + its absolute path."""
+    return Path(str(target) + str(source.absolute()))

@@ -1,0 +1,200 @@
+"""Committing a snapshot: upload the backupdb's export (as an rdiff delta when possible), then
+replace the root pointer. Until the pointer moves the snapshot does not exist for readers.
+
+Root pointer document (JSON, UTF-8):
+
+    {"format": "deltagrid-root/1", "snapshot": 7, "committed_ns": ...,
+     "backupdb": [{"type": "full", "ref": R, "size": N, "hash": H0},
+                  {"type": "delta", "ref": R, "size": N, "base": H0, "hash": H1}, ...]}
+
+Each chain entry is a zstd-compressed object: the whole export, or the rdiff delta from the
+export whose BLAKE2b is `base` to the one whose BLAKE2b is `hash`.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import socket
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import pyrsync
+import zstandard
+from sqlalchemy import Engine
+
+from backupdb import export, queries
+from deltagrid.errors import CorruptData, StoreError
+from store.base import Store
+from store.filestore import atomic_write
+from store.pack import digest
+
+ROOT_FORMAT = "deltagrid-root/1"
+EXPORT_BLOCK = 1024  # small blocks: an export changes in scattered pages
+MAX_OBJECT = 1 << 34
+
+
+def parse_root(raw: bytes | None) -> dict[str, Any] | None:
+    """Decode and sanity-check a root pointer document."""
+    if raw is None:
+        return None
+    try:
+        doc = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise CorruptData("the store's root pointer is not JSON") from None
+    if not isinstance(doc, dict) or doc.get("format") != ROOT_FORMAT:
+        raise CorruptData("the store's root pointer is not a deltagrid root")
+    snap, chain = doc.get("snapshot"), doc.get("backupdb")
+    if not isinstance(snap, int) or snap < 0 or not isinstance(chain, list):
+        raise CorruptData("the store's root pointer is malformed")
+    for entry in chain:
+        if not (
+            isinstance(entry, dict)
+            and entry.get("type") in ("full", "delta")
+            and isinstance(entry.get("ref"), str)
+            and isinstance(entry.get("hash"), str)
+        ):
+            raise CorruptData("the store's root pointer has a malformed backupdb entry")
+    if chain and chain[0]["type"] != "full":
+        raise CorruptData("the store's root pointer chain does not start with a full export")
+    return doc
+
+
+def published_snapshot(store: Store) -> int:
+    """The newest snapshot readers may see: the one the root pointer names."""
+    root = parse_root(store.read_root())
+    return int(root["snapshot"]) if root else 0
+
+
+def new_root(snapshot_id: int, chain: list[dict[str, Any]]) -> bytes:
+    doc = {
+        "format": ROOT_FORMAT,
+        "snapshot": snapshot_id,
+        "committed_ns": time.time_ns(),
+        "backupdb": chain,
+    }
+    return json.dumps(doc, indent=1).encode() + b"\n"
+
+
+class Publisher:
+    """Exports the backupdb and moves the root pointer; `state` keeps the last export's sig."""
+
+    def __init__(self, engine: Engine, store: Store, state: Path, full_every: int) -> None:
+        self.engine = engine
+        self.store = store
+        self.state = state
+        self.full_every = full_every
+
+    def _last_export(self) -> tuple[str, bytes] | None:
+        try:
+            meta = json.loads((self.state / "last-export.json").read_text())
+            sig = (self.state / "last-export.sig").read_bytes()
+        except (OSError, ValueError):
+            return None
+        if digest(sig).hex() != meta.get("sig"):
+            return None
+        return meta["hash"], sig
+
+    def publish(self) -> dict[str, int]:
+        """Publish the newest local snapshot if the root pointer does not name it yet."""
+        with self.engine.connect() as conn:
+            latest = queries.last_snapshot_id(conn)
+        root = parse_root(self.store.read_root())
+        published = int(root["snapshot"]) if root else 0
+        if published > latest:
+            raise StoreError(
+                f"the store has snapshot {published} but the local backupdb only {latest}; "
+                "run 'deltagrid attach' to bring it up to date"
+            )
+        if published == latest and root is not None:
+            return {"backupdb_bytes": 0}
+        self.state.mkdir(parents=True, exist_ok=True)
+        chain: list[dict[str, Any]] = list(root["backupdb"]) if root else []
+        with tempfile.TemporaryDirectory(dir=self.state) as tmp:
+            path = Path(tmp) / "export.sqlite"
+            export.write(self.engine, path)
+            data = path.read_bytes()
+            new_hash = digest(data).hex()
+            sig = io.BytesIO()
+            magic, _block, strong = pyrsync.get_signature_args(len(data))
+            pyrsync.signature(io.BytesIO(data), sig, strong, magic, EXPORT_BLOCK)
+            entry = self._delta_entry(chain, data, new_hash)
+            if entry is None:
+                blob = zstandard.ZstdCompressor(level=10).compress(data)
+                chain = [{"type": "full", "ref": self.store.put_bytes(blob), "size": len(blob)}]
+                chain[0]["hash"] = new_hash
+            else:
+                chain.append(entry)
+            self.store.replace_root(new_root(latest, chain))
+            sig_bytes = sig.getvalue()
+            atomic_write(self.state / "last-export.sig", sig_bytes)
+            atomic_write(
+                self.state / "last-export.json",
+                json.dumps({"hash": new_hash, "sig": digest(sig_bytes).hex()}).encode(),
+            )
+        return {"backupdb_bytes": sum(e["size"] for e in chain[-1:])}
+
+    def _delta_entry(
+        self, chain: list[dict[str, Any]], data: bytes, new_hash: str
+    ) -> dict[str, Any] | None:
+        """The chain entry for a delta against the last export, or None when a full is due."""
+        last = self._last_export()
+        if not chain or last is None or last[0] != chain[-1]["hash"]:
+            return None
+        if len(chain) > self.full_every:
+            return None
+        out = io.BytesIO()
+        pyrsync.delta(io.BytesIO(data), io.BytesIO(last[1]), out)
+        blob = zstandard.ZstdCompressor(level=10).compress(out.getvalue())
+        full_size = chain[0]["size"]
+        if sum(e["size"] for e in chain[1:]) + len(blob) > full_size:
+            return None
+        ref = self.store.put_bytes(blob)
+        return {"type": "delta", "ref": ref, "size": len(blob), "base": last[0], "hash": new_hash}
+
+
+def commit(
+    engine: Engine,
+    publisher: Publisher,
+    snapshot_id: int,
+    started_ns: int,
+    stats: dict[str, int],
+) -> dict[str, int]:
+    """Record the snapshot in the backupdb, then publish it."""
+    with engine.begin() as conn:
+        previous = queries.snapshot(conn, snapshot_id - 1)
+        sources = queries.roots_scanned_since(conn, previous.committed_ns if previous else 1)
+        queries.add_snapshot(conn, snapshot_id, started_ns, socket.gethostname(), sources, stats)
+        queries.clear_done(conn)
+    return publisher.publish()
+
+
+def fetch_export(store: Store, root: dict[str, Any], dest: Path) -> None:
+    """Rebuild the newest backupdb export named by `root` into `dest`, checking every hash."""
+    data = b""
+    for entry in root["backupdb"]:
+        try:
+            raw = zstandard.ZstdDecompressor().decompress(
+                store.get(entry["ref"]), max_output_size=MAX_OBJECT
+            )
+        except zstandard.ZstdError:
+            raise CorruptData(f"backupdb object {entry['ref']} does not decompress") from None
+        if entry["type"] == "full":
+            data = raw
+        else:
+            if digest(data).hex() != entry.get("base"):
+                raise CorruptData("backupdb delta chain is broken (base mismatch)")
+            out = io.BytesIO()
+            try:
+                pyrsync.patch(io.BytesIO(data), io.BytesIO(raw), out)
+            except Exception as exc:  # librsync reports a bad delta this way
+                raise CorruptData(f"backupdb delta does not apply: {exc}") from None
+            data = out.getvalue()
+        if digest(data).hex() != entry["hash"]:
+            raise CorruptData("backupdb export does not match its recorded hash")
+    dest.write_bytes(data)
+    with open(dest, "rb+") as f:
+        os.fsync(f.fileno())

@@ -1,0 +1,215 @@
+"""Reading a source file so that its hash, signature and delta describe the same bytes.
+
+Small files are read into memory once: every later step works on those bytes. Large files are
+read again for the delta and the blobs, each pass re-hashed; if the file changed under us (a
+different hash, or fstat moved), the work restarts from a private temporary copy.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import io
+import os
+import stat
+import tempfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import BinaryIO
+
+import pyrsync
+
+from backupdb.records import Meta
+
+_CHUNK = 1 << 20
+
+
+class ChangedWhileReading(Exception):
+    """A later pass over a file saw other bytes than the first."""
+
+
+class SourceError(Exception):
+    """Reading the source failed; kept apart from OSErrors of the spool or the store."""
+
+    def __init__(self, error: OSError) -> None:
+        super().__init__(error.strerror or str(error))
+        self.error = error
+
+
+def _read(f: BinaryIO, n: int) -> bytes:
+    try:
+        return f.read(n)
+    except OSError as exc:
+        raise SourceError(exc) from exc
+
+
+class HashingReader(io.RawIOBase):
+    """A file wrapper that hashes each byte once, even when librsync seeks back."""
+
+    def __init__(self, f: BinaryIO) -> None:
+        self.f = f
+        self.hash = hashlib.blake2b(digest_size=32)
+        self.pos = 0
+        self.hashed = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        data = _read(self.f, len(buffer))
+        n = len(data)
+        buffer[:n] = data
+        if self.pos + n > self.hashed:
+            self.hash.update(data[self.hashed - self.pos :])
+            self.hashed = self.pos + n
+        self.pos += n
+        return n
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        self.pos = self.f.seek(offset, whence)
+        return self.pos
+
+    def tell(self) -> int:
+        return self.pos
+
+    def digest(self) -> bytes:
+        return self.hash.digest()
+
+
+def stat_key(st: os.stat_result) -> tuple[int, int, int, int]:
+    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+
+
+def signature_args(size: int, block_max: int) -> tuple[int, int, int]:
+    magic, block, strong = pyrsync.get_signature_args(size)
+    return magic, min(block, block_max), strong
+
+
+@dataclass
+class Source:
+    """One consistent reading of a file: its bytes in memory, or a path to reopen."""
+
+    meta: Meta
+    digest: bytes
+    changed: bool  # the file moved on while read: the next scan must look again
+    data: bytes | None = None
+    path: Path | None = None  # the original, or a private temporary copy
+    temporary: bool = False
+
+    def open(self) -> BinaryIO:
+        if self.data is not None:
+            return io.BytesIO(self.data)
+        assert self.path is not None
+        if self.temporary:
+            return open(self.path, "rb", buffering=_CHUNK)  # noqa: SIM115 - caller closes
+        return os.fdopen(open_source(os.fsencode(self.path)), "rb", buffering=_CHUNK)
+
+    def check(self, reader: HashingReader) -> None:
+        """After a full pass through `reader`: were these the bytes of the first pass?"""
+        if self.data is None and not self.temporary and reader.digest() != self.digest:
+            raise ChangedWhileReading
+
+    def cleanup(self) -> None:
+        if self.temporary and self.path is not None:
+            self.path.unlink(missing_ok=True)
+
+
+def open_source(path: bytes) -> int:
+    """Open a source file for reading without following a symlink put in its place."""
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK
+    try:
+        try:
+            return os.open(path, flags | getattr(os, "O_NOATIME", 0))
+        except PermissionError:  # O_NOATIME needs ownership
+            return os.open(path, flags)
+    except OSError as exc:
+        raise SourceError(exc) from exc
+
+
+def _fstat(fd: int) -> os.stat_result:
+    try:
+        st = os.fstat(fd)
+    except OSError as exc:
+        raise SourceError(exc) from exc
+    if not stat.S_ISREG(st.st_mode):
+        raise SourceError(OSError(errno.ENXIO, "no longer a regular file"))
+    return st
+
+
+def read_source(
+    path: bytes,
+    memory_limit: int,
+    sig_out: BinaryIO | None,
+    block_max: int,
+    workdir: Path,
+) -> Source:
+    """Read `path` once, hashing it and, when `sig_out` is given, writing its signature there."""
+    fd = open_source(path)
+    with os.fdopen(fd, "rb", buffering=0) as f:
+        before = _fstat(fd)
+        if before.st_size <= memory_limit:
+            chunks = []
+            while chunk := _read(f, _CHUNK):
+                chunks.append(chunk)
+            data = b"".join(chunks)
+            after = _fstat(fd)
+            source = Source(
+                meta=replace(Meta.from_stat(after), size=len(data)),
+                digest=hashlib.blake2b(data, digest_size=32).digest(),
+                changed=stat_key(before) != stat_key(after),
+                data=data,
+            )
+        else:
+            reader = HashingReader(f)
+            if sig_out is not None:
+                magic, block, strong = signature_args(before.st_size, block_max)
+                pyrsync.signature(reader, sig_out, strong, magic, block)
+            else:
+                while reader.read(_CHUNK):
+                    pass
+            after = _fstat(fd)
+            if stat_key(before) == stat_key(after):
+                return Source(
+                    Meta.from_stat(after), reader.digest(), False, path=Path(os.fsdecode(path))
+                )
+            return copy_source(path, f, sig_out, block_max, workdir)
+    if sig_out is not None and source.data is not None:
+        magic, block, strong = signature_args(len(source.data), block_max)
+        pyrsync.signature(io.BytesIO(source.data), sig_out, strong, magic, block)
+    return source
+
+
+def copy_source(
+    path: bytes, f: BinaryIO | None, sig_out: BinaryIO | None, block_max: int, workdir: Path
+) -> Source:
+    """Take a private copy of a file that changed while read and describe the copy."""
+    if sig_out is not None:
+        sig_out.seek(0)
+        sig_out.truncate()
+    own = f is None
+    if f is None:
+        f = os.fdopen(open_source(path), "rb", buffering=0)
+    try:
+        f.seek(0)
+        fd, name = tempfile.mkstemp(dir=workdir, prefix="copy-")
+        copy = Path(name)
+        h = hashlib.blake2b(digest_size=32)
+        copied = 0
+        with os.fdopen(fd, "wb") as out:
+            while chunk := _read(f, _CHUNK):
+                h.update(chunk)
+                out.write(chunk)
+                copied += len(chunk)
+        meta = replace(Meta.from_stat(_fstat(f.fileno())), size=copied)
+    finally:
+        if own:
+            f.close()
+    source = Source(meta, h.digest(), True, path=copy, temporary=True)
+    if sig_out is not None:
+        with open(copy, "rb") as src:
+            magic, block, strong = signature_args(meta.size, block_max)
+            pyrsync.signature(src, sig_out, strong, magic, block)
+    return source

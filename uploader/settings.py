@@ -1,0 +1,25 @@
+"""The uploader's tunables, with the defaults the design doc argues for."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+
+@dataclass(frozen=True)
+class UploadSettings:
+    pack_size: int = 16 << 20  # a spool pack is put to the store when it reaches this
+    piece_size: int = 4 << 20  # files and deltas are cut into blobs of at most this
+    max_chain: int = 16  # deltas between a version and its keyframe
+    max_chain_ratio: float = 0.5  # deltas on a chain may sum to this fraction of the file
+    delta_min_size: int = 64 << 10  # smaller files are always stored whole, with no signature
+    block_max: int = 2048  # largest librsync block; smaller blocks, smaller deltas
+    zstd_level: int = 3
+    full_export_every: int = 16  # backupdb: a full export after this many deltas
+
+    @classmethod
+    def from_mapping(cls, values: dict[str, object]) -> UploadSettings:
+        known = {f.name: f.type for f in fields(cls)}
+        unknown = set(values) - set(known)
+        if unknown:
+            raise KeyError(sorted(unknown)[0])
+        return cls(**values)  # type: ignore[arg-type]

@@ -1,0 +1,38 @@
+"""Local cache of librsync signatures, by content hash.
+
+Signatures are what a delta is computed against; they never go to the store (a 256 MB file's
+signature would cost megabytes a night). A missing or damaged one is rebuilt from the store.
+Each file ends with the BLAKE2b of the signature, so a torn or rotten file is never used.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from store.filestore import atomic_write
+from store.pack import digest
+
+
+class SigCache:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def _path(self, content_hash: bytes) -> Path:
+        name = content_hash.hex()
+        return self.root / name[:2] / name
+
+    def get(self, content_hash: bytes) -> bytes | None:
+        try:
+            data = self._path(content_hash).read_bytes()
+        except OSError:
+            return None
+        sig, check = data[:-32], data[-32:]
+        return sig if len(data) >= 32 and digest(sig) == check else None
+
+    def put(self, content_hash: bytes, sig: bytes) -> None:
+        path = self._path(content_hash)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, sig + digest(sig))
+
+    def discard(self, content_hash: bytes) -> None:
+        self._path(content_hash).unlink(missing_ok=True)
