@@ -230,6 +230,16 @@ def content_by_id(conn: Connection, content_id: int) -> Row[Any]:
     return conn.execute(select(contents).where(contents.c.id == content_id)).one()
 
 
+def unused_contents(conn: Connection, content_ids: Iterable[int]) -> list[bytes]:
+    """Hashes of those contents no live version uses any more."""
+    in_use = select(versions.c.id).where(versions.c.content_id == contents.c.id, _not_ended)
+    return list(
+        conn.execute(
+            select(contents.c.hash).where(contents.c.id.in_(list(content_ids)), ~exists(in_use))
+        ).scalars()
+    )
+
+
 def add_content(
     conn: Connection,
     digest: bytes,

@@ -114,6 +114,7 @@ class Uploader:
         self.blob_index: dict[bytes, PendingBlob] = {}
         self.pending_contents: dict[bytes, PendingContent] = {}
         self.records: list[Record] = []
+        self.ended_contents: set[int] = set()  # their signatures may go once the run is done
 
     # --- the drain -----------------------------------------------------------------------------
 
@@ -138,6 +139,8 @@ class Uploader:
                     if self.writer is None and len(self.records) >= 1000:
                         self._record(None)
                 self._flush_pack()
+                for unused in queries.unused_contents(conn, self.ended_contents):
+                    self.sigcache.discard(unused)
                 conn.commit()
         finally:
             if self.writer is not None:
@@ -147,6 +150,8 @@ class Uploader:
 
     def _process(self, row: Any) -> None:
         live = queries.live_version(self.conn, row.path)
+        if live is not None and live.content_id is not None:
+            self.ended_contents.add(live.content_id)
         end = live.id if live is not None else None
         if row.reason == "deleted":
             self.result.counts["deleted"] += 1 if live is not None else 0
