@@ -17,7 +17,11 @@ _UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
 def parse_time(text: str, now: float | None = None) -> int:
-    """`3d`, `12h`, ... before now, or an ISO date/time (local time unless it has an offset)."""
+    """`3d`, `12h`, ... before now, or an ISO date/time (local time unless it has an offset).
+
+    An ISO time without a fraction names a whole second, and covers all of it: the time
+    `snapshots` prints for a snapshot (to the second) selects that snapshot.
+    """
     now = time.time() if now is None else now
     m = _RELATIVE.match(text.strip())
     if m:
@@ -28,7 +32,10 @@ def parse_time(text: str, now: float | None = None) -> int:
         raise UsageError(
             f"cannot read time {text!r} (use ISO like 2026-11-20T02:30 or 3d)"
         ) from None
-    return int(when.timestamp() * 1e9)
+    ns = int(when.replace(microsecond=0).timestamp()) * 1_000_000_000 + when.microsecond * 1000
+    if "." not in text and "," not in text:
+        ns += 999_999_999
+    return ns
 
 
 def resolve(

@@ -42,16 +42,24 @@ def home(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def cli(home: Path, capsys: pytest.CaptureFixture[str]):
-    """Run `deltagrid --home HOME ARGS...` in this process; returns a Run."""
+def cli(home: Path, capsysbinary: pytest.CaptureFixture[bytes]):
+    """Run `deltagrid --home HOME ARGS...` in this process; returns a Run.
+
+    Output is captured as bytes and decoded with surrogateescape, as deltagrid writes it, so
+    text output naming non-UTF-8 paths round-trips.
+    """
 
     def run(*args: str | Path) -> Run:
-        capsys.readouterr()
+        capsysbinary.readouterr()
         try:
             code = main(["--home", str(home), *map(str, args)])
         except SystemExit as exc:  # argparse usage errors
             code = int(exc.code or 0)
-        captured = capsys.readouterr()
-        return Run(code, captured.out, captured.err)
+        captured = capsysbinary.readouterr()
+        return Run(
+            code,
+            captured.out.decode("utf-8", "surrogateescape"),
+            captured.err.decode("utf-8", "surrogateescape"),
+        )
 
     return run
