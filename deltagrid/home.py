@@ -41,6 +41,7 @@ def default_home() -> Path:
 @dataclass
 class Config:
     store: str
+    cap: str | None = None  # a Tahoe store's root capability (a writecap lets backups run)
     upload: UploadSettings = field(default_factory=UploadSettings)
 
 
@@ -74,20 +75,26 @@ class Home:
             doc = tomllib.loads(self.config_path.read_text())
         except tomllib.TOMLDecodeError as exc:
             raise UsageError(f"{self.config_path}: {exc}") from None
-        store = doc.get("store")
+        store, cap = doc.get("store"), doc.get("store_cap")
         if not isinstance(store, str):
             raise UsageError(f"{self.config_path}: 'store' must be a URL string")
+        if cap is not None and not isinstance(cap, str):
+            raise UsageError(f"{self.config_path}: 'store_cap' must be a string")
         try:
             upload = UploadSettings.from_mapping(doc.get("upload", {}))
         except KeyError as exc:
             raise UsageError(f"{self.config_path}: unknown key upload.{exc.args[0]}") from None
         except TypeError as exc:
             raise UsageError(f"{self.config_path}: [upload] {exc}") from None
-        return Config(store, upload)
+        return Config(store, cap, upload)
 
-    def write_config(self, store_url: str) -> None:
+    def write_config(self, store_url: str, cap: str | None = None) -> None:
+        """Write the config, mode 0600: it may hold a capability that grants writing."""
         self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
-        atomic_write(self.config_path, f"store = {_toml_string(store_url)}\n".encode(), 0o600)
+        text = f"store = {_toml_string(store_url)}\n"
+        if cap:
+            text += f"store_cap = {_toml_string(cap)}\n"
+        atomic_write(self.config_path, text.encode(), 0o600)
 
     def create_db(self) -> Engine:
         return db.create(self.db_path)
@@ -97,7 +104,8 @@ class Home:
         return db.open_db(self.db_path, writer)
 
     def store(self) -> Store:
-        return open_store(self.config().store)
+        config = self.config()
+        return open_store(config.store, cap=config.cap)
 
     @contextmanager
     def lock(self) -> Iterator[None]:

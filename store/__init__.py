@@ -8,16 +8,22 @@ from urllib.parse import urlparse
 from deltagrid.errors import UsageError
 from store.base import Store
 from store.filestore import FileStore
+from store.tahoe import TahoeStore
 
-__all__ = ["Store", "FileStore", "open_store"]
+__all__ = ["Store", "FileStore", "TahoeStore", "open_store"]
 
 
-def open_store(url: str, create: bool = False) -> Store:
-    """Open the store named by `url` (`file:///abs/dir`)."""
+def open_store(url: str, create: bool = False, cap: str | None = None) -> Store:
+    """Open the store named by `url`: `file:///abs/dir`, or `tahoe://HOST:PORT` with `cap`, the
+    capability of its root pointer."""
     parsed = urlparse(url)
+    if parsed.scheme == "tahoe":
+        if not parsed.hostname or not parsed.port or parsed.path not in ("", "/"):
+            raise UsageError(f"a tahoe:// store is tahoe://HOST:PORT, not {url}")
+        return TahoeStore(f"http://{parsed.hostname}:{parsed.port}", cap)
     if parsed.scheme == "file":
         path = Path(parsed.netloc + parsed.path) if parsed.netloc else Path(parsed.path)
         if not path.is_absolute():
             raise UsageError(f"a file:// store needs an absolute path: {url}")
         return FileStore(path, create=create)
-    raise UsageError(f"unknown store URL {url!r} (expected file:///DIR)")
+    raise UsageError(f"unknown store URL {url!r} (expected file:///DIR or tahoe://HOST:PORT)")

@@ -2,6 +2,7 @@
 
 from deltagrid.commands import (
     backup,
+    grid,
     init,
     ls,
     restore,
@@ -12,4 +13,4 @@ from deltagrid.commands import (
     verify,
 )
 
-COMMANDS = [init, scan, upload, backup, snapshots, ls, restore, status, verify]
+COMMANDS = [init, scan, upload, backup, snapshots, ls, restore, status, verify, grid]

@@ -22,7 +22,7 @@ def run(args: argparse.Namespace, home: Home, out: Output) -> int:
     normalise_roots(args.sources)  # a missing source fails before anything is created
     with home.lock():
         if not home.initialised():
-            url = initialise(home, None)
+            url, _writecap, _readcap = initialise(home, None)
             out.line(f"created repository in {home.path}, store {url}")
         scanned = run_scan(args, home, out)
         result, committed = run_upload(home, out)

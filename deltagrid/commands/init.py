@@ -7,7 +7,7 @@ import argparse
 from deltagrid.errors import DeltagridError
 from deltagrid.home import Home
 from deltagrid.output import Output
-from store import open_store
+from store import TahoeStore, open_store
 from uploader.commit import parse_root
 
 
@@ -17,26 +17,40 @@ def add(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> Non
     p.set_defaults(run=run)
 
 
-def initialise(home: Home, store_url: str | None) -> str:
-    """Create config, backupdb and store; refuse to take over an existing repository."""
+def initialise(home: Home, store_url: str | None) -> tuple[str, str | None, str | None]:
+    """Create config, backupdb and store; refuse to take over an existing repository.
+
+    Returns the store URL and, for a Tahoe store, the root's write and read capabilities.
+    """
     if home.initialised():
         raise DeltagridError(f"{home.path} already holds a deltagrid repository")
     url = store_url or home.default_store_url()
     store = open_store(url, create=True)
-    if parse_root(store.read_root()) is not None:
-        raise DeltagridError(
-            f"{url} already holds backups; use 'deltagrid attach' to continue them"
-        )
+    writecap = readcap = None
+    try:
+        if isinstance(store, TahoeStore):
+            writecap, readcap = store.create_root()
+        elif parse_root(store.read_root()) is not None:
+            raise DeltagridError(
+                f"{url} already holds backups; use 'deltagrid attach' to continue them"
+            )
+    finally:
+        store.close()
     home.path.mkdir(parents=True, exist_ok=True, mode=0o700)
     home.db_path.unlink(missing_ok=True)
     home.create_db().dispose()
-    home.write_config(url)
-    return url
+    home.write_config(url, writecap)
+    return url, writecap, readcap
 
 
 def run(args: argparse.Namespace, home: Home, out: Output) -> int:
     with home.lock():
-        url = initialise(home, args.store)
+        url, writecap, readcap = initialise(home, args.store)
     out.line(f"created repository in {home.path}, store {url}")
-    out.document({"home": str(home.path), "store": url})
+    if writecap:
+        out.line("keep this capability somewhere safe; with it, any machine can restore and")
+        out.line("continue these backups (deltagrid attach --store URL --cap CAP):")
+        out.line(f"  {writecap}")
+        out.line(f"read-only capability (restore only): {readcap}")
+    out.document({"home": str(home.path), "store": url, "cap": writecap, "readcap": readcap})
     return 0

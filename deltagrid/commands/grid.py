@@ -1,0 +1,33 @@
+"""`deltagrid grid start DIR [--servers N]` / `grid stop DIR`: a local Tahoe grid on loopback."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from deltagrid.home import Home
+from deltagrid.output import Output
+from store.tahoe_grid import LocalGrid
+
+
+def add(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("grid", parents=[common], help="run a local Tahoe-LAFS grid for trying out")
+    p.add_argument("action", choices=["start", "stop"])
+    p.add_argument("dir", type=Path, metavar="DIR")
+    p.add_argument("--servers", type=int, default=4, help="storage servers (first start only)")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace, home: Home, out: Output) -> int:
+    grid = LocalGrid(args.dir)
+    if args.action == "stop":
+        grid.stop()
+        out.line(f"stopped the grid in {grid.base}")
+        out.document({"dir": str(grid.base), "running": False})
+        return 0
+    if not grid.state.exists():
+        grid.create(servers=args.servers)
+    grid.start()
+    out.line(f"grid in {grid.base} is up: store URL {grid.url}")
+    out.document({"dir": str(grid.base), "running": True, "store": grid.url})
+    return 0
