@@ -1,6 +1,7 @@
 """One module per command; each registers its parser and its run function."""
 
 from deltagrid.commands import (
+    attach,
     backup,
     grid,
     init,
@@ -13,4 +14,4 @@ from deltagrid.commands import (
     verify,
 )
 
-COMMANDS = [init, scan, upload, backup, snapshots, ls, restore, status, verify, grid]
+COMMANDS = [init, scan, upload, backup, snapshots, ls, restore, status, verify, grid, attach]

@@ -1,0 +1,60 @@
+"""Recovery from the store alone: rebuild the local backupdb from the root pointer.
+
+The root names the backupdb's newest export as a full export plus rdiff deltas; each step is
+hash-checked, the export is loaded into a fresh backupdb beside the old one and renamed into place,
+and the export's signature is kept so the next commit continues the same delta chain.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import pyrsync
+
+from backupdb import export
+from deltagrid.errors import DeltagridError
+from store.base import Store
+from store.filestore import atomic_write, fsync_dir
+from store.pack import digest
+from uploader.commit import EXPORT_BLOCK, fetch_export, parse_root
+
+
+def attach(store: Store, db_path: Path, state: Path) -> int:
+    """Replace the backupdb at `db_path` with the store's; return the latest snapshot id."""
+    root = parse_root(store.read_root())
+    if root is None or not root["backupdb"]:
+        raise DeltagridError(f"{store.url} holds no snapshot yet: nothing to attach")
+    db_path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=db_path.parent, prefix=".attach-") as tmp:
+        exported = Path(tmp) / "export.sqlite"
+        fetch_export(store, root, exported)
+        rebuilt = Path(tmp) / "backupdb.sqlite"
+        export.load(exported, rebuilt).dispose()
+        with open(rebuilt, "rb+") as f:
+            os.fsync(f.fileno())
+        _set_aside(db_path)
+        os.replace(rebuilt, db_path)
+        fsync_dir(db_path.parent)
+        data = exported.read_bytes()
+    sig = io.BytesIO()
+    magic, _block, strong = pyrsync.get_signature_args(len(data))
+    pyrsync.signature(io.BytesIO(data), sig, strong, magic, EXPORT_BLOCK)
+    state.mkdir(parents=True, exist_ok=True)
+    atomic_write(state / "last-export.sig", sig.getvalue())
+    record = {"hash": digest(data).hex(), "sig": digest(sig.getvalue()).hex()}
+    atomic_write(state / "last-export.json", json.dumps(record).encode())
+    return int(root["snapshot"])
+
+
+def _set_aside(db_path: Path) -> None:
+    """Keep a previous (maybe damaged) backupdb, with its WAL, under a dated name."""
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    for suffix in ("", "-wal", "-shm"):
+        old = Path(str(db_path) + suffix)
+        if old.exists():
+            os.replace(old, Path(f"{db_path}.old-{stamp}{suffix}"))

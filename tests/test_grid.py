@@ -1,0 +1,201 @@
+"""deltagrid on a real local Tahoe-LAFS grid: 1 introducer, 4 storage servers, 1 client node.
+
+Shares are 2-of-4 with happy = 3, so one storage server may be down for a backup and two for a
+restore. The grid is started once for the session.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from store.tahoe_grid import LocalGrid
+from tests.helpers import describe, restored_root
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("tahoe") is None and not (Path(sys.executable).parent / "tahoe").exists(),
+    reason="the tahoe executable is not installed (pip install -e '.[test]' installs it)",
+)
+
+
+@pytest.fixture(scope="session")
+def grid(tmp_path_factory: pytest.TempPathFactory):
+    g = LocalGrid(tmp_path_factory.mktemp("grid"))
+    g.create(servers=4)
+    g.start()
+    yield g
+    g.stop()
+
+
+@pytest.fixture
+def healthy(grid: LocalGrid):
+    """The grid with every node running, before and after the test."""
+    grid.start()
+    yield grid
+    grid.start()
+
+
+def make_tree(root: Path, files: int = 60, seed: int = 0) -> None:
+    (root / "docs" / "deep").mkdir(parents=True, exist_ok=True)
+    for i in range(files):
+        sub = root / "docs" / ("deep" if i % 3 else "")
+        (sub / f"f{i:03}.txt").write_bytes(f"file {i} seed {seed}\n".encode() * (i * 7 + 1))
+    (root / "big.bin").write_bytes(os.urandom(3 << 20))
+    (root / "link").symlink_to("docs")
+    old = time.time() - 3600
+    for dirpath, _dirs, names in os.walk(root):
+        for name in names:
+            os.utime(os.path.join(dirpath, name), (old, old), follow_symlinks=False)
+
+
+def init_on_grid(cli, grid: LocalGrid) -> str:
+    created = cli("--json", "init", "--store", grid.url)
+    assert created.code == 0, created.err
+    cap = created.json["cap"]
+    assert cap.startswith("URI:MDMF:")
+    return str(cap)
+
+
+def deltagrid(home: Path, *args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "deltagrid", "--home", str(home), *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def test_backup_to_the_grid_restores_exactly(tmp_path: Path, cli, healthy: LocalGrid) -> None:
+    src = tmp_path / "src"
+    make_tree(src)
+    init_on_grid(cli, healthy)
+    first = cli("--json", "backup", src)
+    assert first.code == 0, first.err
+    assert first.json["packs"] == 1  # a night's small files travel in one pack object
+    target = tmp_path / "r"
+    assert cli("restore", target).code == 0
+    assert describe(restored_root(target, src)) == describe(src)
+
+
+def test_several_nights_on_the_grid_each_restore_exactly(
+    tmp_path: Path, cli, healthy: LocalGrid
+) -> None:
+    src = tmp_path / "src"
+    make_tree(src)
+    init_on_grid(cli, healthy)
+    nights = []
+    for night in range(3):
+        if night:
+            with open(src / "big.bin", "r+b") as f:
+                f.seek(night * 100_000)
+                f.write(b"edit" * 25)
+            (src / "docs" / f"f{night * 3:03}.txt").unlink()
+            (src / f"new{night}.txt").write_text(f"night {night}\n")
+        result = cli("--json", "backup", src)
+        assert result.code == 0, result.err
+        nights.append(describe(src))
+        if night:
+            assert result.json["counts"]["deltas"] == 1
+            assert result.json["bytes_uploaded"] < 50_000
+    for night, expected in enumerate(nights, start=1):
+        target = tmp_path / f"r{night}"
+        assert cli("restore", "--snapshot", night, target).code == 0
+        assert describe(restored_root(target, src)) == expected
+
+
+def test_a_fresh_home_restores_and_continues_with_only_the_capability(
+    tmp_path: Path, cli, healthy: LocalGrid
+) -> None:
+    src = tmp_path / "src"
+    make_tree(src)
+    cap = init_on_grid(cli, healthy)
+    assert cli("backup", src).code == 0
+    other = tmp_path / "other-machine"
+    attached = deltagrid(other, "attach", "--store", healthy.url, "--cap", cap)
+    assert attached.returncode == 0, attached.stderr
+    assert (other / "config.toml").stat().st_mode & 0o077 == 0  # the writecap stays private
+    target = tmp_path / "r"
+    assert deltagrid(other, "restore", target).returncode == 0
+    assert describe(restored_root(target, src)) == describe(src)
+    (src / "docs" / "added.txt").write_text("from the other machine\n")
+    more = deltagrid(other, "backup", src)
+    assert more.returncode == 0, more.stderr
+    target2 = tmp_path / "r2"
+    assert deltagrid(other, "restore", target2).returncode == 0
+    assert describe(restored_root(target2, src)) == describe(src)
+
+
+def test_one_storage_server_down_during_backup_and_restore(
+    tmp_path: Path, cli, healthy: LocalGrid
+) -> None:
+    src = tmp_path / "src"
+    make_tree(src)
+    init_on_grid(cli, healthy)
+    healthy.stop_node("storage3")
+    backup = cli("backup", src)
+    assert backup.code == 0, backup.err
+    healthy.start()
+    healthy.stop_node("storage0")
+    target = tmp_path / "r"
+    restored = cli("restore", target)
+    assert restored.code == 0, restored.err
+    assert describe(restored_root(target, src)) == describe(src)
+
+
+def test_too_few_servers_is_a_clear_error_and_loses_nothing(
+    tmp_path: Path, home: Path, cli, healthy: LocalGrid
+) -> None:
+    src = tmp_path / "src"
+    make_tree(src)
+    init_on_grid(cli, healthy)
+    assert cli("backup", src).code == 0
+    (src / "docs" / "more.txt").write_bytes(os.urandom(100_000))
+    healthy.stop_node("storage2")
+    healthy.stop_node("storage3")
+    failed = deltagrid(home, "backup", src)
+    assert failed.returncode == 1
+    assert "Traceback" not in failed.stderr
+    assert "shares" in failed.stderr or "not reachable" in failed.stderr
+    healthy.start()
+    done = cli("backup", src)
+    assert done.code == 0, done.err
+    target = tmp_path / "r"
+    assert cli("restore", target).code == 0
+    assert describe(restored_root(target, src)) == describe(src)
+
+
+def test_client_node_stopped_mid_upload_then_resume_completes(
+    tmp_path: Path, home: Path, cli, healthy: LocalGrid
+) -> None:
+    src = tmp_path / "src"
+    make_tree(src, files=30)
+    for i in range(12):
+        (src / f"chunk{i}.bin").write_bytes(os.urandom(1 << 20))
+    init_on_grid(cli, healthy)
+    with open(home / "config.toml", "a") as f:
+        f.write("\n[upload]\npack_size = 1048576\n")
+    assert cli("scan", src).code == 0
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "deltagrid", "--home", str(home), "upload"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(1.5)
+    healthy.stop_node("client")
+    _out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 1, err
+    assert err.count("\n") == 1 and err.startswith("deltagrid: error:")
+    assert "not reachable" in err
+    healthy.start()
+    resumed = cli("--json", "upload")
+    assert resumed.code == 0, resumed.err
+    target = tmp_path / "r"
+    assert cli("restore", target).code == 0
+    assert describe(restored_root(target, src)) == describe(src)
