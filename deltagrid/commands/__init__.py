@@ -3,6 +3,7 @@
 from deltagrid.commands import (
     attach,
     backup,
+    diff,
     grid,
     init,
     ls,
@@ -14,4 +15,17 @@ from deltagrid.commands import (
     verify,
 )
 
-COMMANDS = [init, scan, upload, backup, snapshots, ls, restore, status, verify, grid, attach]
+COMMANDS = [
+    init,
+    scan,
+    upload,
+    backup,
+    snapshots,
+    ls,
+    diff,
+    restore,
+    status,
+    verify,
+    attach,
+    grid,
+]

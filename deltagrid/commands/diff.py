@@ -1,0 +1,63 @@
+"""`deltagrid diff SNAP_A SNAP_B`: what was added, deleted or changed between two snapshots.
+
+Marks, as restic prints them: `+` added, `-` deleted, `M` content changed, `T` type changed,
+`U` only metadata (mode, owner, times) changed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any
+
+from backupdb import queries
+from deltagrid.home import Home, reading
+from deltagrid.output import Output
+from restore.resolve import resolve
+
+
+def add(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("diff", parents=[common], help="what changed between snapshots")
+    p.add_argument("a", type=int, metavar="SNAP_A")
+    p.add_argument("b", type=int, metavar="SNAP_B")
+    p.set_defaults(run=run)
+
+
+_SHOWN = ("kind", "mode", "uid", "gid", "size", "mtime_ns", "target", "content_hash")
+
+
+def mark(old: Any, new: Any) -> str | None:
+    """The change mark, or None when the two versions describe the same entry (a re-read)."""
+    if old is None:
+        return "+"
+    if new is None:
+        return "-"
+    if old.kind != new.kind:
+        return "T"
+    if old.content_hash != new.content_hash or old.target != new.target:
+        return "M"
+    if all(getattr(old, f) == getattr(new, f) for f in _SHOWN):
+        return None
+    return "U"
+
+
+def run(args: argparse.Namespace, home: Home, out: Output) -> int:
+    with reading(home) as (conn, _store, published):
+        a = resolve(conn, published, args.a).id
+        b = resolve(conn, published, args.b).id
+        gone = queries.only_in(conn, a, b)
+        came = queries.only_in(conn, b, a)
+    changes = []
+    for path in sorted(gone.keys() | came.keys()):
+        m = mark(gone.get(path), came.get(path))
+        if m is None:
+            continue
+        changes.append({"path": os.fsdecode(path), "change": m})
+        out.line(f"{m} {os.fsdecode(path)}")
+    counts = {m: sum(1 for c in changes if c["change"] == m) for m in "+-MTU"}
+    out.line(
+        f"{counts['+']} added, {counts['-']} deleted, {counts['M']} changed, "
+        f"{counts['T']} changed type, {counts['U']} metadata only"
+    )
+    out.document({"a": a, "b": b, "changes": changes, "counts": counts})
+    return 0
