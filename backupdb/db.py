@@ -56,7 +56,14 @@ def open_db(path: Path, writer: bool = True) -> Engine:
     engine = _engine(path, writer)
     try:
         with engine.connect() as conn:
-            conn.exec_driver_sql("PRAGMA quick_check").fetchall()
+            check = [r[0] for r in conn.exec_driver_sql("PRAGMA quick_check").fetchall()]
+            if check != ["ok"]:  # it reports damage as rows; a later query would fail mid-run
+                engine.dispose()
+                lines = [ln for r in check for ln in r.splitlines() if not ln.startswith("***")]
+                raise BackupDBError(
+                    f"backupdb {path} is damaged ({(lines or check)[0]}); "
+                    "repair it with 'deltagrid attach'"
+                )
             tables = set(inspect(conn).get_table_names())
             missing = {t.name for t in schema.metadata.sorted_tables} - tables
             if missing:

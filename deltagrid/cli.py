@@ -19,7 +19,7 @@ from deltagrid.output import Output
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(EXIT_USAGE, f"deltagrid: {message} (see 'deltagrid --help')\n")
+        self.exit(EXIT_USAGE, f"deltagrid: error: {message} (see 'deltagrid --help')\n")
 
 
 def _globals(parser: argparse.ArgumentParser, default: object) -> None:

@@ -128,6 +128,8 @@ class Restorer:
 
     def _dir_meta(self, e: Any) -> None:
         dest = self._dest(e.path)
+        if dest not in self.made or not stat.S_ISDIR(os.lstat(dest).st_mode):
+            return  # _dir refused it (a symlink in the way?) and said so: never follow it
         self._set_meta(dest, e, follow=True)
 
     def _set_meta(self, dest: bytes, e: Any, follow: bool) -> None:

@@ -59,8 +59,13 @@ def reason_for(prev: Any, meta: Meta, checksum: bool) -> str | None:
     if meta.kind == KIND_FILE and (
         checksum
         or prev.recheck
-        or (prev.size, prev.mtime_ns, prev.ctime_ns, prev.inode)
-        != (meta.size, meta.mtime_ns, meta.ctime_ns, meta.inode)
+        or (prev.size, prev.mtime_ns, prev.inode) != (meta.size, meta.mtime_ns, meta.inode)
+        # ctime alone moved: maybe a write that put the mtime back. A chmod/chown moves ctime
+        # too, and is only `meta` (the uploader still re-reads it, as its ctime moved).
+        or (
+            prev.ctime_ns != meta.ctime_ns
+            and (prev.mode, prev.uid, prev.gid) == (meta.mode, meta.uid, meta.gid)
+        )
     ):
         return "changed"
     if meta.kind == KIND_LINK and prev.target != meta.target:

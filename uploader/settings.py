@@ -22,4 +22,15 @@ class UploadSettings:
         unknown = set(values) - set(known)
         if unknown:
             raise KeyError(sorted(unknown)[0])
+        for name, value in values.items():
+            # A wrong type would surface as a traceback mid-upload, a zero piece size as files
+            # stored without their bytes: refuse both here (a TypeError is a usage error).
+            is_float = known[name] in ("float", float)
+            if isinstance(value, bool) or not isinstance(value, (int, float) if is_float else int):
+                raise TypeError(f"{name} must be {'a number' if is_float else 'an integer'}")
+            if name in _POSITIVE and value <= 0:
+                raise TypeError(f"{name} must be above 0")
         return cls(**values)  # type: ignore[arg-type]
+
+
+_POSITIVE = {"pack_size", "piece_size", "block_max"}
