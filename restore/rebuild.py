@@ -9,8 +9,9 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Protocol
 
 import pyrsync
 from sqlalchemy import Connection
@@ -37,29 +38,42 @@ def chain_of(conn: Connection, content_id: int) -> list[Any]:
     return chain
 
 
-def write_blobs(conn: Connection, store: Store, content_id: int, out: BinaryIO) -> int:
-    """Write a content's decoded blobs to `out`, reading runs of adjacent blobs in one get."""
-    pieces = queries.content_pieces(conn, content_id)
-    written = 0
-    i = 0
-    while i < len(pieces):
-        j = i + 1
-        while (
-            j < len(pieces)
-            and pieces[j].ref == pieces[i].ref
-            and pieces[j].offset == pieces[j - 1].offset + pieces[j - 1].length
-            and pieces[j].offset + pieces[j].length - pieces[i].offset <= 64 << 20
-        ):
-            j += 1
-        start = pieces[i].offset
-        data = store.get(pieces[i].ref, start, pieces[j - 1].offset + pieces[j - 1].length - start)
-        for piece in pieces[i:j]:
-            frame = data[piece.offset - start : piece.offset - start + piece.length]
-            raw = decode_blob(frame, piece.raw_length, piece.hash)
-            out.write(raw)
-            written += len(raw)
-        i = j
-    return written
+class BlobSource(Protocol):
+    """Where rebuilding gets a content's decoded blobs from, in order."""
+
+    def blobs(self, conn: Connection, content_id: int) -> Iterator[bytes]: ...
+
+
+class DirectSource:
+    """Straight from the store, one read per run of adjacent blobs: for a few contents."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def blobs(self, conn: Connection, content_id: int) -> Iterator[bytes]:
+        pieces = queries.content_pieces(conn, content_id)
+        i = 0
+        while i < len(pieces):
+            j = i + 1
+            while (
+                j < len(pieces)
+                and pieces[j].ref == pieces[i].ref
+                and pieces[j].offset == pieces[j - 1].offset + pieces[j - 1].length
+                and pieces[j].offset + pieces[j].length - pieces[i].offset <= 64 << 20
+            ):
+                j += 1
+            start = pieces[i].offset
+            end = pieces[j - 1].offset + pieces[j - 1].length
+            data = self.store.get(pieces[i].ref, start, end - start)
+            for piece in pieces[i:j]:
+                frame = data[piece.offset - start : piece.offset - start + piece.length]
+                yield decode_blob(frame, piece.raw_length, piece.hash)
+            i = j
+
+
+def _write(source: BlobSource, conn: Connection, content_id: int, out: BinaryIO) -> None:
+    for raw in source.blobs(conn, content_id):
+        out.write(raw)
 
 
 def _hash_file(path: Path) -> bytes:
@@ -70,7 +84,7 @@ def _hash_file(path: Path) -> bytes:
     return h.digest()
 
 
-def materialize(conn: Connection, store: Store, content_id: int, workdir: Path) -> Path:
+def materialize(conn: Connection, source: BlobSource, content_id: int, workdir: Path) -> Path:
     """Rebuild a content into a new temporary file under `workdir`; the caller owns it."""
     chain = chain_of(conn, content_id)
     current: Path | None = None
@@ -81,11 +95,11 @@ def materialize(conn: Connection, store: Store, content_id: int, workdir: Path) 
             nxt = Path(name)
             with os.fdopen(fd, "wb") as out:
                 if row.basis_id is None:
-                    write_blobs(conn, store, row.id, out)
+                    _write(source, conn, row.id, out)
                 else:
                     assert current is not None
                     with tempfile.TemporaryFile(dir=workdir) as delta:
-                        write_blobs(conn, store, row.id, delta)
+                        _write(source, conn, row.id, delta)
                         delta.seek(0)
                         with open(current, "rb") as basis:
                             try:

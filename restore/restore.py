@@ -10,7 +10,9 @@ no link restored in this run can redirect a later write.
 from __future__ import annotations
 
 import os
+import shutil
 import stat
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,8 +23,10 @@ from sqlalchemy import Connection
 from backupdb import queries
 from backupdb.records import KIND_DIR, KIND_FILE, KIND_LINK
 from deltagrid.errors import DeltagridError
-from restore.rebuild import materialize
+from restore.fetch import Fetcher, Piece
+from restore.rebuild import chain_of, materialize
 from store.base import Store
+from store.filestore import sync_filesystem
 
 
 class UnsafePath(DeltagridError):
@@ -68,6 +72,7 @@ class Restorer:
         self.made: set[bytes] = set()
 
     def run(self, snapshot_id: int, prefixes: list[bytes]) -> RestoreResult:
+        """Restore; files are rebuilt in store order, and made durable by one sync at the end."""
         os.makedirs(self.target, exist_ok=True)
         dirs: list[Any] = []
         files: list[Any] = []
@@ -76,14 +81,54 @@ class Restorer:
             {KIND_DIR: dirs, KIND_FILE: files, KIND_LINK: links}[e.kind].append(e)
         for e in dirs:
             self._guard(e, self._dir)
-        linked: dict[tuple[int, int], tuple[bytes, bytes]] = {}
-        for e in files:
-            self._guard(e, lambda e: self._file(e, linked))
+        files, plan, order = self._plan(files)
+        work = Path(tempfile.mkdtemp(dir=os.fsdecode(self.target), prefix=".deltagrid-restore-"))
+        self.source = Fetcher(self.store, work, plan, order)
+        try:
+            linked: dict[tuple[int, int], tuple[bytes, bytes]] = {}
+            for e in files:
+                self._guard(e, lambda e: self._file(e, linked))
+        finally:
+            self.source.close()
+            shutil.rmtree(work, ignore_errors=True)
         for e in links:
             self._guard(e, self._symlink)
         for e in reversed(dirs):
             self._guard(e, self._dir_meta)
+        sync_filesystem(self.target)
         return self.result
+
+    def _plan(self, files: list[Any]) -> tuple[list[Any], dict[int, list[Piece]], list[int]]:
+        """Order files by where their data lies in the store, and list the contents they read.
+
+        A hard link to a file restored before it reads nothing; a file whose chain cannot be
+        planned goes last and fails, named, when rebuilt.
+        """
+        plan: dict[int, list[Piece]] = {}
+        chains: dict[int, list[int]] = {}
+        seen_links: set[tuple[int, int, bytes]] = set()
+        readers: list[tuple[int, Any]] = []
+        others: list[Any] = []
+        for e in files:
+            link_key = (e.dev, e.inode, e.content_hash)
+            if e.nlink > 1 and link_key in seen_links:
+                others.append(e)
+                continue
+            seen_links.add(link_key)
+            try:
+                if e.content_id not in chains:
+                    chains[e.content_id] = [c.id for c in chain_of(self.conn, e.content_id)]
+                for c in chains[e.content_id]:
+                    if c not in plan:
+                        plan[c] = [Piece.from_row(r) for r in queries.content_pieces(self.conn, c)]
+            except DeltagridError:
+                others.append(e)
+                continue
+            first = min((plan[c][0].blob_id for c in chains[e.content_id] if plan[c]), default=0)
+            readers.append((first, e))
+        readers.sort(key=lambda r: r[0])
+        order = [c for _first, e in readers for c in chains[e.content_id]]
+        return [e for _first, e in readers] + others, plan, order
 
     def _guard(self, entry: Any, action: Callable[[Any], None]) -> None:
         try:
@@ -159,11 +204,9 @@ class Restorer:
             self.result.hardlinks += 1
             return
         tmp = os.fsencode(
-            materialize(self.conn, self.store, e.content_id, Path(os.fsdecode(parent)))
+            materialize(self.conn, self.source, e.content_id, Path(os.fsdecode(parent)))
         )
         try:
-            with open(tmp, "rb") as f:
-                os.fsync(f.fileno())
             self._set_meta(tmp, e, follow=True)
             self._install(tmp, dest)
         except BaseException:

@@ -6,6 +6,7 @@ fsynced, so a crash leaves either no object or a whole one.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import os
 import re
@@ -16,6 +17,18 @@ from pathlib import Path
 from deltagrid.errors import CorruptData, ObjectMissing, StoreError
 from store.base import Store
 
+
+def _load_libc() -> ctypes.CDLL | None:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.syncfs.argtypes = [ctypes.c_int]
+    except (OSError, AttributeError):
+        return None
+    return libc
+
+
+_libc = _load_libc()
+
 _REF = re.compile(r"^[0-9a-f]{64}$")
 _CHUNK = 1 << 20
 
@@ -25,6 +38,16 @@ def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def sync_filesystem(path: bytes | str | Path) -> None:
+    """Flush every write to the filesystem holding `path` (syncfs), e.g. after a whole restore."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if _libc is None or _libc.syncfs(fd) != 0:
+            os.sync()
     finally:
         os.close(fd)
 

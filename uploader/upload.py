@@ -29,7 +29,7 @@ from sqlalchemy import Connection, Engine
 from backupdb import queries
 from backupdb.records import KIND_FILE, KIND_LINK, Meta, kind_of
 from deltagrid.errors import CorruptData, StoreError
-from restore.rebuild import materialize
+from restore.rebuild import DirectSource, materialize
 from store.base import Store
 from store.pack import IndexEntry, PackWriter, digest
 from uploader.reader import (
@@ -296,7 +296,7 @@ class Uploader:
         if cached is not None:
             return cached
         try:  # e.g. after attach on a new machine: rebuild the basis from the store
-            rebuilt = materialize(self.conn, self.store, basis.id, self.workdir)
+            rebuilt = materialize(self.conn, DirectSource(self.store), basis.id, self.workdir)
         except (CorruptData, StoreError) as exc:
             self.warn(f"cannot rebuild delta basis {basis.hash.hex()[:16]}: {exc}")
             return None

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import tempfile
+from pathlib import Path
 
 from backupdb import queries
 from deltagrid.errors import EXIT_ERROR, EXIT_OK, DeltagridError
 from deltagrid.home import Home, reading
 from deltagrid.output import Output
-from restore.rebuild import materialize
+from restore.rebuild import DirectSource, materialize
 
 
 def add(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -37,6 +38,7 @@ def run(args: argparse.Namespace, home: Home, out: Output) -> int:
                 problems.append({"pack": pack.ref, "error": f"size {size}, expected {pack.size}"})
         if args.read_data:
             home.spool.mkdir(parents=True, exist_ok=True)
+            source = DirectSource(store)
             with (
                 tempfile.TemporaryDirectory(dir=home.spool) as work,
                 out.bar(desc="verify", unit=" versions") as bar,
@@ -45,7 +47,7 @@ def run(args: argparse.Namespace, home: Home, out: Output) -> int:
                     checked_contents += 1
                     bar.update(1)
                     try:
-                        materialize(conn, store, content.id, work).unlink()  # type: ignore[arg-type]
+                        materialize(conn, source, content.id, Path(work)).unlink()
                     except DeltagridError as exc:
                         snaps = queries.snapshots_using(conn, [content.id], published)
                         problems.append(
