@@ -507,3 +507,42 @@ def only_in(conn: Connection, present: int, absent: int) -> dict[bytes, Row[Any]
         .where(live_in(present), ~live_absent)
     )
     return {row.path: row for row in rows}
+
+
+def _chunks(ids: list[int], size: int = 900) -> Iterator[list[int]]:
+    for i in range(0, len(ids), size):
+        yield ids[i : i + size]
+
+
+def contents_by_ids(conn: Connection, content_ids: Iterable[int]) -> dict[int, Row[Any]]:
+    """Many contents at once, by id."""
+    found: dict[int, Row[Any]] = {}
+    for chunk in _chunks(sorted(set(content_ids))):
+        for row in conn.execute(select(contents).where(contents.c.id.in_(chunk))):
+            found[row.id] = row
+    return found
+
+
+def pieces_of_contents(conn: Connection, content_ids: Iterable[int]) -> dict[int, list[Any]]:
+    """The blobs of many contents at once, each content's in order, with their packs."""
+    found: dict[int, list[Any]] = {}
+    for chunk in _chunks(sorted(set(content_ids))):
+        rows = conn.execute(
+            select(
+                content_blobs.c.content_id,
+                blobs.c.id,
+                blobs.c.offset,
+                blobs.c.length,
+                blobs.c.raw_length,
+                blobs.c.hash,
+                packs.c.ref,
+            )
+            .select_from(content_blobs)
+            .join(blobs, blobs.c.id == content_blobs.c.blob_id)
+            .join(packs, packs.c.id == blobs.c.pack_id)
+            .where(content_blobs.c.content_id.in_(chunk))
+            .order_by(content_blobs.c.content_id, content_blobs.c.seq)
+        )
+        for row in rows:
+            found.setdefault(row.content_id, []).append(row)
+    return found

@@ -24,6 +24,30 @@ from store.pack import decode_blob
 _CHUNK = 1 << 20
 
 
+def load_chains(conn: Connection, content_ids: set[int]) -> dict[int, Any]:
+    """The content rows of these contents and of every basis below them, in few queries."""
+    rows: dict[int, Any] = {}
+    wanted = set(content_ids)
+    while wanted:
+        found = queries.contents_by_ids(conn, wanted)
+        rows.update(found)
+        wanted = {r.basis_id for r in found.values() if r.basis_id is not None} - rows.keys()
+    return rows
+
+
+def chain_ids(rows: dict[int, Any], content_id: int) -> list[int]:
+    """The ids from the keyframe up to `content_id`, from rows `load_chains` loaded."""
+    chain: list[int] = []
+    current: int | None = content_id
+    while current is not None:
+        if current not in rows or len(chain) > 10_000:
+            raise CorruptData(f"content {content_id} has a broken delta chain")
+        chain.append(current)
+        current = rows[current].basis_id
+    chain.reverse()
+    return chain
+
+
 def chain_of(conn: Connection, content_id: int) -> list[Any]:
     """The contents from the keyframe up to `content_id`, keyframe first."""
     chain = []

@@ -24,7 +24,7 @@ from backupdb import queries
 from backupdb.records import KIND_DIR, KIND_FILE, KIND_LINK
 from deltagrid.errors import DeltagridError
 from restore.fetch import Fetcher, Piece
-from restore.rebuild import chain_of, materialize
+from restore.rebuild import chain_ids, load_chains, materialize
 from store.base import Store
 from store.filestore import sync_filesystem
 
@@ -104,10 +104,11 @@ class Restorer:
         A hard link to a file restored before it reads nothing; a file whose chain cannot be
         planned goes last and fails, named, when rebuilt.
         """
-        plan: dict[int, list[Piece]] = {}
-        chains: dict[int, list[int]] = {}
+        contents = load_chains(self.conn, {e.content_id for e in files})
+        rows = queries.pieces_of_contents(self.conn, contents)
+        plan = {c: [Piece.from_row(r) for r in rows.get(c, [])] for c in contents}
         seen_links: set[tuple[int, int, bytes]] = set()
-        readers: list[tuple[int, Any]] = []
+        readers: list[tuple[int, Any, list[int]]] = []
         others: list[Any] = []
         for e in files:
             link_key = (e.dev, e.inode, e.content_hash)
@@ -116,19 +117,15 @@ class Restorer:
                 continue
             seen_links.add(link_key)
             try:
-                if e.content_id not in chains:
-                    chains[e.content_id] = [c.id for c in chain_of(self.conn, e.content_id)]
-                for c in chains[e.content_id]:
-                    if c not in plan:
-                        plan[c] = [Piece.from_row(r) for r in queries.content_pieces(self.conn, c)]
+                chain = chain_ids(contents, e.content_id)
             except DeltagridError:
                 others.append(e)
                 continue
-            first = min((plan[c][0].blob_id for c in chains[e.content_id] if plan[c]), default=0)
-            readers.append((first, e))
+            first = min((plan[c][0].blob_id for c in chain if plan[c]), default=0)
+            readers.append((first, e, chain))
         readers.sort(key=lambda r: r[0])
-        order = [c for _first, e in readers for c in chains[e.content_id]]
-        return [e for _first, e in readers] + others, plan, order
+        order = [c for _first, _e, chain in readers for c in chain]
+        return [e for _first, e, _chain in readers] + others, plan, order
 
     def _guard(self, entry: Any, action: Callable[[Any], None]) -> None:
         try:
