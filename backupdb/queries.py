@@ -546,3 +546,16 @@ def pieces_of_contents(conn: Connection, content_ids: Iterable[int]) -> dict[int
         for row in rows:
             found.setdefault(row.content_id, []).append(row)
     return found
+
+
+def paths_using(conn: Connection, content_id: int) -> list[bytes]:
+    """Every path that had a version with this content, in any snapshot."""
+    return list(
+        conn.execute(
+            select(paths.c.path)
+            .join(versions, versions.c.path_id == paths.c.id)
+            .where(versions.c.content_id == content_id)
+            .distinct()
+            .order_by(paths.c.path)
+        ).scalars()
+    )

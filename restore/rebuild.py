@@ -100,7 +100,8 @@ def _write(source: BlobSource, conn: Connection, content_id: int, out: BinaryIO)
         out.write(raw)
 
 
-def _hash_file(path: Path) -> bytes:
+def hash_file(path: Path) -> bytes:
+    """BLAKE2b-256 of a file's bytes, read in chunks."""
     h = hashlib.blake2b(digest_size=32)
     with open(path, "rb") as f:
         while chunk := f.read(_CHUNK):
@@ -133,7 +134,7 @@ def materialize(conn: Connection, source: BlobSource, content_id: int, workdir: 
             if current is not None:
                 current.unlink()
             current = nxt
-            if _hash_file(current) != row.hash:
+            if hash_file(current) != row.hash:
                 raise CorruptData(f"rebuilt bytes do not match content {row.hash.hex()[:16]}")
     except BaseException:
         for leftover in (current, nxt):

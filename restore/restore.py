@@ -24,7 +24,7 @@ from backupdb import queries
 from backupdb.records import KIND_DIR, KIND_FILE, KIND_LINK
 from deltagrid.errors import DeltagridError
 from restore.fetch import Fetcher, Piece
-from restore.rebuild import chain_ids, load_chains, materialize
+from restore.rebuild import chain_ids, hash_file, load_chains, materialize
 from store.base import Store
 from store.filestore import sync_filesystem
 
@@ -39,6 +39,7 @@ class RestoreResult:
     dirs: int = 0
     symlinks: int = 0
     hardlinks: int = 0
+    linked: int = 0  # files hard-linked from --link-dest instead of written
     size: int = 0
     errors: list[tuple[bytes, str]] = field(default_factory=list)
 
@@ -56,20 +57,30 @@ def check_path(path: bytes) -> list[bytes]:
 
 
 class Restorer:
+    """Restores entries under `target`: at TARGET + their path, or, with `strip`, the subtree
+    `strip` as TARGET itself. With `link_dest`, a file identical (content hash and metadata) to
+    the one at the same place under that directory is hard-linked instead of written."""
+
     def __init__(
         self,
         conn: Connection,
         store: Store,
         target: Path,
         on_progress: Callable[[int], None] | None = None,
+        strip: bytes | None = None,
+        link_dest: Path | None = None,
+        on_total: Callable[[int], None] | None = None,
     ) -> None:
         self.conn = conn
         self.store = store
         self.target = os.fsencode(os.path.abspath(target))
         self.on_progress = on_progress or (lambda _n: None)
+        self.strip = check_path(strip) if strip else []
+        self.link_dest = os.fsencode(os.path.abspath(link_dest)) if link_dest else None
         self.as_root = os.geteuid() == 0
         self.result = RestoreResult()
         self.made: set[bytes] = set()
+        self.on_total = on_total or (lambda _n: None)
 
     def run(self, snapshot_id: int, prefixes: list[bytes]) -> RestoreResult:
         """Restore; files are rebuilt in store order, and made durable by one sync at the end."""
@@ -124,6 +135,7 @@ class Restorer:
             first = min((plan[c][0].blob_id for c in chain if plan[c]), default=0)
             readers.append((first, e, chain))
         readers.sort(key=lambda r: r[0])
+        self.on_total(sum(e.size for e in files))
         order = [c for _first, _e, chain in readers for c in chain]
         return [e for _first, e, _chain in readers] + others, plan, order
 
@@ -134,9 +146,16 @@ class Restorer:
             message = str(exc) if isinstance(exc, DeltagridError) else (exc.strerror or str(exc))
             self.result.errors.append((entry.path, message))
 
+    def _parts(self, path: bytes) -> list[bytes]:
+        """The checked components of `path` below the target."""
+        parts = check_path(path)
+        if parts[: len(self.strip)] != self.strip:
+            raise UnsafePath("path is outside the subtree being restored")
+        return parts[len(self.strip) :]
+
     def _parent(self, path: bytes) -> bytes:
         """Make sure every directory above `path` under the target is a real directory."""
-        parts = check_path(path)
+        parts = self._parts(path)
         current = self.target
         for part in parts[:-1]:
             current = current + b"/" + part
@@ -154,7 +173,8 @@ class Restorer:
 
     def _dest(self, path: bytes) -> bytes:
         parent = self._parent(path)
-        return parent + b"/" + path.rsplit(b"/", 1)[1] if path != b"/" else self.target
+        parts = self._parts(path)
+        return parent + b"/" + parts[-1] if parts else self.target
 
     def _dir(self, e: Any) -> None:
         dest = self._dest(e.path)
@@ -200,6 +220,8 @@ class Restorer:
             self._install(tmp, dest)
             self.result.hardlinks += 1
             return
+        if self._link_previous(e, dest, parent):
+            return
         tmp = os.fsencode(
             materialize(self.conn, self.source, e.content_id, Path(os.fsdecode(parent)))
         )
@@ -215,6 +237,32 @@ class Restorer:
         self.result.files += 1
         self.result.size += e.size
         self.on_progress(e.size)
+
+    def _link_previous(self, e: Any, dest: bytes, parent: bytes) -> bool:
+        """With link_dest: hard-link the same file of the previous tree, if it is identical."""
+        if self.link_dest is None:
+            return False
+        previous = self.link_dest + dest[len(self.target) :]
+        try:
+            st = os.lstat(previous)
+        except OSError:
+            return False
+        if not (
+            stat.S_ISREG(st.st_mode)
+            and (st.st_size, st.st_mtime_ns, stat.S_IMODE(st.st_mode))
+            == (e.size, e.mtime_ns, e.mode)
+            and (not self.as_root or (st.st_uid, st.st_gid) == (e.uid, e.gid))
+            and hash_file(Path(os.fsdecode(previous))) == e.content_hash
+        ):
+            return False
+        tmp = parent + b"/.deltagrid-link-" + os.urandom(6).hex().encode()
+        os.link(previous, tmp)
+        self._install(tmp, dest)
+        self.result.files += 1
+        self.result.linked += 1
+        self.result.size += e.size
+        self.on_progress(e.size)
+        return True
 
     def _symlink(self, e: Any) -> None:
         dest = self._dest(e.path)

@@ -225,7 +225,7 @@ def test_verify_finds_a_missing_pack(cli, packs: list) -> None:
     assert run.code == 1
     assert [p["pack"] for p in run.json["problems"]] == [pack.name]
     assert "missing" in run.json["problems"][0]["error"]
-    assert f"deltagrid: warning: damaged {pack.name}: object {pack.name} is missing" in run.err
+    assert f"deltagrid: warning: damaged pack {pack.name}: object {pack.name} is missing" in run.err
 
 
 def test_verify_finds_a_truncated_pack(cli, packs: list) -> None:
@@ -234,7 +234,7 @@ def test_verify_finds_a_truncated_pack(cli, packs: list) -> None:
     os.truncate(pack, size - 100)
     run = cli("verify")
     assert run.code == 1
-    assert f"damaged {pack.name}: size {size - 100}, expected {size}" in run.err
+    assert f"damaged pack {pack.name}: size {size - 100}, expected {size}" in run.err
     assert cli("verify", "--read-data").code == 1
 
 
@@ -251,7 +251,8 @@ def test_verify_read_data_finds_a_flipped_byte_and_restore_names_the_file(
     problem = run.json["problems"][0]
     assert "content" in problem and problem["snapshots"]
     assert "does not match" in problem["error"] or "does not decompress" in problem["error"]
-    assert f"deltagrid: warning: damaged {problem['content']}" in run.err
+    assert problem["paths"] and all(p.startswith(str(repo)) for p in problem["paths"])
+    assert f"deltagrid: warning: damaged {problem['paths'][0]}" in run.err
 
     # Restore names the damaged file, restores every other one, and exits 1.
     restore = cli("--json", "restore", tmp_path / "t")

@@ -1,16 +1,19 @@
-"""`deltagrid restore [--snapshot ID | --at TIME] [--path P]... TARGET`."""
+"""`deltagrid restore [--snapshot ID | --at TIME] [--path P]... TARGET`, or, to publish one
+subtree atomically, `restore [--path P] --into DIR [--swap[=rename]] [--keep-old NAME]`."""
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 from pathlib import Path
 
-from deltagrid.errors import EXIT_ERROR, EXIT_OK
+from deltagrid.errors import EXIT_ERROR, EXIT_OK, UsageError
 from deltagrid.home import Home, reading
 from deltagrid.output import Output, human_bytes
+from restore.publish import publish, staging_for
 from restore.resolve import resolve
-from restore.restore import Restorer
+from restore.restore import Restorer, RestoreResult
 
 
 def add(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -25,35 +28,106 @@ def add(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> Non
         metavar="P",
         help="restore only this absolute path and what is below it (repeatable)",
     )
-    p.add_argument("target", type=Path, metavar="TARGET")
+    p.add_argument(
+        "--into",
+        type=Path,
+        metavar="DIR",
+        help="restore the --path subtree as DIR itself, published atomically",
+    )
+    p.add_argument(
+        "--swap",
+        nargs="?",
+        const="exchange",
+        choices=["exchange", "rename"],
+        help="with --into: replace an existing DIR (atomic exchange; 'rename': two "
+        "renames, for filesystems without RENAME_EXCHANGE)",
+    )
+    p.add_argument("--keep-old", metavar="NAME", help="with --swap: keep the old tree as NAME")
+    p.add_argument(
+        "--link-dest",
+        type=Path,
+        metavar="PREV_DIR",
+        help="hard-link files identical to those in PREV_DIR instead of writing them",
+    )
+    p.add_argument("target", type=Path, nargs="?", metavar="TARGET")
     p.set_defaults(run=run)
 
 
+def _check(args: argparse.Namespace) -> None:
+    if args.into is None:
+        if args.target is None:
+            raise UsageError("restore needs TARGET or --into DIR (see 'deltagrid --help')")
+        if args.swap or args.keep_old:
+            raise UsageError("--swap and --keep-old go with --into")
+    else:
+        if args.target is not None:
+            raise UsageError("give either TARGET or --into DIR, not both")
+        if len(args.path) > 1:
+            raise UsageError("--into publishes one subtree: give at most one --path")
+        if args.keep_old and not args.swap:
+            raise UsageError("--keep-old goes with --swap")
+    if args.link_dest is not None and not args.link_dest.is_dir():
+        raise UsageError(f"--link-dest {args.link_dest} is not a directory")
+
+
 def run(args: argparse.Namespace, home: Home, out: Output) -> int:
+    _check(args)
     prefixes = [os.path.abspath(os.fsencode(p)) for p in args.path]
-    with reading(home) as (conn, store, published):
-        snap = resolve(conn, published, args.snapshot, args.at)
-        with out.bar(desc="restore", unit="B", unit_scale=True) as bar:
-            result = Restorer(conn, store, args.target, on_progress=bar.update).run(
-                snap.id, prefixes
-            )
+    strip = (prefixes[0] if prefixes else b"/") if args.into else None
+    if args.into is not None and os.path.lexists(args.into) and not args.swap:
+        raise UsageError(f"{args.into} exists: pass --swap to replace it atomically")
+    target = staging_for(args.into) if args.into is not None else args.target
+    how = None
+    try:
+        with reading(home) as (conn, store, published):
+            snap = resolve(conn, published, args.snapshot, args.at)
+            with out.bar(desc="restore", unit="B", unit_scale=True) as bar:
+                restorer = Restorer(
+                    conn,
+                    store,
+                    target,
+                    on_progress=bar.update,
+                    strip=strip,
+                    link_dest=args.link_dest,
+                    on_total=lambda total: setattr(bar, "total", total),
+                )
+                result = restorer.run(snap.id, prefixes)
+        if args.into is not None and not result.errors:
+            if result.files + result.dirs + result.symlinks == 0:
+                raise UsageError(f"snapshot {snap.id} has nothing at {args.path[0]}")
+            how = publish(target, args.into, args.swap, args.keep_old)
+    finally:
+        if args.into is not None and how is None and target.exists():
+            shutil.rmtree(target)  # not published: the staging tree goes, DIR is untouched
+    report(out, snap.id, args.into or args.target, result, how, args.into is not None)
+    return EXIT_ERROR if result.errors else EXIT_OK
+
+
+def report(
+    out: Output, snapshot_id: int, where: Path, result: RestoreResult, how: str | None, into: bool
+) -> None:
     for path, message in result.errors:
         out.warn(f"cannot restore {os.fsdecode(path)}: {message}")
+    if into and how is None:
+        out.warn(f"nothing was published: {where} is as it was")
     out.line(
-        f"restored snapshot {snap.id} to {args.target}: {result.files} files "
+        f"restored snapshot {snapshot_id} to {where}: {result.files} files "
         f"({human_bytes(result.size)}), {result.hardlinks} hard links, {result.dirs} dirs, "
         f"{result.symlinks} symlinks, {len(result.errors)} errors"
+        + (f", {result.linked} linked from --link-dest" if result.linked else "")
+        + (f"; published ({how})" if how else "")
     )
     out.document(
         {
-            "snapshot_id": snap.id,
-            "target": str(args.target),
+            "snapshot_id": snapshot_id,
+            "target": str(where),
             "files": result.files,
             "bytes": result.size,
             "hardlinks": result.hardlinks,
+            "linked": result.linked,
             "dirs": result.dirs,
             "symlinks": result.symlinks,
+            "published": how,
             "errors": [{"path": os.fsdecode(p), "error": m} for p, m in result.errors],
         }
     )
-    return EXIT_ERROR if result.errors else EXIT_OK
