@@ -99,7 +99,10 @@ class Publisher:
         return meta["hash"], sig
 
     def publish(self) -> dict[str, int]:
-        """Publish the newest local snapshot if the root pointer does not name it yet."""
+        """Publish the newest local snapshot if the root pointer does not name it yet.
+
+        Returns the bytes of the backupdb object put, and the snapshot published (0: none).
+        """
         with self.engine.connect() as conn:
             latest = queries.last_snapshot_id(conn)
         root = parse_root(self.store.read_root())
@@ -109,8 +112,8 @@ class Publisher:
                 f"the store has snapshot {published} but the local backupdb only {latest}; "
                 "run 'deltagrid attach' to bring it up to date"
             )
-        if published == latest and root is not None:
-            return {"backupdb_bytes": 0}
+        if published == latest:
+            return {"backupdb_bytes": 0, "published": 0}
         self.state.mkdir(parents=True, exist_ok=True)
         chain: list[dict[str, Any]] = list(root["backupdb"]) if root else []
         with tempfile.TemporaryDirectory(dir=self.state) as tmp:
@@ -135,7 +138,7 @@ class Publisher:
                 self.state / "last-export.json",
                 json.dumps({"hash": new_hash, "sig": digest(sig_bytes).hex()}).encode(),
             )
-        return {"backupdb_bytes": sum(e["size"] for e in chain[-1:])}
+        return {"backupdb_bytes": sum(e["size"] for e in chain[-1:]), "published": latest}
 
     def _delta_entry(
         self, chain: list[dict[str, Any]], data: bytes, new_hash: str

@@ -25,11 +25,13 @@ def run_upload(home: Home, out: Output) -> tuple[UploadResult, dict[str, int]]:
     store = home.store()
     try:
         publisher = Publisher(engine, store, home.state, config.upload.full_export_every)
-        publisher.publish()  # finish a commit a killed run left between its two steps
+        finished = publisher.publish()  # a commit a killed run left between its two steps
         with engine.connect() as conn:
             if queries.interrupted_scan(conn) is not None:
                 raise DeltagridError("the last scan was interrupted; run 'deltagrid scan' again")
-            _rows, total = queries.pending_totals(conn)
+            rows, total = queries.pending_totals(conn)
+        if finished["published"] and not rows:  # that was all the killed run had left to do
+            return UploadResult(finished["published"]), finished
         started = time.time_ns()
         with out.bar(desc="upload", total=total, unit="B", unit_scale=True) as bar:
             uploader = Uploader(
