@@ -39,22 +39,7 @@ def write(engine: Engine, dest: Path) -> None:
             out.execute(_ddl(table))
         out.execute("COMMIT")
     out.close()
-    raw = engine.raw_connection()
-    try:
-        cur = raw.cursor()
-        cur.execute("ATTACH DATABASE ? AS export", (str(dest),))
-        cur.execute("BEGIN")
-        for table in schema.CATALOG:
-            cols = _column_list(table)
-            cur.execute(
-                f'INSERT INTO export."{table.name}" ({cols}) '
-                f'SELECT {cols} FROM main."{table.name}" ORDER BY rowid'
-            )
-        cur.execute("COMMIT")
-        cur.execute("DETACH DATABASE export")
-        cur.close()
-    finally:
-        raw.close()
+    _copy_catalog(engine, dest, to_export=True)
     with open(dest, "rb+") as f:
         os.fsync(f.fileno())
 
@@ -76,23 +61,31 @@ def load(export: Path, dest: Path) -> Engine:
     if version is None or version[0] != schema.SCHEMA_VERSION:
         raise CorruptData(f"the backupdb export has schema version {version}")
     engine = db.create(dest)
+    try:
+        _copy_catalog(engine, export, to_export=False)
+    except sqlite3.DatabaseError as exc:
+        raise CorruptData(f"the backupdb export is damaged: {exc}") from None
+    return engine
+
+
+def _copy_catalog(engine: Engine, export: Path, to_export: bool) -> None:
+    """Copy every catalog table, in rowid order, between the backupdb and an export file."""
+    src, dst = ("main", "export") if to_export else ("export", "main")
     raw = engine.raw_connection()
     try:
         cur = raw.cursor()
         cur.execute("ATTACH DATABASE ? AS export", (str(export),))
         cur.execute("BEGIN")
-        cur.execute('DELETE FROM main."schema_version"')
+        if not to_export:
+            cur.execute('DELETE FROM main."schema_version"')  # the export brings its own
         for table in schema.CATALOG:
             cols = _column_list(table)
             cur.execute(
-                f'INSERT INTO main."{table.name}" ({cols}) '
-                f'SELECT {cols} FROM export."{table.name}" ORDER BY rowid'
+                f'INSERT INTO {dst}."{table.name}" ({cols}) '
+                f'SELECT {cols} FROM {src}."{table.name}" ORDER BY rowid'
             )
         cur.execute("COMMIT")
         cur.execute("DETACH DATABASE export")
         cur.close()
-    except sqlite3.DatabaseError as exc:
-        raise CorruptData(f"the backupdb export is damaged: {exc}") from None
     finally:
         raw.close()
-    return engine

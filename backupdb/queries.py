@@ -284,25 +284,9 @@ def add_content(
     return content_id
 
 
-def content_pieces(conn: Connection, content_id: int) -> list[Row[Any]]:
+def content_pieces(conn: Connection, content_id: int) -> list[Any]:
     """The blobs of a content in order, with the pack each lives in."""
-    return list(
-        conn.execute(
-            select(
-                blobs.c.id,
-                blobs.c.offset,
-                blobs.c.length,
-                blobs.c.raw_length,
-                blobs.c.hash,
-                packs.c.ref,
-            )
-            .select_from(content_blobs)
-            .join(blobs, blobs.c.id == content_blobs.c.blob_id)
-            .join(packs, packs.c.id == blobs.c.pack_id)
-            .where(content_blobs.c.content_id == content_id)
-            .order_by(content_blobs.c.seq)
-        )
-    )
+    return pieces_of_contents(conn, [content_id]).get(content_id, [])
 
 
 _BLOB_BY_HASH = select(blobs.c.id).where(blobs.c.hash == bindparam("digest")).limit(1)

@@ -159,17 +159,20 @@ class Restorer:
         current = self.target
         for part in parts[:-1]:
             current = current + b"/" + part
-            if current in self.made:
-                continue
-            try:
-                st = os.lstat(current)
-            except FileNotFoundError:
-                os.mkdir(current, 0o700)
-                st = os.lstat(current)
-            if not stat.S_ISDIR(st.st_mode):
-                raise UnsafePath(f"{os.fsdecode(current)} is in the way and not a directory")
-            self.made.add(current)
+            if current not in self.made:
+                self._real_dir(current)
         return current
+
+    def _real_dir(self, path: bytes) -> None:
+        """Create `path`, or check it is a real directory (never a symlink); remember it."""
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            os.mkdir(path, 0o700)
+            st = os.lstat(path)
+        if not stat.S_ISDIR(st.st_mode):
+            raise UnsafePath(f"{os.fsdecode(path)} is in the way and not a directory")
+        self.made.add(path)
 
     def _dest(self, path: bytes) -> bytes:
         parent = self._parent(path)
@@ -177,15 +180,7 @@ class Restorer:
         return parent + b"/" + parts[-1] if parts else self.target
 
     def _dir(self, e: Any) -> None:
-        dest = self._dest(e.path)
-        try:
-            st = os.lstat(dest)
-        except FileNotFoundError:
-            os.mkdir(dest, 0o700)
-            st = os.lstat(dest)
-        if not stat.S_ISDIR(st.st_mode):
-            raise UnsafePath(f"{os.fsdecode(dest)} is in the way and not a directory")
-        self.made.add(dest)
+        self._real_dir(self._dest(e.path))
         self.result.dirs += 1
 
     def _dir_meta(self, e: Any) -> None:

@@ -3,9 +3,38 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import stat
+import subprocess
+import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class Run:
+    """One deltagrid run: exit code, stdout, stderr (and stdout as JSON)."""
+
+    code: int
+    out: str
+    err: str
+
+    @property
+    def json(self) -> Any:
+        return json.loads(self.out)
+
+
+def dg(home: Path, *args: str | Path, timeout: float = 120) -> Run:
+    """`python -m deltagrid --home HOME ARGS...` in a subprocess: the real process, real stderr."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "deltagrid", "--home", str(home), *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    return Run(proc.returncode, proc.stdout, proc.stderr)
 
 
 def describe(root: Path, mtimes: bool = True) -> dict[bytes, tuple]:

@@ -9,26 +9,12 @@ import fcntl
 import os
 import shutil
 import sqlite3
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from backupdb import db, queries
-from tests.conftest import Run
-from tests.helpers import describe, restored_root
-
-
-def dg(home: Path, *args: str | Path, timeout: float = 120) -> Run:
-    """`python -m deltagrid --home HOME ARGS...` in a subprocess: the real stderr."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "deltagrid", "--home", str(home), *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    return Run(proc.returncode, proc.stdout, proc.stderr)
+from tests.helpers import Run, describe, dg, restored_root
 
 
 def one_error(run: Run, code: int, *fragments: str) -> str:

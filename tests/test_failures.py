@@ -24,8 +24,7 @@ import pytest
 
 import scanner.scan
 import uploader.reader
-from tests.conftest import Run
-from tests.helpers import describe, restored_root
+from tests.helpers import Run, describe, dg, restored_root
 from uploader.reader import SourceError
 
 PACK_SIZE = 256 << 10
@@ -33,17 +32,6 @@ PIECE_SIZE = 64 << 10
 # A pack is put once it reaches pack_size, so it holds at most one piece more (plus its index).
 ONE_PACK = PACK_SIZE + PIECE_SIZE + 4096
 SIZES = [0, 100, 3_000, 40_000, 70_000, 200_000, 700_000, 1_500_000]
-
-
-def dg(home: Path, *args: str | Path, timeout: float = 120) -> Run:
-    """`python -m deltagrid --home HOME ARGS...` in a subprocess."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "deltagrid", "--home", str(home), *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    return Run(proc.returncode, proc.stdout, proc.stderr)
 
 
 def spawn(home: Path, *args: str) -> subprocess.Popen[str]:

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from store.tahoe_grid import LocalGrid
-from tests.helpers import describe, restored_root
+from tests.helpers import describe, dg, restored_root
 
 pytestmark = pytest.mark.skipif(
     shutil.which("tahoe") is None and not (Path(sys.executable).parent / "tahoe").exists(),
@@ -60,15 +60,6 @@ def init_on_grid(cli, grid: LocalGrid) -> str:
     cap = created.json["cap"]
     assert cap.startswith("URI:MDMF:")
     return str(cap)
-
-
-def deltagrid(home: Path, *args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "deltagrid", "--home", str(home), *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
 
 
 def test_backup_to_the_grid_restores_exactly(tmp_path: Path, cli, healthy: LocalGrid) -> None:
@@ -117,17 +108,17 @@ def test_a_fresh_home_restores_and_continues_with_only_the_capability(
     cap = init_on_grid(cli, healthy)
     assert cli("backup", src).code == 0
     other = tmp_path / "other-machine"
-    attached = deltagrid(other, "attach", "--store", healthy.url, "--cap", cap)
-    assert attached.returncode == 0, attached.stderr
+    attached = dg(other, "attach", "--store", healthy.url, "--cap", cap)
+    assert attached.code == 0, attached.err
     assert (other / "config.toml").stat().st_mode & 0o077 == 0  # the writecap stays private
     target = tmp_path / "r"
-    assert deltagrid(other, "restore", target).returncode == 0
+    assert dg(other, "restore", target).code == 0
     assert describe(restored_root(target, src)) == describe(src)
     (src / "docs" / "added.txt").write_text("from the other machine\n")
-    more = deltagrid(other, "backup", src)
-    assert more.returncode == 0, more.stderr
+    more = dg(other, "backup", src)
+    assert more.code == 0, more.err
     target2 = tmp_path / "r2"
-    assert deltagrid(other, "restore", target2).returncode == 0
+    assert dg(other, "restore", target2).code == 0
     assert describe(restored_root(target2, src)) == describe(src)
 
 
@@ -158,10 +149,10 @@ def test_too_few_servers_is_a_clear_error_and_loses_nothing(
     (src / "docs" / "more.txt").write_bytes(os.urandom(100_000))
     healthy.stop_node("storage2")
     healthy.stop_node("storage3")
-    failed = deltagrid(home, "backup", src)
-    assert failed.returncode == 1
-    assert "Traceback" not in failed.stderr
-    assert "shares" in failed.stderr or "not reachable" in failed.stderr
+    failed = dg(home, "backup", src)
+    assert failed.code == 1
+    assert "Traceback" not in failed.err
+    assert "shares" in failed.err or "not reachable" in failed.err
     healthy.start()
     done = cli("backup", src)
     assert done.code == 0, done.err

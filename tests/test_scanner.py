@@ -11,21 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Run
-from tests.helpers import describe, restored_root
+from tests.helpers import Run, describe, dg, restored_root
 
 OLD_NS = 1_600_000_000 * 10**9  # an mtime well in the past: the uploader does not flag a re-read
-
-
-def dg(home: Path, *args: str | Path, timeout: float = 120) -> Run:
-    """`python -m deltagrid --home HOME ARGS...` in a subprocess."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "deltagrid", "--home", str(home), *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    return Run(proc.returncode, proc.stdout, proc.stderr)
 
 
 def settle(*files: Path) -> None:
