@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event, insert, inspect, select
+from sqlalchemy import Connection, Engine, create_engine, event, insert, inspect, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from backupdb import schema
@@ -46,6 +46,12 @@ def create(path: Path) -> Engine:
     return engine
 
 
+def migrate(conn: Connection) -> None:
+    """Bring an older backupdb to SCHEMA_VERSION (so far every change only adds tables)."""
+    schema.metadata.create_all(conn, checkfirst=True)
+    conn.execute(update(schema.schema_version).values(version=schema.SCHEMA_VERSION))
+
+
 def open_db(path: Path, writer: bool = True) -> Engine:
     """Open an existing backupdb, refusing one that is damaged or of an unknown schema.
 
@@ -64,6 +70,11 @@ def open_db(path: Path, writer: bool = True) -> Engine:
                     f"backupdb {path} is damaged ({(lines or check)[0]}); "
                     "repair it with 'deltagrid attach'"
                 )
+            version = conn.execute(select(schema.schema_version.c.version)).scalar()
+            if isinstance(version, int) and version < schema.SCHEMA_VERSION:
+                migrate(conn)
+                conn.commit()
+                version = schema.SCHEMA_VERSION
             tables = set(inspect(conn).get_table_names())
             missing = {t.name for t in schema.metadata.sorted_tables} - tables
             if missing:
@@ -71,7 +82,6 @@ def open_db(path: Path, writer: bool = True) -> Engine:
                     f"backupdb {path} lacks tables {sorted(missing)}; "
                     "repair it with 'deltagrid attach'"
                 )
-            version = conn.execute(select(schema.schema_version.c.version)).scalar()
     except (sqlite3.DatabaseError, SQLAlchemyError) as exc:
         engine.dispose()
         raise BackupDBError(
@@ -80,7 +90,7 @@ def open_db(path: Path, writer: bool = True) -> Engine:
         ) from None
     if version != schema.SCHEMA_VERSION:
         raise BackupDBError(
-            f"backupdb {path} has schema version {version}; this deltagrid reads "
-            f"{schema.SCHEMA_VERSION}"
+            f"backupdb {path} has schema version {version}; this deltagrid reads up to "
+            f"{schema.SCHEMA_VERSION} (a newer deltagrid wrote it)"
         )
     return engine

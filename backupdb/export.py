@@ -19,6 +19,9 @@ from sqlalchemy.schema import CreateTable
 from backupdb import db, schema
 from deltagrid.errors import CorruptData
 
+# Tables newer than schema version 1, which an older export may lack.
+ADDED_IN = {"forgotten": 2}
+
 
 def _ddl(table: Table) -> str:
     return str(CreateTable(table).compile(dialect=sqlite.dialect()))
@@ -55,30 +58,34 @@ def load(export: Path, dest: Path) -> Engine:
         check.close()
     except sqlite3.DatabaseError as exc:
         raise CorruptData(f"the backupdb export does not open as SQLite: {exc}") from None
-    missing = {t.name for t in schema.CATALOG} - names
+    if version is None or not 1 <= version[0] <= schema.SCHEMA_VERSION:
+        raise CorruptData(f"the backupdb export has schema version {version}")
+    missing = {t.name for t in schema.CATALOG if t.name not in ADDED_IN} - names
     if missing:
         raise CorruptData(f"the backupdb export lacks tables {sorted(missing)}")
-    if version is None or version[0] != schema.SCHEMA_VERSION:
-        raise CorruptData(f"the backupdb export has schema version {version}")
     engine = db.create(dest)
-    try:
-        _copy_catalog(engine, export, to_export=False)
+    try:  # an older export lacks tables added since: they stay empty, the version is current
+        _copy_catalog(engine, export, to_export=False, only=names)
     except sqlite3.DatabaseError as exc:
         raise CorruptData(f"the backupdb export is damaged: {exc}") from None
     return engine
 
 
-def _copy_catalog(engine: Engine, export: Path, to_export: bool) -> None:
-    """Copy every catalog table, in rowid order, between the backupdb and an export file."""
+def _copy_catalog(
+    engine: Engine, export: Path, to_export: bool, only: set[str] | None = None
+) -> None:
+    """Copy the catalog tables (those in `only`), in rowid order, to or from an export file."""
     src, dst = ("main", "export") if to_export else ("export", "main")
     raw = engine.raw_connection()
     try:
         cur = raw.cursor()
         cur.execute("ATTACH DATABASE ? AS export", (str(export),))
         cur.execute("BEGIN")
-        if not to_export:
-            cur.execute('DELETE FROM main."schema_version"')  # the export brings its own
         for table in schema.CATALOG:
+            if only is not None and table.name not in only:
+                continue
+            if table.name == "schema_version" and not to_export:
+                continue  # the new backupdb has its own row, at the current version
             cols = _column_list(table)
             cur.execute(
                 f'INSERT INTO {dst}."{table.name}" ({cols}) '

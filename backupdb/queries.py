@@ -31,6 +31,7 @@ from backupdb.schema import (
     blobs,
     content_blobs,
     contents,
+    forgotten,
     packs,
     paths,
     queue,
@@ -85,21 +86,37 @@ def last_snapshot_id(conn: Connection) -> int:
     return conn.execute(select(func.coalesce(func.max(snapshots.c.id), 0))).scalar_one()
 
 
+_not_forgotten = ~exists().where(forgotten.c.snapshot_id == snapshots.c.id)
+
+
 def list_snapshots(conn: Connection, upto: int) -> list[Row[Any]]:
+    """Snapshots up to `upto` that were not forgotten, oldest first."""
     return list(
-        conn.execute(select(snapshots).where(snapshots.c.id <= upto).order_by(snapshots.c.id))
+        conn.execute(
+            select(snapshots).where(snapshots.c.id <= upto, _not_forgotten).order_by(snapshots.c.id)
+        )
     )
 
 
 def snapshot(conn: Connection, snapshot_id: int) -> Row[Any] | None:
-    return conn.execute(select(snapshots).where(snapshots.c.id == snapshot_id)).first()
+    return conn.execute(
+        select(snapshots).where(snapshots.c.id == snapshot_id, _not_forgotten)
+    ).first()
+
+
+def forget(conn: Connection, snapshot_ids: Iterable[int]) -> None:
+    """Mark snapshots forgotten: gone from listings at once, their data dropped by prune."""
+    now = time.time_ns()
+    rows = [{"snapshot_id": sid, "forgotten_ns": now} for sid in snapshot_ids]
+    if rows:
+        conn.execute(insert(forgotten), rows)
 
 
 def snapshot_at(conn: Connection, time_ns: int, upto: int) -> Row[Any] | None:
     """The last snapshot committed at or before `time_ns`."""
     return conn.execute(
         select(snapshots)
-        .where(snapshots.c.committed_ns <= time_ns, snapshots.c.id <= upto)
+        .where(snapshots.c.committed_ns <= time_ns, snapshots.c.id <= upto, _not_forgotten)
         .order_by(snapshots.c.id.desc())
         .limit(1)
     ).first()
@@ -541,5 +558,100 @@ def paths_using(conn: Connection, content_id: int) -> list[bytes]:
             .where(versions.c.content_id == content_id)
             .distinct()
             .order_by(paths.c.path)
+        ).scalars()
+    )
+
+
+# --- maintenance ------------------------------------------------------------------------------
+
+
+def version_spans(conn: Connection) -> list[Row[Any]]:
+    """Every version: id, valid_from, valid_until (None while live), content_id."""
+    return list(
+        conn.execute(
+            select(
+                versions.c.id,
+                versions.c.valid_from,
+                version_ends.c.valid_until,
+                versions.c.content_id,
+            ).outerjoin(version_ends, version_ends.c.version_id == versions.c.id)
+        )
+    )
+
+
+def content_blob_ids(conn: Connection) -> dict[int, list[int]]:
+    """Each content's blob ids, in order."""
+    found: dict[int, list[int]] = {}
+    rows = conn.execute(
+        select(content_blobs.c.content_id, content_blobs.c.blob_id).order_by(
+            content_blobs.c.content_id, content_blobs.c.seq
+        )
+    )
+    for content_id, blob_id in rows:
+        found.setdefault(content_id, []).append(blob_id)
+    return found
+
+
+def all_blobs(conn: Connection) -> list[Row[Any]]:
+    return list(conn.execute(select(blobs)))
+
+
+def delete_ids(conn: Connection, column: Any, ids: Iterable[int]) -> None:
+    """DELETE the rows whose `column` is one of `ids` (chunked)."""
+    for chunk in _chunks(sorted(set(ids))):
+        conn.execute(delete(column.table).where(column.in_(chunk)))
+
+
+def drop_versions(conn: Connection, version_ids: Iterable[int]) -> None:
+    ids = list(version_ids)
+    delete_ids(conn, version_ends.c.version_id, ids)
+    delete_ids(conn, versions.c.id, ids)
+
+
+def drop_contents(conn: Connection, content_ids: Iterable[int]) -> None:
+    ids = list(content_ids)
+    delete_ids(conn, content_blobs.c.content_id, ids)
+    delete_ids(conn, contents.c.id, ids)
+
+
+def drop_blobs(conn: Connection, blob_ids: Iterable[int]) -> None:
+    delete_ids(conn, blobs.c.id, blob_ids)
+
+
+def drop_packs(conn: Connection, pack_ids: Iterable[int]) -> None:
+    delete_ids(conn, packs.c.id, pack_ids)
+
+
+def relocate_blob(conn: Connection, blob_id: int, pack_id: int, offset: int) -> None:
+    conn.execute(update(blobs).where(blobs.c.id == blob_id).values(pack_id=pack_id, offset=offset))
+
+
+def set_chain(
+    conn: Connection,
+    content_id: int,
+    basis_id: int | None,
+    depth: int,
+    chain_bytes: int,
+    blob_ids: Sequence[int] | None = None,
+) -> None:
+    """Rewrite a content's place in its chain (and, for a new keyframe, its blobs)."""
+    conn.execute(
+        update(contents)
+        .where(contents.c.id == content_id)
+        .values(basis_id=basis_id, depth=depth, chain_bytes=chain_bytes)
+    )
+    if blob_ids is not None:
+        conn.execute(delete(content_blobs).where(content_blobs.c.content_id == content_id))
+        conn.execute(
+            insert(content_blobs),
+            [{"content_id": content_id, "seq": i, "blob_id": b} for i, b in enumerate(blob_ids)],
+        )
+
+
+def kept_snapshot_ids(conn: Connection) -> list[int]:
+    """Snapshots not forgotten, oldest first (including one recorded but not yet published)."""
+    return list(
+        conn.execute(
+            select(snapshots.c.id).where(_not_forgotten).order_by(snapshots.c.id)
         ).scalars()
     )

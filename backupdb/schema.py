@@ -21,7 +21,10 @@ from sqlalchemy import (
     Text,
 )
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# Version history (every change so far only adds tables, so migrating is creating them):
+#   1  first release
+#   2  `forgotten`: snapshots marked by `forget`, dropped from listings, their data pruned
 
 metadata = MetaData()
 
@@ -132,6 +135,15 @@ packs = Table(
 )
 Index("packs_by_ref", packs.c.ref)
 
+forgotten = Table(
+    "forgotten",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("snapshot_id", Integer, nullable=False),
+    Column("forgotten_ns", Integer, nullable=False),
+)
+Index("forgotten_by_snapshot", forgotten.c.snapshot_id, unique=True)
+
 CATALOG = [
     schema_version,
     snapshots,
@@ -142,6 +154,7 @@ CATALOG = [
     content_blobs,
     blobs,
     packs,
+    forgotten,
 ]
 
 # Local tables: the machine's own work, never exported.

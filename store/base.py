@@ -47,5 +47,11 @@ class Store(abc.ABC):
     def list_refs(self) -> Iterator[str]:
         """Every object ref in the store, where the backend can enumerate them."""
 
+    can_delete = False
+
+    def delete(self, ref: str) -> None:
+        """Remove an object no snapshot needs any more, where the backend can."""
+        raise NotImplementedError
+
     def close(self) -> None:  # noqa: B027 - optional hook, most backends hold nothing
         """Release connections."""

@@ -156,6 +156,11 @@ class FileStore(Store):
     def replace_root(self, data: bytes) -> None:
         atomic_write(self.root / "root.json", data)
 
+    can_delete = True
+
+    def delete(self, ref: str) -> None:
+        self._path(ref).unlink(missing_ok=True)
+
     def list_refs(self) -> Iterator[str]:
         for sub in sorted(self.objects.iterdir()):
             if sub.is_dir():

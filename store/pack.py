@@ -55,8 +55,11 @@ class PackWriter:
         self.compressor = zstandard.ZstdCompressor(level=level)
 
     def add(self, raw: bytes, raw_hash: bytes) -> IndexEntry:
-        frame = self.compressor.compress(raw)
-        entry = IndexEntry(self.size, len(frame), len(raw), raw_hash)
+        return self.add_frame(self.compressor.compress(raw), len(raw), raw_hash)
+
+    def add_frame(self, frame: bytes, raw_length: int, raw_hash: bytes) -> IndexEntry:
+        """Append an already compressed blob (repacking: no need to decompress it)."""
+        entry = IndexEntry(self.size, len(frame), raw_length, raw_hash)
         self.file.write(frame)
         self.size += len(frame)
         self.entries.append(entry)

@@ -98,8 +98,10 @@ class Publisher:
             return None
         return meta["hash"], sig
 
-    def publish(self) -> dict[str, int]:
-        """Publish the newest local snapshot if the root pointer does not name it yet.
+    def publish(self, again: bool = False, full: bool = False) -> dict[str, int]:
+        """Publish the newest local snapshot if the root pointer does not name it yet. With
+        `again` (the catalog changed without a new snapshot: forget) publish it anyway; with
+        `full` (maintenance rewrote rows in place) as a full export.
 
         Returns the bytes of the backupdb object put, and the snapshot published (0: none).
         """
@@ -112,7 +114,7 @@ class Publisher:
                 f"the store has snapshot {published} but the local backupdb only {latest}; "
                 "run 'deltagrid attach' to bring it up to date"
             )
-        if published == latest:
+        if published == latest and not ((again or full) and latest):
             return {"backupdb_bytes": 0, "published": 0}
         self.state.mkdir(parents=True, exist_ok=True)
         chain: list[dict[str, Any]] = list(root["backupdb"]) if root else []
@@ -124,7 +126,7 @@ class Publisher:
             sig = io.BytesIO()
             magic, _block, strong = pyrsync.get_signature_args(len(data))
             pyrsync.signature(io.BytesIO(data), sig, strong, magic, EXPORT_BLOCK)
-            entry = self._delta_entry(chain, data, new_hash)
+            entry = None if full else self._delta_entry(chain, data, new_hash)
             if entry is None:
                 blob = zstandard.ZstdCompressor(level=10).compress(data)
                 chain = [{"type": "full", "ref": self.store.put_bytes(blob), "size": len(blob)}]

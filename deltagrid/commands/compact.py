@@ -1,0 +1,46 @@
+"""`deltagrid compact [--max-chain N] [--dry-run]`: bound the restore cost of the latest files."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import asdict
+
+from backupdb import queries
+from deltagrid.commands.prune import outcome_text, plan_doc
+from deltagrid.errors import UsageError
+from deltagrid.home import Home
+from deltagrid.output import Output
+from maintenance.prune import plan_compact
+from maintenance.session import maintaining
+
+
+def add(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("compact", parents=[common], help="rewrite long delta chains as keyframes")
+    p.add_argument(
+        "--max-chain",
+        type=int,
+        default=4,
+        metavar="N",
+        help="latest versions needing more than N patches become keyframes (4)",
+    )
+    p.add_argument("--dry-run", action="store_true", help="only print what would be done")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace, home: Home, out: Output) -> int:
+    if args.max_chain < 0:
+        raise UsageError("--max-chain must be 0 or more")
+    with maintaining(home) as session:
+        with session.engine.connect() as conn:
+            latest = queries.last_snapshot_id(conn)
+            plan, live = plan_compact(conn, latest, args.max_chain)
+        if args.dry_run or not plan.keyframes:
+            out.line(f"{len(plan.keyframes)} versions need a new keyframe")
+            out.document({"dry_run": args.dry_run, "plan": plan_doc(plan)})
+            return 0
+        plan.dead_blobs.clear()  # compact only adds keyframes; prune frees what they replace
+        plan.dead_packs.clear()
+        outcome = session.executor(home, out).run(plan, live, latest)
+    outcome_text(out, outcome)
+    out.document({"dry_run": False, **asdict(outcome)})
+    return 0

@@ -1,0 +1,66 @@
+"""`deltagrid prune [--dry-run] [--repack-threshold F]`: drop data only forgotten snapshots need."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import asdict
+
+from backupdb import queries
+from deltagrid.home import Home
+from deltagrid.output import Output, human_bytes
+from maintenance.prune import plan_prune
+from maintenance.rewrite import Outcome, Plan
+from maintenance.session import maintaining
+
+
+def add(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("prune", parents=[common], help="drop what no kept snapshot needs")
+    p.add_argument("--dry-run", action="store_true", help="only print what would be done")
+    p.add_argument(
+        "--repack-threshold",
+        type=float,
+        default=0.5,
+        metavar="F",
+        help="repack packs whose dead share of bytes exceeds F (default 0.5)",
+    )
+    p.set_defaults(run=run)
+
+
+def plan_doc(plan: Plan) -> dict[str, int]:
+    return {
+        "keyframes": len(plan.keyframes),
+        "versions": len(plan.dead_versions),
+        "contents": len(plan.dead_contents),
+        "packs_deleted": len(plan.dead_packs),
+        "packs_repacked": len(plan.repack),
+    }
+
+
+def outcome_text(out: Output, o: Outcome) -> None:
+    out.line(
+        f"dropped {o.versions_dropped} versions and {o.contents_dropped} contents, wrote "
+        f"{o.keyframes_written} keyframes; packs: {o.packs_deleted} deleted, {o.packs_repacked} "
+        f"repacked into {o.packs_written}; freed {human_bytes(o.bytes_freed)}, wrote "
+        f"{human_bytes(o.bytes_written)}; {o.objects_deleted} store objects deleted"
+    )
+
+
+def run(args: argparse.Namespace, home: Home, out: Output) -> int:
+    with maintaining(home) as session:
+        with session.engine.connect() as conn:
+            kept = queries.kept_snapshot_ids(conn)
+            plan, live = plan_prune(conn, kept, args.repack_threshold)
+            latest = queries.last_snapshot_id(conn)
+        if args.dry_run:
+            doc = plan_doc(plan)
+            out.line(
+                f"would write {doc['keyframes']} keyframes, drop {doc['versions']} versions and "
+                f"{doc['contents']} contents, delete {doc['packs_deleted']} packs and repack "
+                f"{doc['packs_repacked']}"
+            )
+            out.document({"dry_run": True, "plan": doc})
+            return 0
+        outcome = session.executor(home, out).run(plan, live, latest)
+    outcome_text(out, outcome)
+    out.document({"dry_run": False, **asdict(outcome)})
+    return 0

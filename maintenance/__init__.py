@@ -1,0 +1,1 @@
+"""Maintenance: retention (forget), prune, compaction of chains and packs, grid leases."""

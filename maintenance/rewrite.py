@@ -1,0 +1,236 @@
+"""Carrying out a maintenance plan: new keyframes, repacked packs, dropped rows, then commit.
+
+The order is what makes a crash at any line harmless:
+1. new packs (keyframes rebuilt from the store, live blobs copied out of mostly-dead packs) are
+   written to the spool and put to the store — unreferenced until step 2, so a crash leaves
+   only orphans that the next prune removes;
+2. one transaction rewrites the catalog: new keyframes and blob locations, then every row no kept
+   snapshot needs is deleted;
+3. the backupdb is published as a full export and the root pointer moves;
+4. only then are the packs nothing references any more deleted (where the store can delete).
+Until step 3 the store's root still names the old catalog, whose packs all still exist.
+"""
+
+from __future__ import annotations
+
+import bisect
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, Engine
+
+from backupdb import queries
+from restore.rebuild import DirectSource, chain_ids, load_chains, materialize
+from store.base import Store
+from store.pack import PackWriter, digest
+from uploader.commit import Publisher, parse_root
+
+
+@dataclass
+class Plan:
+    """What a maintenance run will change (ids in the backupdb)."""
+
+    keyframes: set[int] = field(default_factory=set)  # contents to store whole again
+    dead_versions: set[int] = field(default_factory=set)
+    dead_contents: set[int] = field(default_factory=set)
+    dead_blobs: set[int] = field(default_factory=set)
+    dead_packs: set[int] = field(default_factory=set)  # no live blob: deleted
+    repack: set[int] = field(default_factory=set)  # mostly dead: live blobs copied out
+
+
+@dataclass
+class Outcome:
+    keyframes_written: int = 0
+    versions_dropped: int = 0
+    contents_dropped: int = 0
+    packs_deleted: int = 0
+    packs_repacked: int = 0
+    packs_written: int = 0
+    bytes_freed: int = 0  # pack bytes the catalog no longer references
+    bytes_written: int = 0
+    objects_deleted: int = 0
+
+
+class Executor:
+    def __init__(
+        self,
+        engine: Engine,
+        store: Store,
+        publisher: Publisher,
+        spool: Path,
+        piece_size: int,
+        pack_size: int,
+        warn: Callable[[str], None],
+    ) -> None:
+        self.engine = engine
+        self.store = store
+        self.publisher = publisher
+        self.spool = spool
+        self.piece_size = piece_size
+        self.pack_size = pack_size
+        self.warn = warn
+        self.outcome = Outcome()
+        self.writer: PackWriter | None = None
+        self.written: list[tuple[str, int, list[tuple[Any, Any]]]] = []  # ref, size, blobs
+        self.pending: list[tuple[Any, Any]] = []  # (what, IndexEntry) in the open writer
+
+    # --- step 1: new packs ---------------------------------------------------------------------
+
+    def _add(self, what: Any, frame: bytes | None, raw: bytes | None, meta: Any = None) -> None:
+        if self.writer is None:
+            fd, name = tempfile.mkstemp(dir=self.spool, prefix="pack-")
+            os.close(fd)
+            self.writer = PackWriter(Path(name))
+        if frame is not None:
+            entry = self.writer.add_frame(frame, meta.raw_length, meta.hash)
+        else:
+            assert raw is not None
+            entry = self.writer.add(raw, digest(raw))
+        self.pending.append((what, entry))
+        if self.writer.size >= self.pack_size:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self.writer is None:
+            return
+        size = self.writer.finish()
+        ref = self.store.put_file(self.writer.path)
+        self.writer.path.unlink()
+        self.written.append((ref, size, self.pending))
+        self.outcome.packs_written += 1
+        self.outcome.bytes_written += size
+        self.writer, self.pending = None, []
+
+    def _keyframe(self, conn: Connection, content_id: int, work: Path) -> None:
+        rebuilt = materialize(conn, DirectSource(self.store), content_id, work)
+        try:
+            with open(rebuilt, "rb") as f:
+                seq = 0
+                while raw := f.read(self.piece_size):
+                    self._add(("key", content_id, seq), None, raw)
+                    seq += 1
+        finally:
+            rebuilt.unlink()
+
+    def _copy_out(self, conn: Connection, pack_ids: set[int], live: set[int]) -> None:
+        packs = {p.id: p for p in queries.all_packs(conn)}
+        by_pack: dict[int, list[Any]] = {}
+        for b in queries.all_blobs(conn):
+            if b.pack_id in pack_ids and b.id in live:
+                by_pack.setdefault(b.pack_id, []).append(b)
+        for pack_id, members in by_pack.items():
+            data = self.store.get(packs[pack_id].ref)
+            for b in sorted(members, key=lambda b: b.offset):
+                self._add(("move", b.id), data[b.offset : b.offset + b.length], None, b)
+
+    # --- steps 2 to 4 --------------------------------------------------------------------------
+
+    def run(self, plan: Plan, live_blobs: set[int], snapshot_id: int) -> Outcome:
+        self.spool.mkdir(parents=True, exist_ok=True)
+        old_refs = self._referenced_refs()
+        with self.engine.connect() as conn, tempfile.TemporaryDirectory(dir=self.spool) as tmp:
+            try:
+                for content_id in sorted(plan.keyframes):
+                    self._keyframe(conn, content_id, Path(tmp))
+                self._copy_out(conn, plan.repack, live_blobs)
+                self._flush()
+            finally:
+                if self.writer is not None:
+                    self.writer.discard()
+            conn.commit()
+            self._rewrite_catalog(conn, plan, snapshot_id)
+            conn.commit()
+        self.publisher.publish(again=True, full=True)
+        self._delete_unreferenced(old_refs)
+        return self.outcome
+
+    def _rewrite_catalog(self, conn: Connection, plan: Plan, snapshot_id: int) -> None:
+        new_key_blobs: dict[int, list[tuple[int, int]]] = {}
+        for ref, size, members in self.written:
+            pack_id = queries.add_pack(conn, ref, size, snapshot_id)
+            for what, e in members:
+                if what[0] == "move":
+                    queries.relocate_blob(conn, what[1], pack_id, e.offset)
+                else:
+                    blob_id = queries.add_blob(
+                        conn, pack_id, e.offset, e.length, e.raw_length, e.hash
+                    )
+                    new_key_blobs.setdefault(what[1], []).append((what[2], blob_id))
+        if plan.keyframes:
+            self._rechain(conn, plan.keyframes, new_key_blobs)
+        queries.drop_versions(conn, plan.dead_versions)
+        queries.drop_contents(conn, plan.dead_contents)
+        queries.drop_blobs(conn, plan.dead_blobs)
+        freed = {p.id: p.size for p in queries.all_packs(conn)}
+        self.outcome.bytes_freed = sum(freed.get(p, 0) for p in plan.dead_packs | plan.repack)
+        queries.drop_packs(conn, plan.dead_packs | plan.repack)
+        self.outcome.keyframes_written = len(plan.keyframes)
+        self.outcome.versions_dropped = len(plan.dead_versions)
+        self.outcome.contents_dropped = len(plan.dead_contents)
+        self.outcome.packs_deleted = len(plan.dead_packs)
+        self.outcome.packs_repacked = len(plan.repack)
+
+    def _rechain(
+        self, conn: Connection, keyframes: set[int], new_blobs: dict[int, list[tuple[int, int]]]
+    ) -> None:
+        """Make `keyframes` keyframes, and fix depth and chain bytes of the deltas above them."""
+        rows = {r.id: r for r in queries.all_contents(conn)}
+        delta_size = {
+            c: r.chain_bytes - (rows[r.basis_id].chain_bytes if r.basis_id else 0)
+            for c, r in rows.items()
+        }
+        new: dict[int, tuple[int | None, int, int]] = {}
+
+        def placed(c: int) -> tuple[int | None, int, int]:
+            if c not in new:
+                r = rows[c]
+                if c in keyframes or r.basis_id is None:
+                    new[c] = (None, 0, 0)
+                else:
+                    _b, depth, chain = placed(r.basis_id)
+                    new[c] = (r.basis_id, depth + 1, chain + delta_size[c])
+            return new[c]
+
+        changed = set(keyframes)
+        for c in sorted(rows, key=lambda c: rows[c].depth):
+            if rows[c].basis_id in changed:
+                changed.add(c)
+        for c in sorted(changed, key=lambda c: rows[c].depth):
+            basis, depth, chain = placed(c)
+            blobs = [b for _s, b in sorted(new_blobs.get(c, []))] if c in keyframes else None
+            queries.set_chain(conn, c, basis, depth, chain, blobs)
+
+    def _referenced_refs(self) -> set[str]:
+        with self.engine.connect() as conn:
+            refs = {p.ref for p in queries.all_packs(conn)}
+        root = parse_root(self.store.read_root())
+        return refs | {e["ref"] for e in (root or {}).get("backupdb", [])}
+
+    def _delete_unreferenced(self, before: set[str]) -> None:
+        """After the root moved: delete what the new catalog and root no longer name, and
+        orphans a killed run left (we hold the home's lock: no upload is under way)."""
+        if not self.store.can_delete:
+            return
+        now = self._referenced_refs()
+        for ref in sorted((before | set(self.store.list_refs())) - now):
+            self.store.delete(ref)
+            self.outcome.objects_deleted += 1
+
+
+def needed_versions(spans: list[Any], kept: list[int]) -> set[int]:
+    """Versions live in at least one kept snapshot (`kept` sorted)."""
+    needed = set()
+    for v in spans:
+        i = bisect.bisect_left(kept, v.valid_from)
+        if i < len(kept) and (v.valid_until is None or kept[i] < v.valid_until):
+            needed.add(v.id)
+    return needed
+
+
+def chains_of(conn: Connection, content_ids: set[int]) -> dict[int, list[int]]:
+    rows = load_chains(conn, content_ids)
+    return {c: chain_ids(rows, c) for c in content_ids}

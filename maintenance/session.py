@@ -1,0 +1,51 @@
+"""What every maintenance command opens: the lock, the backupdb, the store, the publisher."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from sqlalchemy import Engine
+
+from deltagrid.home import Config, Home
+from deltagrid.output import Output
+from maintenance.rewrite import Executor
+from store.base import Store
+from uploader.commit import Publisher
+
+
+@dataclass
+class Session:
+    config: Config
+    engine: Engine
+    store: Store
+    publisher: Publisher
+
+    def executor(self, home: Home, out: Output) -> Executor:
+        return Executor(
+            self.engine,
+            self.store,
+            self.publisher,
+            home.spool,
+            self.config.upload.piece_size,
+            self.config.upload.pack_size,
+            out.warn,
+        )
+
+
+@contextmanager
+def maintaining(home: Home) -> Iterator[Session]:
+    """Hold the home's lock; finish any interrupted commit first, so we start from a published
+    state."""
+    with home.lock():
+        config = home.config()
+        engine = home.engine()
+        store = home.store()
+        try:
+            publisher = Publisher(engine, store, home.state, config.upload.full_export_every)
+            publisher.publish()
+            yield Session(config, engine, store, publisher)
+        finally:
+            store.close()
+            engine.dispose()
