@@ -40,7 +40,6 @@ from uploader.reader import (
     copy_source,
     read_source,
     signature_args,
-    stat_key,
 )
 from uploader.settings import UploadSettings
 from uploader.sigcache import SigCache
@@ -156,7 +155,7 @@ class Uploader:
         end = live.id if live is not None else None
         if row.reason == "deleted":
             self.result.counts["deleted"] += 1 if live is not None else 0
-            self._add(Record(row.id, "deleted", row.path, end=end))
+            self.records.append(Record(row.id, "deleted", row.path, end=end))
             return
         try:
             record = self._entry(row, live)
@@ -164,17 +163,14 @@ class Uploader:
             if exc.error.errno in _VANISHED:
                 self.result.counts["vanished"] += 1
                 self.result.vanished.append(row.path)
-                self._add(Record(row.id, "vanished", row.path, end=end))
+                self.records.append(Record(row.id, "vanished", row.path, end=end))
             else:
                 self.result.counts["unreadable"] += 1
                 self.result.unreadable.append((row.path, str(exc)))
                 self.warn(f"cannot read {os.fsdecode(row.path)}: {exc}")
-                self._add(Record(row.id, "unreadable", row.path))
+                self.records.append(Record(row.id, "unreadable", row.path))
             return
         self.on_progress(row.size)
-        self._add(record)
-
-    def _add(self, record: Record) -> None:
         self.records.append(record)
 
     def _entry(self, row: Any, live: Any) -> Record:
@@ -189,17 +185,8 @@ class Uploader:
             raise SourceError(OSError(errno.ENXIO, "no longer a file, directory or symlink"))
         content: PendingContent | int | None = None
         recheck = False
-        if kind == KIND_FILE:
-            if (
-                row.reason == "meta"
-                and live is not None
-                and live.kind == KIND_FILE
-                and not live.recheck
-                and (live.size, live.mtime_ns, live.ctime_ns, live.inode) == stat_key(st)
-            ):
-                meta, content = Meta.from_stat(st), live.content_id
-            else:
-                meta, content, recheck = self._file(row, live)
+        if kind == KIND_FILE:  # even a chmod'ed file is re-read: only its hash proves its bytes
+            meta, content, recheck = self._file(row, live)
         else:
             target = None
             if kind == KIND_LINK:
