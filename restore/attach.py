@@ -53,8 +53,14 @@ def attach(store: Store, db_path: Path, state: Path) -> int:
 
 def _set_aside(db_path: Path) -> None:
     """Keep a previous (maybe damaged) backupdb, with its WAL, under a dated name."""
+    suffixes = ("", "-wal", "-shm")
     stamp = time.strftime("%Y%m%dT%H%M%S")
-    for suffix in ("", "-wal", "-shm"):
+    aside = f"{db_path}.old-{stamp}"
+    n = 1
+    while any(os.path.lexists(aside + s) for s in suffixes):  # two repairs in one second
+        n += 1
+        aside = f"{db_path}.old-{stamp}.{n}"
+    for suffix in suffixes:
         old = Path(str(db_path) + suffix)
         if old.exists():
-            os.replace(old, Path(f"{db_path}.old-{stamp}{suffix}"))
+            os.replace(old, Path(aside + suffix))

@@ -12,6 +12,7 @@ import ctypes
 import errno
 import os
 import shutil
+import stat
 from collections.abc import Callable
 from pathlib import Path
 
@@ -90,6 +91,8 @@ def publish(staging: Path, dest: Path, swap: str | None, keep_old: str | None) -
     if keep_old is not None:
         os.rename(staging, parent / keep_old)
         fsync_dir(parent)
-    else:
+    elif stat.S_ISDIR(os.lstat(staging).st_mode):
         shutil.rmtree(staging)
+    else:
+        os.unlink(staging)  # DIR was a symlink or a file: the name is replaced, not its target
     return how
