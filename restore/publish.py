@@ -44,6 +44,16 @@ def exchange(a: Path, b: Path) -> None:
         raise OSError(err, os.strerror(err))
 
 
+def remove_tree(path: Path) -> None:
+    """Delete a tree we restored, even one with read-only directories (as non-root)."""
+
+    def writable_then_retry(func: Callable[[str], object], failed: str, _exc: object) -> None:
+        os.chmod(os.path.dirname(failed), 0o700)
+        func(failed)
+
+    shutil.rmtree(path, onerror=writable_then_retry)
+
+
 def staging_for(dest: Path) -> Path:
     """A fresh staging directory beside `dest`, on the same filesystem."""
     parent = dest.absolute().parent
@@ -92,7 +102,7 @@ def publish(staging: Path, dest: Path, swap: str | None, keep_old: str | None) -
         os.rename(staging, parent / keep_old)
         fsync_dir(parent)
     elif stat.S_ISDIR(os.lstat(staging).st_mode):
-        shutil.rmtree(staging)
+        remove_tree(staging)
     else:
         os.unlink(staging)  # DIR was a symlink or a file: the name is replaced, not its target
     return how

@@ -238,6 +238,8 @@ class Restorer:
         if self.link_dest is None:
             return False
         previous = self.link_dest + dest[len(self.target) :]
+        if not os.path.realpath(previous).startswith(os.path.realpath(self.link_dest) + b"/"):
+            return False  # a symlinked directory in PREV_DIR leads elsewhere: never link there
         try:
             st = os.lstat(previous)
         except OSError:

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 from pathlib import Path
 
 from deltagrid.errors import EXIT_ERROR, EXIT_OK, UsageError
 from deltagrid.home import Home, reading
 from deltagrid.output import Output, human_bytes
-from restore.publish import publish, staging_for
+from restore.publish import publish, remove_tree, staging_for
 from restore.resolve import resolve
 from restore.restore import Restorer, RestoreResult
 
@@ -98,7 +97,7 @@ def run(args: argparse.Namespace, home: Home, out: Output) -> int:
             how = publish(target, args.into, args.swap, args.keep_old)
     finally:
         if args.into is not None and how is None and target.exists():
-            shutil.rmtree(target)  # not published: the staging tree goes, DIR is untouched
+            remove_tree(target)  # not published: the staging tree goes, DIR is untouched
     report(out, snap.id, args.into or args.target, result, how, args.into is not None)
     return EXIT_ERROR if result.errors else EXIT_OK
 
