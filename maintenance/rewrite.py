@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import bisect
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,6 +29,8 @@ from restore.rebuild import DirectSource, chain_ids, load_chains, materialize
 from store.base import Store
 from store.pack import PackWriter, digest
 from uploader.commit import Publisher, parse_root
+
+_WORK = "maint-"  # the spool directory a run rebuilds keyframes in
 
 
 @dataclass
@@ -131,8 +134,12 @@ class Executor:
 
     def run(self, plan: Plan, live_blobs: set[int], snapshot_id: int) -> Outcome:
         self.spool.mkdir(parents=True, exist_ok=True)
+        self._clear_leftovers()
         old_refs = self._referenced_refs()
-        with self.engine.connect() as conn, tempfile.TemporaryDirectory(dir=self.spool) as tmp:
+        with (
+            self.engine.connect() as conn,
+            tempfile.TemporaryDirectory(dir=self.spool, prefix=_WORK) as tmp,
+        ):
             try:
                 for content_id in sorted(plan.keyframes):
                     self._keyframe(conn, content_id, Path(tmp))
@@ -147,6 +154,16 @@ class Executor:
         self.publisher.publish(again=True, full=True)
         self._delete_unreferenced(old_refs)
         return self.outcome
+
+    def _clear_leftovers(self) -> None:
+        """Drop what a killed run left in the spool: packs never recorded, rebuilt files. We hold
+        the home's lock, so no upload or maintenance run is filling them (a reader's work
+        directories, e.g. verify's, are left alone)."""
+        for leftover in self.spool.iterdir():
+            if leftover.name.startswith(_WORK) and leftover.is_dir():
+                shutil.rmtree(leftover, ignore_errors=True)
+            elif leftover.name.startswith("pack-") and leftover.is_file():
+                leftover.unlink(missing_ok=True)
 
     def _rewrite_catalog(self, conn: Connection, plan: Plan, snapshot_id: int) -> None:
         new_key_blobs: dict[int, list[tuple[int, int]]] = {}

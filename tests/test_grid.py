@@ -7,38 +7,18 @@ restore. The grid is started once for the session.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import pytest
-
 from store.tahoe_grid import LocalGrid
+from tests import gridfixtures
 from tests.helpers import describe, dg, restored_root
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("tahoe") is None and not (Path(sys.executable).parent / "tahoe").exists(),
-    reason="the tahoe executable is not installed (pip install -e '.[test]' installs it)",
-)
-
-
-@pytest.fixture(scope="session")
-def grid(tmp_path_factory: pytest.TempPathFactory):
-    g = LocalGrid(tmp_path_factory.mktemp("grid"))
-    g.create(servers=4)
-    g.start()
-    yield g
-    g.stop()
-
-
-@pytest.fixture
-def healthy(grid: LocalGrid):
-    """The grid with every node running, before and after the test."""
-    grid.start()
-    yield grid
-    grid.start()
+pytestmark = gridfixtures.needs_tahoe
+grid = gridfixtures.grid  # the session's grid, shared with the other grid tests
+healthy = gridfixtures.healthy
 
 
 def make_tree(root: Path, files: int = 60, seed: int = 0) -> None:
