@@ -7,6 +7,7 @@ content hash recorded for it, so damage is named where it is, never passed on as
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import tempfile
 from collections.abc import Iterator
@@ -109,18 +110,44 @@ def hash_file(path: Path) -> bytes:
     return h.digest()
 
 
-def materialize(conn: Connection, source: BlobSource, content_id: int, workdir: Path) -> Path:
-    """Rebuild a content into a new temporary file under `workdir`; the caller owns it."""
-    chain = chain_of(conn, content_id)
+class _Hashing(io.RawIOBase):
+    """A file wrapper that hashes what is written through it (librsync writes patches here)."""
+
+    def __init__(self, f: BinaryIO) -> None:
+        self.f = f
+        self.hash = hashlib.blake2b(digest_size=32)
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        self.hash.update(data)
+        return self.f.write(data)
+
+
+def materialize(
+    conn: Connection,
+    source: BlobSource,
+    content_id: int,
+    workdir: Path,
+    chain: list[Any] | None = None,
+) -> Path:
+    """Rebuild a content into a new temporary file under `workdir`; the caller owns it.
+
+    `chain` (keyframe first) saves the queries when the caller loaded it already. Each step is
+    hashed as it is written and checked against the hash recorded for it.
+    """
+    chain = chain if chain is not None else chain_of(conn, content_id)
     current: Path | None = None
     nxt: Path | None = None
     try:
         for row in chain:
             fd, name = tempfile.mkstemp(dir=workdir, prefix="rebuild-")
             nxt = Path(name)
-            with os.fdopen(fd, "wb") as out:
+            with os.fdopen(fd, "wb") as raw_out:
+                out = _Hashing(raw_out)
                 if row.basis_id is None:
-                    _write(source, conn, row.id, out)
+                    _write(source, conn, row.id, out)  # type: ignore[arg-type]
                 else:
                     assert current is not None
                     with tempfile.TemporaryFile(dir=workdir) as delta:
@@ -134,7 +161,7 @@ def materialize(conn: Connection, source: BlobSource, content_id: int, workdir: 
             if current is not None:
                 current.unlink()
             current = nxt
-            if hash_file(current) != row.hash:
+            if out.hash.digest() != row.hash:
                 raise CorruptData(f"rebuilt bytes do not match content {row.hash.hex()[:16]}")
     except BaseException:
         for leftover in (current, nxt):

@@ -80,6 +80,7 @@ class Restorer:
         self.as_root = os.geteuid() == 0
         self.result = RestoreResult()
         self.made: set[bytes] = set()
+        self.chains: dict[int, list[Any]] = {}  # content id -> its chain rows, from the plan
         self.on_total = on_total or (lambda _n: None)
 
     def run(self, snapshot_id: int, prefixes: list[bytes]) -> RestoreResult:
@@ -129,6 +130,7 @@ class Restorer:
             seen_links.add(link_key)
             try:
                 chain = chain_ids(contents, e.content_id)
+                self.chains[e.content_id] = [contents[c] for c in chain]
             except DeltagridError:
                 others.append(e)
                 continue
@@ -218,7 +220,13 @@ class Restorer:
         if self._link_previous(e, dest, parent):
             return
         tmp = os.fsencode(
-            materialize(self.conn, self.source, e.content_id, Path(os.fsdecode(parent)))
+            materialize(
+                self.conn,
+                self.source,
+                e.content_id,
+                Path(os.fsdecode(parent)),
+                self.chains.get(e.content_id),
+            )
         )
         try:
             self._set_meta(tmp, e, follow=True)
