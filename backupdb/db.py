@@ -17,7 +17,7 @@ from backupdb import schema
 from deltagrid.errors import BackupDBError
 
 
-def _engine(path: Path, writer: bool = True) -> Engine:
+def _engine(path: Path, writer: bool = True, busy_ms: int = 30000) -> Engine:
     engine = create_engine(f"sqlite:///{path}")
     begin = "BEGIN IMMEDIATE" if writer else "BEGIN"
 
@@ -27,7 +27,7 @@ def _engine(path: Path, writer: bool = True) -> Engine:
         cur = dbapi_conn.cursor()
         cur.execute("PRAGMA journal_mode=WAL")
         cur.execute("PRAGMA synchronous=FULL")
-        cur.execute("PRAGMA busy_timeout=30000")
+        cur.execute(f"PRAGMA busy_timeout={int(busy_ms)}")
         cur.close()
 
     @event.listens_for(engine, "begin")
@@ -52,22 +52,26 @@ def migrate(conn: Connection) -> None:
     conn.execute(update(schema.schema_version).values(version=schema.SCHEMA_VERSION))
 
 
-def open_db(path: Path, writer: bool = True) -> Engine:
+def open_db(path: Path, writer: bool = True, check: bool = True, busy_ms: int = 30000) -> Engine:
     """Open an existing backupdb, refusing one that is damaged or of an unknown schema.
 
     Writers take SQLite's write lock when a transaction begins; readers never wait for one.
+    `check=False` skips the page-level check (a quick append, e.g. to the run history); a
+    writer waits up to `busy_ms` for another's transaction to end.
     """
     if not path.exists():
         raise BackupDBError(f"no backupdb at {path}; repair it with 'deltagrid attach'")
-    engine = _engine(path, writer)
+    engine = _engine(path, writer, busy_ms)
     try:
         with engine.connect() as conn:
-            check = [r[0] for r in conn.exec_driver_sql("PRAGMA quick_check").fetchall()]
-            if check != ["ok"]:  # it reports damage as rows; a later query would fail mid-run
+            found = ["ok"]
+            if check:
+                found = [r[0] for r in conn.exec_driver_sql("PRAGMA quick_check").fetchall()]
+            if found != ["ok"]:  # it reports damage as rows; a later query would fail mid-run
                 engine.dispose()
-                lines = [ln for r in check for ln in r.splitlines() if not ln.startswith("***")]
+                lines = [ln for r in found for ln in r.splitlines() if not ln.startswith("***")]
                 raise BackupDBError(
-                    f"backupdb {path} is damaged ({(lines or check)[0]}); "
+                    f"backupdb {path} is damaged ({(lines or found)[0]}); "
                     "repair it with 'deltagrid attach'"
                 )
             version = conn.execute(select(schema.schema_version.c.version)).scalar()

@@ -35,6 +35,7 @@ from backupdb.schema import (
     packs,
     paths,
     queue,
+    runs,
     scan_errors,
     scans,
     snapshots,
@@ -162,15 +163,20 @@ def path_id(conn: Connection, path: bytes) -> int | None:
     return conn.execute(_PATH_ID, {"path": path}).scalar()
 
 
-def ensure_path(conn: Connection, path: bytes) -> int:
-    """The id of `path`, adding it and any missing ancestors."""
+def ensure_path(conn: Connection, path: bytes, dirs: dict[bytes, int] | None = None) -> int:
+    """The id of `path`, adding it and any missing ancestors; `dirs` caches the ancestors' ids
+    across calls (directories only, so it stays small)."""
     found = path_id(conn, path)
     if found is not None:
         return found
     parent = None
     if path != b"/":
         head = path.rsplit(b"/", 1)[0] or b"/"
-        parent = ensure_path(conn, head)
+        parent = dirs.get(head) if dirs is not None else None
+        if parent is None:
+            parent = ensure_path(conn, head, dirs)
+            if dirs is not None:
+                dirs[head] = parent
     return _new_id(conn, insert(paths), {"parent_id": parent, "path": path})
 
 
@@ -203,6 +209,25 @@ def live_below(conn: Connection, path: bytes) -> list[Row[Any]]:
     )
 
 
+def version_row(
+    path_id_: int, valid_from: int, columns: dict[str, Any], content_id: int | None, recheck: bool
+) -> dict[str, Any]:
+    """The values of one new `versions` row."""
+    return {
+        "path_id": path_id_,
+        "valid_from": valid_from,
+        "content_id": content_id,
+        "recheck": recheck,
+        **columns,
+    }
+
+
+def add_versions(conn: Connection, rows: list[dict[str, Any]]) -> None:
+    """Insert many versions in one statement (their ids are not needed)."""
+    if rows:
+        conn.execute(insert(versions), rows)
+
+
 def add_version(
     conn: Connection,
     path_id_: int,
@@ -210,22 +235,16 @@ def add_version(
     columns: dict[str, Any],
     content_id: int | None,
     recheck: bool,
-) -> int:
-    return _new_id(
-        conn,
-        insert(versions),
-        {
-            "path_id": path_id_,
-            "valid_from": valid_from,
-            "content_id": content_id,
-            "recheck": recheck,
-            **columns,
-        },
-    )
+) -> None:
+    add_versions(conn, [version_row(path_id_, valid_from, columns, content_id, recheck)])
 
 
-def end_version(conn: Connection, version_id: int, valid_until: int) -> None:
-    conn.execute(insert(version_ends), {"version_id": version_id, "valid_until": valid_until})
+def end_versions(conn: Connection, version_ids: list[int], valid_until: int) -> None:
+    if version_ids:
+        conn.execute(
+            insert(version_ends),
+            [{"version_id": v, "valid_until": valid_until} for v in version_ids],
+        )
 
 
 def versions_at(
@@ -655,3 +674,85 @@ def kept_snapshot_ids(conn: Connection) -> list[int]:
             select(snapshots.c.id).where(_not_forgotten).order_by(snapshots.c.id)
         ).scalars()
     )
+
+
+# --- history and report -----------------------------------------------------------------------
+
+
+def add_run(conn: Connection, values: dict[str, Any]) -> int:
+    """Record one finished writer run (a row of the local `runs` table)."""
+    return _new_id(conn, insert(runs).values(**values))
+
+
+def last_runs(conn: Connection, limit: int) -> list[Row[Any]]:
+    """The newest `limit` runs, newest first."""
+    return list(conn.execute(select(runs).order_by(runs.c.id.desc()).limit(limit)))
+
+
+def store_bytes(conn: Connection) -> int:
+    """Pack bytes the catalog references: the store's size, less the small backupdb objects."""
+    return int(conn.execute(select(func.coalesce(func.sum(packs.c.size), 0))).scalar_one())
+
+
+def pack_bytes_by_snapshot(conn: Connection) -> dict[int, int]:
+    """Bytes of the packs still referenced, by the snapshot whose upload put them."""
+    rows = conn.execute(
+        select(packs.c.snapshot_id, func.sum(packs.c.size)).group_by(packs.c.snapshot_id)
+    )
+    return {sid: int(n) for sid, n in rows}
+
+
+def queued(conn: Connection, scan_id: int) -> list[Row[Any]]:
+    """What a scan queued: path and reason, in queue order."""
+    return list(
+        conn.execute(
+            select(queue.c.path, queue.c.reason)
+            .where(queue.c.scan_id == scan_id, queue.c.done.is_(False))
+            .order_by(queue.c.id)
+        )
+    )
+
+
+def most_versions(conn: Connection, limit: int) -> list[Row[Any]]:
+    """The files whose content changed most: path, versions (distinct contents recorded; a
+    re-read or a chmod is no new version here, and what prune dropped no longer counts)."""
+    n = func.count(versions.c.content_id.distinct()).label("versions")
+    return list(
+        conn.execute(
+            select(paths.c.path, n)
+            .join(versions, versions.c.path_id == paths.c.id)
+            .where(versions.c.kind == "f")
+            .group_by(paths.c.id)
+            .order_by(n.desc(), paths.c.path)
+            .limit(limit)
+        )
+    )
+
+
+def longest_chains(conn: Connection, snapshot_id: int, limit: int) -> list[Row[Any]]:
+    """Files live in `snapshot_id` whose content needs the most patches to rebuild: path, size,
+    depth (deltas after the keyframe), chain_bytes."""
+    return list(
+        conn.execute(
+            select(paths.c.path, contents.c.size, contents.c.depth, contents.c.chain_bytes)
+            .select_from(versions)
+            .join(paths, paths.c.id == versions.c.path_id)
+            .join(contents, contents.c.id == versions.c.content_id)
+            .where(live_in(snapshot_id), versions.c.kind == "f", contents.c.depth > 0)
+            .order_by(contents.c.depth.desc(), contents.c.chain_bytes.desc(), paths.c.path)
+            .limit(limit)
+        )
+    )
+
+
+def chain_depths(conn: Connection, snapshot_id: int) -> dict[int, int]:
+    """How many files live in `snapshot_id` need 0, 1, 2... patches to rebuild."""
+    n = func.count().label("files")
+    rows = conn.execute(
+        select(contents.c.depth, n)
+        .select_from(versions)
+        .join(contents, contents.c.id == versions.c.content_id)
+        .where(live_in(snapshot_id), versions.c.kind == "f")
+        .group_by(contents.c.depth)
+    )
+    return {int(depth): int(files) for depth, files in rows}

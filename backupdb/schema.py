@@ -21,10 +21,11 @@ from sqlalchemy import (
     Text,
 )
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # Version history (every change so far only adds tables, so migrating is creating them):
 #   1  first release
 #   2  `forgotten`: snapshots marked by `forget`, dropped from listings, their data pruned
+#   3  `runs` (local): the history of writer runs, for `deltagrid log` and `report`
 
 metadata = MetaData()
 
@@ -199,4 +200,23 @@ scan_errors = Table(
     Column("message", Text, nullable=False),
 )
 
-LOCAL = [scans, queue, scan_errors]
+runs = Table(
+    "runs",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("command", Text, nullable=False),  # scan, upload, backup, forget, prune, compact
+    Column("argv", Text, nullable=False),  # JSON list of the arguments after `deltagrid`
+    Column("started_ns", Integer, nullable=False),
+    Column("finished_ns", Integer, nullable=False),
+    Column("exit_code", Integer, nullable=False),
+    Column("snapshot_id", Integer),  # the snapshot the run committed, if any
+    Column("files", Integer, nullable=False),  # files stored (scan: entries queued)
+    Column("bytes_read", Integer, nullable=False),
+    Column("bytes_uploaded", Integer, nullable=False),  # pack bytes put to the store
+    Column("store_bytes", Integer),  # pack bytes the catalog references after the run
+    Column("summary", Text, nullable=False),  # one line: what the run did, or why it failed
+    Column("error_count", Integer, nullable=False),
+    Column("errors", Text, nullable=False),  # JSON list of {path, error}, the first 1,000
+)
+
+LOCAL = [scans, queue, scan_errors, runs]

@@ -1,4 +1,5 @@
-"""`deltagrid [--home DIR] [--json] [--progress] COMMAND ...`: parse, dispatch, map errors to exits.
+"""`deltagrid [--home DIR] [--json] [--progress] [--wait S] [-v|-q] COMMAND ...`: parse, dispatch,
+map errors to exits, and record each writer run in the home's history.
 
 Every command is one module in deltagrid/commands/ with `add(subparsers)`, which registers its
 parser and sets `run(args, home, out) -> exit code`.
@@ -8,9 +9,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
-from deltagrid import __version__
+from deltagrid import __version__, history
 from deltagrid.commands import COMMANDS
 from deltagrid.errors import EXIT_ERROR, EXIT_USAGE, DeltagridError
 from deltagrid.home import Home, default_home
@@ -30,6 +32,30 @@ def _globals(parser: argparse.ArgumentParser, default: object) -> None:
     parser.add_argument(
         "--progress", action="store_true", default=default, help="progress on stderr"
     )
+    parser.add_argument(
+        "--wait",
+        type=_seconds,
+        default=default,
+        metavar="SECONDS",
+        help="if another deltagrid process is writing to the home, wait up to SECONDS for it "
+        "(default: give up at once, exit 75)",
+    )
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=default, help="also a line per file"
+    )
+    parser.add_argument(
+        "-q", "--quiet", action="store_true", default=default, help="print only errors"
+    )
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 <= value < 1e9:
+        raise argparse.ArgumentTypeError("--wait takes 0 or more seconds")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,23 +77,37 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     for stream in (sys.stdout, sys.stderr):
         stream.reconfigure(errors="surrogateescape")  # type: ignore[union-attr]
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    home = Home(args.home or default_home())
-    out = Output(bool(args.json), bool(args.progress))
+    home = Home(
+        args.home or default_home(), wait=args.wait or 0.0, command=f"deltagrid {args.command}"
+    )
+    verbosity = -1 if args.quiet else (args.verbose or 0)
+    out = Output(bool(args.json), bool(args.progress), verbosity)
+    started = time.time_ns()
+    code, error = _dispatch(args, home, out)
+    history.record(home, args.command, argv, started, code, out.doc, error)
+    return code
+
+
+def _dispatch(args: argparse.Namespace, home: Home, out: Output) -> tuple[int, str | None]:
+    """Run the command: its exit code, and the one-line message when it failed."""
     try:
-        return int(args.run(args, home, out))
+        return int(args.run(args, home, out)), None
     except DeltagridError as exc:
-        sys.stderr.write(f"deltagrid: error: {exc}\n")
-        out.document({"error": str(exc), "exit_code": exc.exit_code})
-        return exc.exit_code
+        return _failed(out, str(exc), exc.exit_code)
     except KeyboardInterrupt:
         sys.stderr.write("deltagrid: interrupted; run the command again to resume\n")
-        return EXIT_ERROR
+        return EXIT_ERROR, "interrupted"
     except OSError as exc:  # disk full, permissions on the home: no traceback, name the file
         where = f" ({exc.filename})" if exc.filename else ""
-        sys.stderr.write(f"deltagrid: error: {exc.strerror or exc}{where}\n")
-        out.document({"error": f"{exc.strerror or exc}{where}", "exit_code": EXIT_ERROR})
-        return EXIT_ERROR
+        return _failed(out, f"{exc.strerror or exc}{where}", EXIT_ERROR)
+
+
+def _failed(out: Output, message: str, code: int) -> tuple[int, str]:
+    sys.stderr.write(f"deltagrid: error: {message}\n")
+    out.document({"error": message, "exit_code": code})
+    return code, message
 
 
 def entry() -> None:

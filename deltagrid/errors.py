@@ -8,6 +8,7 @@ EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_UNREADABLE = 23
 EXIT_VANISHED = 24
+EXIT_LOCKED = 75  # EX_TEMPFAIL: another process holds the home's lock; try again later
 
 
 class DeltagridError(Exception):
@@ -43,4 +44,6 @@ class BackupDBError(DeltagridError):
 
 
 class Locked(DeltagridError):
-    """Another deltagrid process holds the home's lock."""
+    """Another deltagrid process holds the home's lock: nothing was done, try again later."""
+
+    exit_code = EXIT_LOCKED

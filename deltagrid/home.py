@@ -6,27 +6,29 @@ HOME/sigs/              librsync signatures of live contents, by content hash
 HOME/spool/             the pack being filled
 HOME/state/             signature of the last uploaded backupdb export
 HOME/store/             the embedded file:// store, when init is given no --store
-HOME/lock               held by the one process that may write
+HOME/lock               held by the one process that may write; says which (pid, command)
 """
 
 from __future__ import annotations
 
 import fcntl
+import json
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
-import tomllib
 from sqlalchemy import Connection, Engine
 
 from backupdb import db
-from deltagrid.errors import Locked, NotInitialised, UsageError
+from deltagrid.config import Config, ConfigError, parse, set_top_level
+from deltagrid.errors import Locked, NotInitialised
 from store import Store, open_store
 from store.filestore import atomic_write
 from uploader.commit import published_snapshot
-from uploader.settings import UploadSettings
 from uploader.sigcache import SigCache
 
 
@@ -38,62 +40,55 @@ def default_home() -> Path:
     return Path(data) / "deltagrid"
 
 
-@dataclass
-class Config:
-    store: str
-    cap: str | None = None  # a Tahoe store's root capability (a writecap lets backups run)
-    upload: UploadSettings = field(default_factory=UploadSettings)
-
-
-def _toml_string(value: str) -> str:
-    escaped = value.replace("\\", "\\\\").replace('"', '\\"')
-    return f'"{escaped}"'
-
-
 class Home:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, wait: float = 0.0, command: str = "deltagrid") -> None:
         self.path = path.absolute()
         self.config_path = self.path / "config.toml"
         self.db_path = self.path / "backupdb.sqlite"
+        self.lock_path = self.path / "lock"
         self.spool = self.path / "spool"
         self.state = self.path / "state"
         self.sigcache = SigCache(self.path / "sigs")
+        self.wait = wait  # seconds lock() retries before giving up
+        self.command = command  # what the lock file says holds it
 
     def initialised(self) -> bool:
-        return self.config_path.exists()
+        """A repository exists: a backupdb, or a config naming a store. A config.toml written by
+        hand (sources, retention...) before the first backup is not one yet."""
+        return self.db_path.exists() or bool(self.settings().store)
 
     def default_store_url(self) -> str:
         return "file://" + str(self.path / "store")
 
+    def settings(self) -> Config:
+        """Everything config.toml says, checked; the defaults when there is no file yet."""
+        try:
+            text = self.config_path.read_text()
+        except FileNotFoundError:
+            return Config()
+        return parse(text, self.config_path)
+
     def config(self) -> Config:
+        """The settings of an initialised repository (a store is named)."""
         if not self.initialised():
             raise NotInitialised(
                 f"no deltagrid repository in {self.path} "
                 "(run 'deltagrid init' or 'deltagrid backup')"
             )
-        try:
-            doc = tomllib.loads(self.config_path.read_text())
-        except tomllib.TOMLDecodeError as exc:
-            raise UsageError(f"{self.config_path}: {exc}") from None
-        store, cap = doc.get("store"), doc.get("store_cap")
-        if not isinstance(store, str):
-            raise UsageError(f"{self.config_path}: 'store' must be a URL string")
-        if cap is not None and not isinstance(cap, str):
-            raise UsageError(f"{self.config_path}: 'store_cap' must be a string")
-        try:
-            upload = UploadSettings.from_mapping(doc.get("upload", {}))
-        except KeyError as exc:
-            raise UsageError(f"{self.config_path}: unknown key upload.{exc.args[0]}") from None
-        except TypeError as exc:
-            raise UsageError(f"{self.config_path}: [upload] {exc}") from None
-        return Config(store, cap, upload)
+        config = self.settings()
+        if not config.store:
+            raise ConfigError(f"{self.config_path}: store: missing (the URL of the store)")
+        return config
 
     def write_config(self, store_url: str, cap: str | None = None) -> None:
-        """Write the config, mode 0600: it may hold a capability that grants writing."""
+        """Set the store (and capability) in config.toml, keeping every other line; mode 0600,
+        as it may hold a capability that grants writing, and replaced atomically."""
         self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
-        text = f"store = {_toml_string(store_url)}\n"
-        if cap:
-            text += f"store_cap = {_toml_string(cap)}\n"
+        try:
+            text = self.config_path.read_text()
+        except FileNotFoundError:
+            text = ""
+        text = set_top_level(text, {"store": store_url, "store_cap": cap})
         atomic_write(self.config_path, text.encode(), 0o600)
 
     def create_db(self) -> Engine:
@@ -109,17 +104,67 @@ class Home:
 
     @contextmanager
     def lock(self) -> Iterator[None]:
-        """Hold the home's write lock; a second writer fails at once with a clear message."""
+        """Hold the home's write lock (flock: the kernel drops it when its holder dies, however).
+
+        Another holder makes this wait up to `self.wait` seconds, then fail with `Locked` naming
+        it. While held, the lock file says who holds it: pid, command, since when.
+        """
         self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(self.path / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
+            deadline = time.monotonic() + self.wait
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise Locked(self._locked_message()) from None
+                    time.sleep(min(0.1, left))
+            holder = {"pid": os.getpid(), "command": self.command, "since_ns": time.time_ns()}
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, (json.dumps(holder) + "\n").encode(), 0)
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise Locked(f"another deltagrid process is writing to {self.path}") from None
-            yield
+                yield
+            finally:
+                os.ftruncate(fd, 0)  # still ours: nobody reads a stale holder after us
         finally:
             os.close(fd)
+
+    def lock_holder(self) -> dict[str, Any] | None:
+        """Who the lock file says holds the lock, if that process is still alive."""
+        try:
+            holder = json.loads(self.lock_path.read_text() or "null")
+            pid = int(holder["pid"])
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None  # a record left by a killed holder; the kernel released its lock
+        except PermissionError:
+            pass  # alive, another user's
+        except (OSError, ValueError, TypeError, KeyError):
+            return None
+        try:  # a dead holder's pid may since have been given to another program
+            if b"deltagrid" not in Path(f"/proc/{pid}/cmdline").read_bytes():
+                return None
+        except OSError:
+            pass  # no /proc here: trust the pid
+        return holder
+
+    def _locked_message(self) -> str:
+        holder = self.lock_holder()
+        who = ""
+        if holder is not None:
+            since = datetime.fromtimestamp(holder.get("since_ns", 0) / 1e9).astimezone()
+            who = (
+                f": held by pid {holder['pid']} ({holder.get('command', 'deltagrid')}) "
+                f"since {since.isoformat(timespec='seconds')}"
+            )
+        waited = f" (waited {self.wait:g} s)" if self.wait else ""
+        return (
+            f"another deltagrid process is writing to {self.path}{who}{waited}; "
+            "try again later, or pass --wait SECONDS"
+        )
 
 
 @contextmanager

@@ -20,19 +20,39 @@ def path_text(path: bytes) -> str:
 
 
 class Output:
-    def __init__(self, as_json: bool, progress: bool) -> None:
+    """Where a command's words go. Verbosity: -1 (-q) only errors and warnings, on stderr;
+    0 a command's result and its summary; 1 (-v) also a line per file."""
+
+    def __init__(self, as_json: bool, progress: bool, verbosity: int = 0) -> None:
         self.as_json = as_json
         self.progress = progress or sys.stderr.isatty()
+        self.verbosity = verbosity
+        self.doc: dict[str, Any] | None = None  # the run's document, kept for its history
 
     def line(self, text: str = "") -> None:
-        """A line of the human report (suppressed under --json)."""
+        """A line of the human report: what the command was asked for (suppressed by --json)."""
         if not self.as_json:
             sys.stdout.write(text + "\n")
+
+    def info(self, text: str = "") -> None:
+        """A summary line of a run that changes things (suppressed by --json and by -q)."""
+        if self.verbosity >= 0:
+            self.line(text)
+
+    def detail(self, text: str) -> None:
+        """A line per file or object, only with -v."""
+        if self.verbosity > 0:
+            self.line(text)
+
+    @property
+    def verbose(self) -> bool:
+        return self.verbosity > 0 and not self.as_json
 
     def warn(self, text: str) -> None:
         sys.stderr.write(f"deltagrid: warning: {text}\n")
 
     def document(self, doc: dict[str, Any]) -> None:
+        self.doc = doc
         if self.as_json:
             sys.stdout.write(json.dumps(doc, indent=1, sort_keys=True) + "\n")
 
@@ -46,3 +66,27 @@ def human_bytes(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n} B"
+
+
+def human_duration(seconds: float) -> str:
+    """0.4 s, 12 s, 3 min 05 s, 2 h 07 min, 3 d 4 h."""
+    if seconds < 10:
+        return f"{seconds:.1f} s"
+    s = round(seconds)
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60:02d} s"
+    if s < 86400:
+        return f"{s // 3600} h {s % 3600 // 60:02d} min"
+    days, hours = s // 86400, s % 86400 // 3600
+    return f"{days} d {hours} h" if hours else f"{days} d"
+
+
+def count(n: int) -> str:
+    """A count with thousands separators: 12,345."""
+    return f"{n:,}"
+
+
+def plural(n: int, word: str, many: str | None = None) -> str:
+    return f"{count(n)} {word if n == 1 else many or word + 's'}"

@@ -26,6 +26,18 @@ class Run:
         return json.loads(self.out)
 
 
+def one_error(run: Run, code: int, *fragments: str) -> str:
+    """The run failed with `code` and said so in exactly one `deltagrid: error:` line."""
+    assert run.code == code, (run.code, run.err)
+    assert "Traceback" not in run.err
+    lines = run.err.splitlines()
+    assert len(lines) == 1, run.err
+    assert lines[0].startswith("deltagrid: error: "), lines[0]
+    for fragment in fragments:
+        assert fragment in lines[0]
+    return lines[0]
+
+
 def dg(home: Path, *args: str | Path, timeout: float = 120) -> Run:
     """`python -m deltagrid --home HOME ARGS...` in a subprocess: the real process, real stderr."""
     proc = subprocess.run(

@@ -14,19 +14,7 @@ from pathlib import Path
 import pytest
 
 from backupdb import db, queries
-from tests.helpers import Run, describe, dg, restored_root
-
-
-def one_error(run: Run, code: int, *fragments: str) -> str:
-    """The run failed with `code` and said so in exactly one `deltagrid: error:` line."""
-    assert run.code == code, (run.code, run.err)
-    assert "Traceback" not in run.err
-    lines = run.err.splitlines()
-    assert len(lines) == 1, run.err
-    assert lines[0].startswith("deltagrid: error: "), lines[0]
-    for fragment in fragments:
-        assert fragment in lines[0]
-    return lines[0]
+from tests.helpers import describe, dg, one_error, restored_root
 
 
 @pytest.fixture
@@ -107,7 +95,7 @@ def test_a_second_writer_is_refused(home: Path, cli, repo: Path) -> None:
     fd = os.open(home / "lock", os.O_RDWR)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
-        one_error(dg(home, "backup", repo), 1, "another deltagrid process is writing")
+        one_error(dg(home, "backup", repo), 75, "another deltagrid process is writing")
     finally:
         os.close(fd)
     assert dg(home, "backup", repo).code == 0

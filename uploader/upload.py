@@ -114,6 +114,7 @@ class Uploader:
         self.blob_index: dict[bytes, PendingBlob] = {}
         self.pending_contents: dict[bytes, PendingContent] = {}
         self.records: list[Record] = []
+        self.dir_ids: dict[bytes, int] = {}  # path ids, cached while recording
         self.ended_contents: set[int] = set()  # their signatures may go once the run is done
 
     # --- the drain -----------------------------------------------------------------------------
@@ -384,15 +385,18 @@ class Uploader:
             for blob in self.spool_blobs:
                 e = blob.entry
                 blob.id = queries.add_blob(conn, pack_id, e.offset, e.length, e.raw_length, e.hash)
+        new_versions = []
         for rec in self.records:
             content_id = self._content_id(rec.content)
-            if rec.end is not None:
-                queries.end_version(conn, rec.end, snapshot_id)
             if rec.meta is not None:
-                path_id = queries.ensure_path(conn, rec.path)
-                queries.add_version(
-                    conn, path_id, snapshot_id, rec.meta.columns(), content_id, rec.recheck
+                path_id = queries.ensure_path(conn, rec.path, self.dir_ids)
+                new_versions.append(
+                    queries.version_row(
+                        path_id, snapshot_id, rec.meta.columns(), content_id, rec.recheck
+                    )
                 )
+        queries.end_versions(conn, [r.end for r in self.records if r.end is not None], snapshot_id)
+        queries.add_versions(conn, new_versions)
         queries.mark_done(conn, [(rec.qid, rec.outcome) for rec in self.records])
         conn.commit()
         self.records = []

@@ -38,6 +38,6 @@ def run(args: argparse.Namespace, home: Home, out: Output) -> int:
         finally:
             store.close()
         home.write_config(url, cap)
-    out.line(f"attached {home.path} to {url}: latest snapshot {snapshot_id}")
+    out.info(f"attached {home.path} to {url}: latest snapshot {snapshot_id}")
     out.document({"home": str(home.path), "store": url, "snapshot_id": snapshot_id})
     return 0

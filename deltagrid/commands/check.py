@@ -67,7 +67,7 @@ def run(args: argparse.Namespace, home: Home, out: Output) -> int:
                     problems.append({"kind": kind, "ref": ref, "error": summary})
     for p in problems:
         out.warn(f"{p['kind']} {str(p['ref'])[:60]}: {p['error']}")
-    out.line(
+    out.info(
         f"checked {len(objects)} live objects: {len(problems)} unhealthy"
         + (f", {renewed} leases renewed" if args.renew_leases else "")
         + (f", {repaired} repaired" if args.repair else "")

@@ -35,7 +35,7 @@ def run(args: argparse.Namespace, home: Home, out: Output) -> int:
             latest = queries.last_snapshot_id(conn)
             plan, live = plan_compact(conn, latest, args.max_chain)
         if args.dry_run or not plan.keyframes:
-            out.line(f"{len(plan.keyframes)} versions need a new keyframe")
+            out.info(f"{len(plan.keyframes)} versions need a new keyframe")
             out.document({"dry_run": args.dry_run, "plan": plan_doc(plan)})
             return 0
         plan.dead_blobs.clear()  # compact only adds keyframes; prune frees what they replace

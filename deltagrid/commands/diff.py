@@ -41,23 +41,31 @@ def mark(old: Any, new: Any) -> str | None:
     return "U"
 
 
+def changes(conn: Any, a: int, b: int) -> list[tuple[bytes, str]]:
+    """(path, mark) of every entry that differs between snapshots a and b, by path."""
+    gone = queries.only_in(conn, a, b)
+    came = queries.only_in(conn, b, a)
+    found = []
+    for path in sorted(gone.keys() | came.keys()):
+        m = mark(gone.get(path), came.get(path))
+        if m is not None:
+            found.append((path, m))
+    return found
+
+
 def run(args: argparse.Namespace, home: Home, out: Output) -> int:
     with reading(home) as (conn, _store, published):
         a = resolve(conn, published, args.a).id
         b = resolve(conn, published, args.b).id
-        gone = queries.only_in(conn, a, b)
-        came = queries.only_in(conn, b, a)
-    changes = []
-    for path in sorted(gone.keys() | came.keys()):
-        m = mark(gone.get(path), came.get(path))
-        if m is None:
-            continue
-        changes.append({"path": os.fsdecode(path), "change": m})
+        found = changes(conn, a, b)
+    docs = []
+    for path, m in found:
+        docs.append({"path": os.fsdecode(path), "change": m})
         out.line(f"{m} {os.fsdecode(path)}")
-    counts = {m: sum(1 for c in changes if c["change"] == m) for m in "+-MTU"}
+    counts = {m: sum(1 for c in docs if c["change"] == m) for m in "+-MTU"}
     out.line(
         f"{counts['+']} added, {counts['-']} deleted, {counts['M']} changed, "
         f"{counts['T']} changed type, {counts['U']} metadata only"
     )
-    out.document({"a": a, "b": b, "changes": changes, "counts": counts})
+    out.document({"a": a, "b": b, "changes": docs, "counts": counts})
     return 0

@@ -1,4 +1,8 @@
-"""`deltagrid forget --keep-last N --keep-daily N ... [--keep-within DURATION] [--dry-run]`."""
+"""`deltagrid forget [--keep-last N --keep-daily N ... --keep-within DURATION] [--dry-run]`.
+
+With no --keep-* option the `[retention]` table of config.toml is the policy; any --keep-*
+option replaces that table for this run (the two are not merged).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,8 @@ import argparse
 
 from backupdb import queries
 from deltagrid.commands.snapshots import iso
+from deltagrid.config import BUCKETS
+from deltagrid.errors import UsageError
 from deltagrid.home import Home
 from deltagrid.output import Output
 from maintenance.retention import Policy, keep, parse_duration
@@ -15,23 +21,33 @@ from uploader.commit import published_snapshot
 
 def add(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("forget", parents=[common], help="forget snapshots outside a policy")
-    for bucket in ("last", "hourly", "daily", "weekly", "monthly", "yearly"):
-        p.add_argument(f"--keep-{bucket}", type=int, default=0, metavar="N")
+    for bucket in BUCKETS:
+        p.add_argument(f"--keep-{bucket}", type=int, metavar="N")
     p.add_argument("--keep-within", metavar="DURATION", help="e.g. 7d, 2w, 1y6m")
     p.add_argument("--dry-run", action="store_true", help="only print what would be forgotten")
     p.set_defaults(run=run)
 
 
+def policy_of(args: argparse.Namespace, home: Home) -> Policy:
+    """The command line's --keep-* options, or else config.toml's [retention]."""
+    given = {b: getattr(args, f"keep_{b}") for b in BUCKETS}
+    if any(v is not None for v in given.values()) or args.keep_within:
+        policy = Policy(
+            **{b: v or 0 for b, v in given.items()},
+            within_ns=parse_duration(args.keep_within) if args.keep_within else 0,
+        )
+    else:
+        policy = home.settings().retention.policy()
+    if policy.empty():
+        raise UsageError(
+            "forget needs at least one --keep-* option, "
+            f"or a [retention] table in {home.config_path}"
+        )
+    return policy
+
+
 def run(args: argparse.Namespace, home: Home, out: Output) -> int:
-    policy = Policy(
-        last=args.keep_last,
-        hourly=args.keep_hourly,
-        daily=args.keep_daily,
-        weekly=args.keep_weekly,
-        monthly=args.keep_monthly,
-        yearly=args.keep_yearly,
-        within_ns=parse_duration(args.keep_within) if args.keep_within else 0,
-    )
+    policy = policy_of(args, home)
     with maintaining(home) as session:
         with session.engine.connect() as conn:
             rows = queries.list_snapshots(conn, published_snapshot(session.store))
@@ -44,10 +60,10 @@ def run(args: argparse.Namespace, home: Home, out: Output) -> int:
     verb = "would forget" if args.dry_run else "forgot"
     for r in rows:
         why = ", ".join(kept.get(r.id, [])) or verb.split()[-1]
-        out.line(
+        out.info(
             f"{'keep  ' if r.id in kept else 'forget'} {r.id:>5}  {iso(r.committed_ns)}  {why}"
         )
-    out.line(f"{verb} {len(gone)} of {len(rows)} snapshots; run 'deltagrid prune' to free space")
+    out.info(f"{verb} {len(gone)} of {len(rows)} snapshots; run 'deltagrid prune' to free space")
     out.document(
         {
             "dry_run": args.dry_run,

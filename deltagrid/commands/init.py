@@ -46,7 +46,7 @@ def initialise(home: Home, store_url: str | None) -> tuple[str, str | None, str 
 def run(args: argparse.Namespace, home: Home, out: Output) -> int:
     with home.lock():
         url, writecap, readcap = initialise(home, args.store)
-    out.line(f"created repository in {home.path}, store {url}")
+    out.info(f"created repository in {home.path}, store {url}")
     if writecap:
         out.line("keep this capability somewhere safe; with it, any machine can restore and")
         out.line("continue these backups (deltagrid attach --store URL --cap CAP):")

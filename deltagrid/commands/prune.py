@@ -37,7 +37,7 @@ def plan_doc(plan: Plan) -> dict[str, int]:
 
 
 def outcome_text(out: Output, o: Outcome) -> None:
-    out.line(
+    out.info(
         f"dropped {o.versions_dropped} versions and {o.contents_dropped} contents, wrote "
         f"{o.keyframes_written} keyframes; packs: {o.packs_deleted} deleted, {o.packs_repacked} "
         f"repacked into {o.packs_written}; freed {human_bytes(o.bytes_freed)}, wrote "
@@ -53,7 +53,7 @@ def run(args: argparse.Namespace, home: Home, out: Output) -> int:
             latest = queries.last_snapshot_id(conn)
         if args.dry_run:
             doc = plan_doc(plan)
-            out.line(
+            out.info(
                 f"would write {doc['keyframes']} keyframes, drop {doc['versions']} versions and "
                 f"{doc['contents']} contents, delete {doc['packs_deleted']} packs and repack "
                 f"{doc['packs_repacked']}"

@@ -1,25 +1,42 @@
-"""`deltagrid scan SOURCE...`: walk the sources and queue what changed."""
+"""`deltagrid scan [SOURCE...]`: walk the sources and queue what changed.
+
+With no SOURCE the `sources` of config.toml are scanned; SOURCE arguments replace them. The
+`excludes` of config.toml always apply, and --exclude patterns are added after them (the last
+matching pattern decides, so `--exclude '!keep.log'` can re-include a configured `*.log`).
+"""
 
 from __future__ import annotations
 
 import argparse
 import os
+import time
+from dataclasses import dataclass
 
-from deltagrid.errors import EXIT_OK, EXIT_UNREADABLE
+from backupdb import queries
+from deltagrid.config import Config
+from deltagrid.errors import EXIT_OK, EXIT_UNREADABLE, UsageError
 from deltagrid.home import Home
-from deltagrid.output import Output
+from deltagrid.output import Output, count, human_duration
 from scanner.excludes import Excludes
 from scanner.scan import REASONS, Scanner, ScanResult, normalise_roots
 
+MARKS = {"new": "+", "changed": "M", "meta": "U", "deleted": "-"}
+
 
 def add_scan_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("sources", nargs="+", metavar="SOURCE", help="directories or files to back up")
+    p.add_argument(
+        "sources",
+        nargs="*",
+        metavar="SOURCE",
+        help="directories or files to back up (default: `sources` in config.toml)",
+    )
     p.add_argument(
         "--exclude",
         action="append",
         default=[],
         metavar="PATTERN",
-        help="gitignore-style pattern, relative to each source (repeatable)",
+        help="gitignore-style pattern, relative to each source (repeatable; added to the "
+        "`excludes` in config.toml)",
     )
     p.add_argument(
         "--exclude-from",
@@ -29,7 +46,12 @@ def add_scan_options(p: argparse.ArgumentParser) -> None:
         help="read exclude patterns from FILE, one a line",
     )
     p.add_argument("--checksum", action="store_true", help="queue every file: read and hash all")
-    p.add_argument("--one-file-system", action="store_true", help="do not cross mount points")
+    p.add_argument(
+        "--one-file-system",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="do not cross mount points (default: `one_file_system` in config.toml, else no)",
+    )
 
 
 def add(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -38,21 +60,52 @@ def add(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> Non
     p.set_defaults(run=run)
 
 
-def run_scan(args: argparse.Namespace, home: Home, out: Output) -> ScanResult:
-    roots = normalise_roots(args.sources)
-    excludes = Excludes.from_args(args.exclude, args.exclude_from)
+@dataclass
+class ScanPlan:
+    """What a scan walks and skips: the command line over config.toml."""
+
+    roots: list[bytes]
+    excludes: Excludes
+    one_file_system: bool
+    checksum: bool
+
+
+def scan_plan(args: argparse.Namespace, home: Home, settings: Config) -> ScanPlan:
+    """Check the sources exist (before anything is created) and merge options with the config."""
+    if args.sources:
+        roots = normalise_roots(args.sources)
+    elif settings.sources:
+        try:
+            roots = normalise_roots(settings.source_paths())
+        except UsageError as exc:
+            raise UsageError(f"{exc} (in `sources` of {home.config_path})") from None
+    else:
+        raise UsageError(
+            f"no SOURCE given and no `sources` in {home.config_path}: name what to back up"
+        )
+    one_fs = settings.one_file_system if args.one_file_system is None else args.one_file_system
+    excludes = Excludes.from_args(settings.excludes + args.exclude, args.exclude_from)
+    return ScanPlan(roots, excludes, one_fs, args.checksum)
+
+
+def run_scan(plan: ScanPlan, home: Home, out: Output, list_queued: bool = False) -> ScanResult:
     engine = home.engine()
     try:
         with out.bar(desc="scan", unit=" entries") as bar:
             scanner = Scanner(
                 engine,
-                excludes,
-                checksum=args.checksum,
-                one_file_system=args.one_file_system,
+                plan.excludes,
+                checksum=plan.checksum,
+                one_file_system=plan.one_file_system,
                 on_entry=lambda: bar.update(1),
                 warn=out.warn,
             )
-            return scanner.run(roots)
+            result = scanner.run(plan.roots)
+        if list_queued and out.verbose:
+            with engine.connect() as conn:
+                for row in queries.queued(conn, result.scan_id):
+                    out.detail(f"{MARKS.get(row.reason, '?')} {os.fsdecode(row.path)}")
+        return result
     finally:
         engine.dispose()
 
@@ -67,18 +120,21 @@ def scan_doc(result: ScanResult) -> dict[str, object]:
     }
 
 
-def scan_text(result: ScanResult, out: Output) -> None:
-    counts = ", ".join(f"{result.counts[r]} {r}" for r in REASONS)
-    out.line(f"scan {result.scan_id}: {counts}, {result.unchanged} unchanged")
+def scan_text(result: ScanResult, out: Output, seconds: float | None = None) -> None:
+    counts = ", ".join(f"{count(result.counts[r])} {r}" for r in REASONS)
+    took = f" in {human_duration(seconds)}" if seconds is not None else ""
+    out.info(f"scan {result.scan_id}: {counts}; {count(result.unchanged)} unchanged{took}")
     if result.skipped:
-        out.line(f"  skipped {len(result.skipped)} special files")
+        out.info(f"  skipped {count(len(result.skipped))} special files")
     for path, message in result.errors:
-        out.line(f"  unreadable: {os.fsdecode(path)}: {message}")
+        out.info(f"  unreadable: {os.fsdecode(path)}: {message}")
 
 
 def run(args: argparse.Namespace, home: Home, out: Output) -> int:
+    plan = scan_plan(args, home, home.settings())
+    began = time.monotonic()
     with home.lock():
-        result = run_scan(args, home, out)
-    scan_text(result, out)
+        result = run_scan(plan, home, out, list_queued=True)
+    scan_text(result, out, time.monotonic() - began)
     out.document(scan_doc(result))
     return EXIT_UNREADABLE if result.errors else EXIT_OK

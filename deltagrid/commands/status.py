@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from backupdb import queries
+from deltagrid.commands.snapshots import iso
 from deltagrid.home import Home, reading
 from deltagrid.output import Output, human_bytes
 
@@ -20,6 +21,7 @@ def run(args: argparse.Namespace, home: Home, out: Output) -> int:
         rows, size = queries.pending_totals(conn)
         interrupted = queries.interrupted_scan(conn) is not None
         local = queries.last_snapshot_id(conn)
+    holder = home.lock_holder()
     spool = sorted(home.spool.glob("pack-*")) if home.spool.exists() else []
     spool_bytes = sum(p.stat().st_size for p in spool)
     out.line(f"store: {store.url}")
@@ -33,6 +35,9 @@ def run(args: argparse.Namespace, home: Home, out: Output) -> int:
     if interrupted:
         out.line("  the last scan was interrupted: run 'deltagrid scan' again")
     out.line(f"spool: {len(spool)} packs in progress, {human_bytes(spool_bytes)}")
+    if holder is not None:
+        since = iso(int(holder.get("since_ns", 0)))
+        out.line(f"writing now: pid {holder['pid']} ({holder.get('command')}) since {since}")
     out.document(
         {
             "store": store.url,
@@ -41,6 +46,7 @@ def run(args: argparse.Namespace, home: Home, out: Output) -> int:
             "queue": {"entries": rows, "bytes": size, "by_reason": by_reason},
             "scan_interrupted": interrupted,
             "spool": {"packs": len(spool), "bytes": spool_bytes},
+            "writer": holder,
         }
     )
     return 0

@@ -6,10 +6,13 @@ import argparse
 import os
 import time
 
+from sqlalchemy import Engine
+
 from backupdb import queries
+from deltagrid.commands.diff import changes
 from deltagrid.errors import EXIT_OK, EXIT_UNREADABLE, EXIT_VANISHED, DeltagridError
 from deltagrid.home import Home
-from deltagrid.output import Output, human_bytes
+from deltagrid.output import Output, count, human_bytes, human_duration
 from uploader.commit import Publisher, commit
 from uploader.upload import Uploader, UploadResult
 
@@ -31,7 +34,9 @@ def run_upload(home: Home, out: Output) -> tuple[UploadResult, dict[str, int]]:
                 raise DeltagridError("the last scan was interrupted; run 'deltagrid scan' again")
             rows, total = queries.pending_totals(conn)
         if finished["published"] and not rows:  # that was all the killed run had left to do
-            return UploadResult(finished["published"]), finished
+            result = UploadResult(finished["published"])
+            _describe(engine, result.snapshot_id, finished, out)
+            return result, finished
         started = time.time_ns()
         with out.bar(desc="upload", total=total, unit="B", unit_scale=True) as bar:
             uploader = Uploader(
@@ -47,10 +52,21 @@ def run_upload(home: Home, out: Output) -> tuple[UploadResult, dict[str, int]]:
         stats = dict(result.counts)
         stats.update(bytes_read=result.bytes_read, bytes_uploaded=result.bytes_uploaded)
         committed = commit(engine, publisher, result.snapshot_id, started, stats)
+        _describe(engine, result.snapshot_id, committed, out)
         return result, committed
     finally:
         store.close()
         engine.dispose()
+
+
+def _describe(engine: Engine, snapshot_id: int, committed: dict[str, int], out: Output) -> None:
+    """Add the snapshot's file count to `committed`; with -v, list what it changed."""
+    with engine.connect() as conn:
+        snap = queries.snapshot(conn, snapshot_id)
+        committed["files"] = snap.files if snap is not None else 0
+        if out.verbose:  # the paths, marked as `diff` marks them
+            for path, mark in changes(conn, snapshot_id - 1, snapshot_id):
+                out.detail(f"{mark} {os.fsdecode(path)}")
 
 
 def upload_doc(result: UploadResult, committed: dict[str, int]) -> dict[str, object]:
@@ -66,22 +82,37 @@ def upload_doc(result: UploadResult, committed: dict[str, int]) -> dict[str, obj
     }
 
 
-def upload_text(result: UploadResult, committed: dict[str, int], out: Output) -> None:
+def upload_text(
+    result: UploadResult, committed: dict[str, int], out: Output, seconds: float | None = None
+) -> None:
+    """Two lines: what the snapshot holds and what was stored; what it cost."""
     c = result.counts
-    out.line(
-        f"snapshot {result.snapshot_id} committed: {c['files']} files stored "
-        f"({c['deltas']} deltas, {c['keyframes']} full, {c['deduplicated']} deduplicated), "
-        f"{c['dirs']} dirs, {c['symlinks']} symlinks, {c['deleted']} deleted, "
-        f"{c['unchanged']} unchanged"
+    out.info(
+        f"snapshot {result.snapshot_id} committed: {count(committed.get('files', 0))} files; "
+        f"stored {count(c['files'])} ({count(c['deltas'])} as deltas, {count(c['keyframes'])} "
+        f"whole, {count(c['deduplicated'])} deduplicated), {count(c['deleted'])} deleted"
     )
-    out.line(
+    took = f" in {human_duration(seconds)}" if seconds is not None else ""
+    out.info(
         f"  read {human_bytes(result.bytes_read)}, uploaded {human_bytes(result.bytes_uploaded)} "
-        f"in {result.packs} packs + {human_bytes(committed['backupdb_bytes'])} backupdb"
+        f"in {count(result.packs)} packs + {human_bytes(committed['backupdb_bytes'])} "
+        f"backupdb{took}"
     )
+    problems_text(result, out)
+
+
+def problems_text(result: UploadResult, out: Output) -> None:
+    """Unreadable entries were warned about on stderr as they happened; vanished ones are
+    counted, and named with -v."""
     for path in result.vanished:
-        out.line(f"  vanished: {os.fsdecode(path)}")
+        out.detail(f"  vanished: {os.fsdecode(path)}")
     for path, message in result.unreadable:
-        out.line(f"  unreadable: {os.fsdecode(path)}: {message}")
+        out.detail(f"  unreadable: {os.fsdecode(path)}: {message}")
+    if result.vanished and not out.verbose:
+        out.info(
+            f"  {count(len(result.vanished))} entries vanished between scan and upload "
+            "(-v or 'deltagrid log' names them)"
+        )
 
 
 def exit_code(unreadable: bool, vanished: bool) -> int:
@@ -91,8 +122,9 @@ def exit_code(unreadable: bool, vanished: bool) -> int:
 
 
 def run(args: argparse.Namespace, home: Home, out: Output) -> int:
+    began = time.monotonic()
     with home.lock():
         result, committed = run_upload(home, out)
-    upload_text(result, committed, out)
+    upload_text(result, committed, out, time.monotonic() - began)
     out.document(upload_doc(result, committed))
     return exit_code(bool(result.unreadable), bool(result.vanished))

@@ -105,7 +105,7 @@ def run(args: argparse.Namespace, home: Home, out: Output) -> int:
         else:
             where = ", ".join(p["paths"]) or p["content"]  # type: ignore[arg-type]
             out.warn(f"damaged {where} (snapshots {p['snapshots']}): {p['error']}")
-    out.line(
+    out.info(
         f"verified {len(packs)} packs"
         + (f" ({unhealthy} unhealthy on the grid but recoverable)" if unhealthy else "")
         + (f" and {checked} file versions" if args.read_data else "")

@@ -1,0 +1,206 @@
+"""The run history: one `runs` row at the end of every scan, upload, backup, forget, prune and
+compact run — clean, partial (23/24, with the paths and reasons) or failed (with the message).
+
+The CLI records it in one place, after the command returned or raised. The figures come from the
+document the command built for --json (the same keys), so a command needs no history code of
+its own. Recording never changes a run's outcome: if the backupdb cannot take the row (damaged,
+missing, busy for more than a moment), the run simply goes unrecorded.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from backupdb import db, queries
+from deltagrid.errors import DeltagridError
+from deltagrid.home import Home
+from deltagrid.output import count, human_bytes, plural
+
+RECORDED = ("scan", "upload", "backup", "forget", "prune", "compact")
+MAX_ERRORS = 1000  # paths kept per run; the count is kept whole
+
+
+@dataclass
+class Figures:
+    snapshot_id: int | None = None
+    files: int = 0
+    bytes_read: int = 0
+    bytes_uploaded: int = 0
+    summary: str = ""
+    errors: list[dict[str, str]] = field(default_factory=list)
+
+
+def _scan(doc: dict[str, Any]) -> Figures:
+    queued = doc.get("queued", {})
+    counts = ", ".join(f"{n} {reason}" for reason, n in queued.items() if n)
+    return Figures(
+        files=sum(queued.values()),
+        summary=f"queued {counts or 'nothing'}; {doc.get('unchanged', 0)} unchanged",
+        errors=list(doc.get("errors", [])),
+    )
+
+
+def _upload(doc: dict[str, Any]) -> Figures:
+    c = doc.get("counts", {})
+    errors = list(doc.get("scan", {}).get("errors", [])) + list(doc.get("unreadable", []))
+    errors += [{"path": p, "error": "vanished between scan and upload"} for p in doc["vanished"]]
+    return Figures(
+        snapshot_id=doc["snapshot_id"],
+        files=c.get("files", 0),
+        bytes_read=doc["bytes_read"],
+        bytes_uploaded=doc["bytes_uploaded"],
+        summary=(
+            f"snapshot {doc['snapshot_id']}: {plural(c.get('files', 0), 'file')} stored, "
+            f"{count(c.get('deleted', 0))} deleted"
+        ),
+        errors=errors,
+    )
+
+
+def _forget(doc: dict[str, Any]) -> Figures:
+    verb = "would forget" if doc.get("dry_run") else "forgot"
+    gone, kept = len(doc.get("forgotten", [])), len(doc.get("kept", []))
+    return Figures(summary=f"{verb} {plural(gone, 'snapshot')}, kept {kept}")
+
+
+def _rewrite(doc: dict[str, Any]) -> Figures:
+    if doc.get("dry_run"):
+        plan = doc.get("plan", {})
+        return Figures(summary="dry run: " + ", ".join(f"{v} {k}" for k, v in plan.items()))
+    return Figures(
+        files=doc.get("keyframes_written", 0),
+        bytes_uploaded=doc.get("bytes_written", 0),
+        summary=(
+            f"{plural(doc.get('keyframes_written', 0), 'keyframe')} written, "
+            f"{plural(doc.get('packs_deleted', 0), 'pack')} deleted, "
+            f"{count(doc.get('packs_repacked', 0))} repacked, "
+            f"{human_bytes(doc.get('bytes_freed', 0))} freed"
+        ),
+    )
+
+
+_FIGURES = {
+    "scan": _scan,
+    "upload": _upload,
+    "backup": _upload,
+    "forget": _forget,
+    "prune": _rewrite,
+    "compact": _rewrite,
+}
+
+
+def figures(command: str, doc: dict[str, Any] | None) -> Figures:
+    """What a run's --json document says about it (nothing, if it ended before producing one)."""
+    if not doc or "error" in doc:
+        return Figures()
+    try:
+        return _FIGURES[command](doc)
+    except (KeyError, TypeError, AttributeError):  # a document of another shape: keep the row
+        return Figures(summary="finished")
+
+
+def record(
+    home: Home,
+    command: str,
+    argv: list[str],
+    started_ns: int,
+    exit_code: int,
+    doc: dict[str, Any] | None,
+    error: str | None,
+) -> None:
+    """Append the run to the home's history, if the home has a backupdb to hold it."""
+    if command not in RECORDED or not home.db_path.exists():
+        return
+    f = figures(command, doc)
+    summary = error or f.summary or "finished"
+    try:
+        engine = db.open_db(home.db_path, writer=True, check=False, busy_ms=2000)
+    except DeltagridError:
+        return
+    try:
+        with engine.begin() as conn:
+            queries.add_run(
+                conn,
+                {
+                    "command": command,
+                    "argv": json.dumps(argv),
+                    "started_ns": started_ns,
+                    "finished_ns": time.time_ns(),
+                    "exit_code": exit_code,
+                    "snapshot_id": f.snapshot_id,
+                    "files": f.files,
+                    "bytes_read": f.bytes_read,
+                    "bytes_uploaded": f.bytes_uploaded,
+                    "store_bytes": queries.store_bytes(conn),
+                    "summary": summary,
+                    "error_count": len(f.errors),
+                    "errors": json.dumps(f.errors[:MAX_ERRORS]),
+                },
+            )
+    except (SQLAlchemyError, OSError):
+        pass  # the history is a convenience; the run's own outcome stands
+    finally:
+        engine.dispose()
+
+
+@dataclass
+class Run:
+    """A recorded run, as `log` and `report` show it."""
+
+    id: int
+    command: str
+    argv: list[str]
+    started_ns: int
+    finished_ns: int
+    exit_code: int
+    snapshot_id: int | None
+    files: int
+    bytes_read: int
+    bytes_uploaded: int
+    store_bytes: int | None
+    summary: str
+    error_count: int
+    errors: list[dict[str, str]]
+
+    @property
+    def outcome(self) -> str:
+        return OUTCOMES.get(self.exit_code, "failed")
+
+    @property
+    def seconds(self) -> float:
+        return (self.finished_ns - self.started_ns) / 1e9
+
+    def doc(self) -> dict[str, Any]:
+        d = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        d["outcome"] = self.outcome
+        return d
+
+
+OUTCOMES = {0: "ok", 23: "partial", 24: "partial", 2: "usage", 75: "locked"}
+
+
+def last_runs(conn: Any, limit: int) -> list[Run]:
+    return [
+        Run(
+            id=r.id,
+            command=r.command,
+            argv=json.loads(r.argv),
+            started_ns=r.started_ns,
+            finished_ns=r.finished_ns,
+            exit_code=r.exit_code,
+            snapshot_id=r.snapshot_id,
+            files=r.files,
+            bytes_read=r.bytes_read,
+            bytes_uploaded=r.bytes_uploaded,
+            store_bytes=r.store_bytes,
+            summary=r.summary,
+            error_count=r.error_count,
+            errors=json.loads(r.errors),
+        )
+        for r in queries.last_runs(conn, limit)
+    ]
