@@ -198,6 +198,16 @@ class Restorer:
             os.chmod(dest, e.mode)
         os.utime(dest, ns=(e.mtime_ns, e.mtime_ns), follow_symlinks=follow)
 
+    def _install_as(self, tmp: bytes, dest: bytes, e: Any, follow: bool) -> None:
+        """Give the temporary entry its metadata and rename it into place; drop it on failure."""
+        try:
+            self._set_meta(tmp, e, follow=follow)
+            self._install(tmp, dest)
+        except BaseException:
+            if os.path.lexists(tmp):
+                os.unlink(tmp)
+            raise
+
     def _install(self, tmp: bytes, dest: bytes) -> None:
         try:
             if stat.S_ISDIR(os.lstat(dest).st_mode):
@@ -228,13 +238,7 @@ class Restorer:
                 self.chains.get(e.content_id),
             )
         )
-        try:
-            self._set_meta(tmp, e, follow=True)
-            self._install(tmp, dest)
-        except BaseException:
-            if os.path.lexists(tmp):
-                os.unlink(tmp)
-            raise
+        self._install_as(tmp, dest, e, follow=True)
         if e.nlink > 1:
             linked[key] = (dest, e.content_hash)
         self.result.files += 1
@@ -274,11 +278,5 @@ class Restorer:
         parent = dest.rsplit(b"/", 1)[0]
         tmp = parent + b"/.deltagrid-link-" + os.urandom(6).hex().encode()
         os.symlink(e.target, tmp)
-        try:
-            self._set_meta(tmp, e, follow=False)
-            self._install(tmp, dest)
-        except BaseException:
-            if os.path.lexists(tmp):
-                os.unlink(tmp)
-            raise
+        self._install_as(tmp, dest, e, follow=False)
         self.result.symlinks += 1

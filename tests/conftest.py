@@ -29,14 +29,14 @@ def home(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def cli(home: Path, capsysbinary: pytest.CaptureFixture[bytes]):
-    """Run `deltagrid --home HOME ARGS...` in this process; returns a Run.
+def cli_in(capsysbinary: pytest.CaptureFixture[bytes]):
+    """Run `deltagrid --home HOME ARGS...` in this process: `cli_in(HOME, ARGS...)` -> Run.
 
     Output is captured as bytes and decoded with surrogateescape, as deltagrid writes it, so
     text output naming non-UTF-8 paths round-trips.
     """
 
-    def run(*args: str | Path) -> Run:
+    def run(home: Path, *args: str | Path) -> Run:
         capsysbinary.readouterr()
         try:
             code = main(["--home", str(home), *map(str, args)])
@@ -50,3 +50,9 @@ def cli(home: Path, capsysbinary: pytest.CaptureFixture[bytes]):
         )
 
     return run
+
+
+@pytest.fixture
+def cli(home: Path, cli_in):
+    """`cli(ARGS...)`: cli_in for the test's own home."""
+    return lambda *args: cli_in(home, *args)

@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 
 from backupdb import db, queries, schema
-from deltagrid.cli import main
 from deltagrid.home import Home
 from tests.helpers import Run, describe, restored_root
 from uploader.commit import parse_root
@@ -44,26 +43,6 @@ def _age_dirs(root: Path) -> None:
                 os.utime(path, ns=(t, t))
     if root.stat().st_mtime_ns != OLD:
         os.utime(root, ns=(OLD, OLD))
-
-
-@pytest.fixture
-def cli_in(capsysbinary: pytest.CaptureFixture[bytes]):
-    """Like the `cli` fixture, for any home: `cli_in(HOME, ARGS...)`."""
-
-    def run(home: Path, *args: str | Path) -> Run:
-        capsysbinary.readouterr()
-        try:
-            code = main(["--home", str(home), *map(str, args)])
-        except SystemExit as exc:
-            code = int(exc.code or 0)
-        captured = capsysbinary.readouterr()
-        return Run(
-            code,
-            captured.out.decode("utf-8", "surrogateescape"),
-            captured.err.decode("utf-8", "surrogateescape"),
-        )
-
-    return run
 
 
 def _backup(cli, src: Path) -> dict:
