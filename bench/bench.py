@@ -37,6 +37,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import tables
+
 ROOT = Path(__file__).resolve().parent.parent
 MiB = 1 << 20
 PER_DIR = 20  # files in a leaf directory
@@ -256,16 +258,7 @@ def table(runs: list[dict[str, Sample]]) -> str:
                 f"{max(s.rss_kib for s in samples) / 1024:.0f} MiB",
             )
         )
-    widths = [max(len(row[i]) for row in lines) for i in range(len(header))]
-    out = []
-    for k, row in enumerate(lines):
-        cells = [row[0].ljust(widths[0])] + [
-            c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True)
-        ]
-        out.append("  ".join(cells))
-        if k == 0:
-            out.append("  ".join("-" * w for w in widths))
-    return "\n".join(out)
+    return tables.render(lines)
 
 
 def main() -> None:

@@ -46,6 +46,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import tables  # noqa: E402
+
 from store.tahoe import TahoeStore  # noqa: E402
 from store.tahoe_grid import LocalGrid, tahoe_executable  # noqa: E402
 
@@ -279,15 +281,7 @@ def print_table(rows: list[Row]) -> None:
     head = Row("tool", "run", 0, "files/s or MiB/s", "ratio", "note")
     cells = [[r.tool, r.run, seconds(r.seconds), r.rate, r.ratio, r.note] for r in rows]
     cells.insert(0, [head.tool, head.run, "seconds", head.rate, head.ratio, head.note])
-    widths = [max(len(c[i]) for c in cells) for i in range(6)]
-    for n, c in enumerate(cells):
-        padded = [
-            x.ljust(w) if i in (0, 1, 5) else x.rjust(w)
-            for i, (x, w) in enumerate(zip(c, widths, strict=True))
-        ]
-        print("  ".join(padded).rstrip())
-        if n == 0:
-            print("  ".join("-" * w for w in widths))
+    print(tables.render(cells, left=(0, 1, 5)))
 
 
 def main(argv: list[str] | None = None) -> int:

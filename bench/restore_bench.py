@@ -62,6 +62,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import tables
+
 from bench import ROOT, MiB, _corpus, human
 
 DAY = 86400
@@ -479,15 +481,7 @@ def table(tools: list[Tool], tree_bytes: int, tree_files: int) -> str:
                 t.verdict,
             )
         )
-    widths = [max(len(row[i]) for row in lines) for i in range(len(header))]
-    out = []
-    for k, row in enumerate(lines):
-        cells = [row[0].ljust(widths[0])]
-        cells += [c.rjust(w) for c, w in zip(row[1:-1], widths[1:-1], strict=True)]
-        out.append("  ".join([*cells, row[-1]]).rstrip())
-        if k == 0:
-            out.append("  ".join("-" * w for w in widths))
-    return "\n".join(out)
+    return tables.render(lines, left=(0, len(header) - 1))
 
 
 def main() -> None:
