@@ -81,7 +81,12 @@ class TahoeStore(Store):
         raise AssertionError("unreachable")
 
     def _check(self, response: requests.Response, ref: str) -> requests.Response:
-        if response.status_code in (404, 410):
+        if response.status_code == 410:  # Tahoe's NotEnoughShares/NoShares: down, or gone
+            raise ObjectMissing(
+                f"the grid cannot supply enough shares of object {ref[:40]}... (are its "
+                "storage servers down, fewer than shares.needed connected?)"
+            )
+        if response.status_code == 404:
             raise ObjectMissing(f"object {ref[:40]}... is missing from the grid")
         if response.status_code >= 400:
             raise StoreError(f"Tahoe node {self.node}: {_explain(response)}")
