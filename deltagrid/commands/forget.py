@@ -10,11 +10,11 @@ import argparse
 
 from backupdb import queries
 from deltagrid.commands.snapshots import iso
-from deltagrid.config import BUCKETS
+from deltagrid.config import BUCKETS, Retention
 from deltagrid.errors import UsageError
 from deltagrid.home import Home
 from deltagrid.output import Output
-from maintenance.retention import Policy, keep, parse_duration
+from maintenance.retention import Policy, keep
 from maintenance.session import maintaining
 from uploader.commit import published_snapshot
 
@@ -32,10 +32,8 @@ def policy_of(args: argparse.Namespace, home: Home) -> Policy:
     """The command line's --keep-* options, or else config.toml's [retention]."""
     given = {b: getattr(args, f"keep_{b}") for b in BUCKETS}
     if any(v is not None for v in given.values()) or args.keep_within:
-        policy = Policy(
-            **{b: v or 0 for b, v in given.items()},
-            within_ns=parse_duration(args.keep_within) if args.keep_within else 0,
-        )
+        keeps = {f"keep_{b}": v or 0 for b, v in given.items()}
+        policy = Retention(**keeps, keep_within=args.keep_within).policy()
     else:
         policy = home.settings().retention.policy()
     if policy.empty():
