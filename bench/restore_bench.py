@@ -25,37 +25,22 @@ client-side state kept outside it (deltagrid's home minus its store, restic's an
 duplicity's archive dir), and whether the first restore equals the source (content hash of every
 file, and the set of files and directories; OK or MISMATCH, never asserted).
 
-Each tool is run as a user would run it, with its defaults:
-
-    deltagrid     `deltagrid --home H --json backup SRC` (a fresh home, embedded store);
-                  `deltagrid --home H --json restore T`
-    restic        `restic init`, `restic backup SRC` (RESTIC_PASSWORD set, cache in the workdir);
-                  `restic restore latest --target T`
-    borg          `borg init -e none`, `borg create REPO::nightN SRC` (BORG_BASE_DIR in the
-                  workdir); `borg extract REPO::nightN` in T
-    rdiff-backup  `rdiff-backup backup SRC DEST`; `rdiff-backup restore DEST T`
-    duplicity     `duplicity --no-encryption SRC file://DEST` (one full, then incrementals);
-                  `duplicity restore --no-encryption file://DEST T`
-
+Each tool is run as a user would run it, with its defaults: the command lines are in peers.py.
 Only deltagrid syncs what it restored (one syncfs at the end, 0.02-0.2 s here);
 restic, borg, rdiff-backup and duplicity do not. Duplicity never gets a new full backup, so its
 restore replays every incremental. A tool that is not installed is skipped with a note; one whose
-command fails is dropped from the table with the command's error. Children run in their tool's
-work directory, so `python -m deltagrid` imports the deltagrid of the tree this file is in
-(ROOT on PYTHONPATH), not one in the caller's directory. The text corpus comes from bench.py.
-See bench/README.md.
+command fails is dropped from the table with the command's error. The text corpus comes from
+bench.py. See bench/README.md.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import platform
 import random
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -63,8 +48,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import tables
+from peers import CLASSES, TOOLS, Failed, Tool, compare, du, snapshot
 
-from bench import ROOT, MiB, _corpus, human
+from bench import MiB, _corpus, human
 
 DAY = 86400
 MAX_DEPTH = 4
@@ -73,7 +59,6 @@ ADDED = 10  # files added each night
 DELETED = 10  # files deleted each night
 BIG_EDITS = 20  # 100-byte overwrites of the big file each night
 RENAME_EVERY = 10  # nights between directory renames
-TOOLS = ("deltagrid", "restic", "borg", "rdiff-backup", "duplicity")
 
 
 # --- the tree ---------------------------------------------------------------------------------
@@ -177,271 +162,6 @@ def night(tree: Tree, k: int, seed: int) -> None:
         tree.files = [moved(f) for f in tree.files]
 
 
-def snapshot(root: Path) -> tuple[dict[str, bytes], set[str], dict[str, int]]:
-    """Every file's BLAKE2b and mtime (whole seconds), and every directory, relative to root."""
-    hashes: dict[str, bytes] = {}
-    mtimes: dict[str, int] = {}
-    dirs: set[str] = set()
-    for dirpath, dirnames, filenames in os.walk(root):
-        rel_dir = os.path.relpath(dirpath, root)
-        dirs.update(os.path.normpath(os.path.join(rel_dir, d)) for d in dirnames)
-        for name in filenames:
-            path = os.path.join(dirpath, name)
-            h = hashlib.blake2b(digest_size=32)
-            with open(path, "rb") as f:
-                while chunk := f.read(MiB):
-                    h.update(chunk)
-            rel = os.path.normpath(os.path.join(rel_dir, name))
-            hashes[rel] = h.digest()
-            mtimes[rel] = int(os.stat(path).st_mtime)
-    return hashes, dirs, mtimes
-
-
-def compare(source: tuple, restored: tuple) -> tuple[str, str]:
-    """('OK' or 'MISMATCH ...', a note on mtimes) for a restored tree against the source."""
-    (src_h, src_d, src_m), (got_h, got_d, got_m) = source, restored
-    missing = src_h.keys() - got_h.keys()
-    extra = got_h.keys() - src_h.keys()
-    differ = [r for r in src_h.keys() & got_h.keys() if src_h[r] != got_h[r]]
-    dirs = len(src_d ^ got_d)
-    counts = ((len(missing), "missing"), (len(extra), "extra"), (len(differ), "differ"))
-    bad = [f"{n} {what}" for n, what in (*counts, (dirs, "dirs off")) if n]
-    mtimes = sum(1 for r in src_m.keys() & got_m.keys() if src_m[r] != got_m[r])
-    note = f"{mtimes} restored files have another mtime" if mtimes else ""
-    return ("MISMATCH: " + ", ".join(bad) if bad else "OK"), note
-
-
-# --- running children -------------------------------------------------------------------------
-
-
-class Failed(Exception):
-    pass
-
-
-@dataclass
-class Child:
-    seconds: float
-    stdout: bytes
-    rss_kib: int
-
-
-def run(argv: list[str], env: dict[str, str] | None = None, cwd: Path | None = None) -> Child:
-    """One child, timed, with its own peak RSS (os.wait4, as bench.py); Failed if it fails."""
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        started = time.perf_counter()
-        proc = subprocess.Popen(
-            argv, stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=env, cwd=cwd
-        )
-        _pid, status, usage = os.wait4(proc.pid, 0)
-        elapsed = time.perf_counter() - started
-        code = os.waitstatus_to_exitcode(status)
-        out.seek(0)
-        err.seek(0)
-        stdout, stderr = out.read(), err.read()
-    if code != 0:
-        tail = (stderr or stdout).decode(errors="replace")[-2000:]
-        raise Failed(f"`{' '.join(argv)}` exited {code}:\n{tail}")
-    return Child(elapsed, stdout, usage.ru_maxrss)
-
-
-def du(*paths: Path) -> int:
-    existing = [str(p) for p in paths if p.exists()]
-    if not existing:
-        return 0
-    out = subprocess.run(["du", "-sbc", *existing], capture_output=True, check=True, text=True)
-    return int(out.stdout.splitlines()[-1].split()[0])
-
-
-# --- the tools --------------------------------------------------------------------------------
-
-
-class Tool:
-    """One backup tool with its repository under `work`."""
-
-    name = ""
-    binary = ""
-
-    def __init__(self, work: Path, src: Path) -> None:
-        self.work = work / self.name
-        self.work.mkdir(parents=True)
-        self.repo = self.work / "repo"
-        self.src = src
-        self.env = dict(os.environ)
-        self.backups: list[float] = []
-        self.restores: list[Child] = []
-        self.verdict = "-"
-        self.sizes = (0, 0)  # repository bytes, local-state bytes: measured after the nights
-
-    @classmethod
-    def available(cls) -> bool:
-        return shutil.which(cls.binary) is not None
-
-    def version(self) -> str:
-        flag = "version" if self.binary == "restic" else "--version"
-        try:
-            out = subprocess.run([self.binary, flag], capture_output=True, text=True)
-            return (out.stdout or out.stderr).strip().splitlines()[0]
-        except (OSError, IndexError):
-            return "?"
-
-    def backup(self, k: int) -> None:
-        self.backups.append(run(self.backup_argv(k), self.env, self.work).seconds)
-
-    def restore(self, target: Path, k: int) -> Path:
-        """Restore the latest snapshot (night k's) under target, timed; where the tree landed."""
-        self.restores.append(run(self.restore_argv(target, k), self.env, self.restore_cwd(target)))
-        return self.landed(target)
-
-    def init(self) -> None:
-        pass
-
-    def backup_argv(self, k: int) -> list[str]:
-        raise NotImplementedError
-
-    def restore_argv(self, target: Path, k: int) -> list[str]:
-        raise NotImplementedError
-
-    def restore_cwd(self, target: Path) -> Path:
-        # Not the caller's: `python -m deltagrid` would import the deltagrid found there.
-        return self.work
-
-    def landed(self, target: Path) -> Path:
-        return target / str(self.src).lstrip("/")  # the source's absolute path under target
-
-    def repo_bytes(self) -> int:
-        return du(self.repo)
-
-    def local_bytes(self) -> int:
-        return du(self.work / "local")
-
-
-class Deltagrid(Tool):
-    name = binary = "deltagrid"
-
-    @classmethod
-    def available(cls) -> bool:
-        return True
-
-    def version(self) -> str:
-        return f"deltagrid (from {ROOT})"
-
-    def __init__(self, work: Path, src: Path) -> None:
-        super().__init__(work, src)
-        self.home = self.work / "home"
-        paths = [str(ROOT), os.environ.get("PYTHONPATH")]
-        self.env["PYTHONPATH"] = os.pathsep.join(filter(None, paths))  # this tree's deltagrid
-
-    def _argv(self, *args: str | Path) -> list[str]:
-        return [
-            sys.executable,
-            "-m",
-            "deltagrid",
-            "--home",
-            str(self.home),
-            "--json",
-            *map(str, args),
-        ]
-
-    def backup_argv(self, k: int) -> list[str]:
-        return self._argv("backup", self.src)
-
-    def restore_argv(self, target: Path, k: int) -> list[str]:
-        return self._argv("restore", target)
-
-    def repo_bytes(self) -> int:
-        return du(self.home / "store")
-
-    def local_bytes(self) -> int:
-        return du(self.home) - self.repo_bytes()
-
-
-class Restic(Tool):
-    name = binary = "restic"
-
-    def __init__(self, work: Path, src: Path) -> None:
-        super().__init__(work, src)
-        self.env.update(
-            RESTIC_PASSWORD="restore-bench",
-            RESTIC_REPOSITORY=str(self.repo),
-            RESTIC_CACHE_DIR=str(self.work / "local"),
-        )
-
-    def init(self) -> None:
-        run(["restic", "init"], self.env)
-
-    def backup_argv(self, k: int) -> list[str]:
-        return ["restic", "backup", "--quiet", str(self.src)]
-
-    def restore_argv(self, target: Path, k: int) -> list[str]:
-        return ["restic", "restore", "latest", "--target", str(target)]
-
-
-class Borg(Tool):
-    name = binary = "borg"
-
-    def __init__(self, work: Path, src: Path) -> None:
-        super().__init__(work, src)
-        self.env.update(
-            BORG_BASE_DIR=str(self.work / "local"),
-            BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK="yes",
-            BORG_RELOCATED_REPO_ACCESS_IS_OK="yes",
-        )
-
-    def init(self) -> None:
-        run(["borg", "init", "-e", "none", str(self.repo)], self.env)
-
-    def backup_argv(self, k: int) -> list[str]:
-        return ["borg", "create", f"{self.repo}::night{k}", str(self.src)]
-
-    def restore_argv(self, target: Path, k: int) -> list[str]:
-        target.mkdir(parents=True)
-        return ["borg", "extract", f"{self.repo}::night{k}"]
-
-    def restore_cwd(self, target: Path) -> Path:
-        return target
-
-
-class RdiffBackup(Tool):
-    name = binary = "rdiff-backup"
-    last = 0.0
-
-    def backup(self, k: int) -> None:
-        # rdiff-backup names increments by the second: two backups need distinct seconds.
-        time.sleep(max(0.0, self.last + 1.1 - time.time()))
-        super().backup(k)
-        self.last = time.time()
-
-    def backup_argv(self, k: int) -> list[str]:
-        return ["rdiff-backup", "backup", str(self.src), str(self.repo)]
-
-    def restore_argv(self, target: Path, k: int) -> list[str]:
-        return ["rdiff-backup", "restore", str(self.repo), str(target)]
-
-    def landed(self, target: Path) -> Path:
-        return target
-
-
-class Duplicity(Tool):
-    name = binary = "duplicity"
-
-    def _common(self) -> list[str]:
-        return ["--no-encryption", "--archive-dir", str(self.work / "local"), "--name", "bench"]
-
-    def backup_argv(self, k: int) -> list[str]:
-        return ["duplicity", *self._common(), str(self.src), f"file://{self.repo}"]
-
-    def restore_argv(self, target: Path, k: int) -> list[str]:
-        return ["duplicity", "restore", *self._common(), f"file://{self.repo}", str(target)]
-
-    def landed(self, target: Path) -> Path:
-        return target
-
-
-CLASSES: dict[str, type[Tool]] = {
-    c.name: c for c in (Deltagrid, Restic, Borg, RdiffBackup, Duplicity)
-}
-
-
 # --- the benchmark ----------------------------------------------------------------------------
 
 
@@ -474,8 +194,8 @@ def table(tools: list[Tool], tree_bytes: int, tree_files: int) -> str:
                 f"{tree_files / seconds:,.0f}",
                 "1.00" if t is tools[0] else f"{seconds / base:.2f}",
                 f"{max(c.rss_kib for c in t.restores) / 1024:.0f} MiB",
-                f"{t.backups[0]:.1f}",
-                f"{sum(t.backups[1:]):.1f}",
+                f"{t.backups[0].seconds:.1f}",
+                f"{sum(c.seconds for c in t.backups[1:]):.1f}",
                 human(t.sizes[0]),
                 human(t.sizes[1]),
                 t.verdict,
@@ -529,7 +249,10 @@ def main() -> None:
                 t.backup(0)
             except Failed as exc:
                 drop(tools, t, exc, notes)
-        log("  night 0 (initial): " + ", ".join(f"{t.name} {t.backups[0]:.1f}s" for t in tools))
+        log(
+            "  night 0 (initial): "
+            + ", ".join(f"{t.name} {t.backups[0].seconds:.1f}s" for t in tools)
+        )
         for k in range(1, args.nights + 1):
             night(tree, k, args.seed)
             for t in list(tools):
@@ -537,7 +260,9 @@ def main() -> None:
                     t.backup(k)
                 except Failed as exc:
                     drop(tools, t, exc, notes)
-            log(f"  night {k}: " + ", ".join(f"{t.name} {t.backups[k]:.1f}s" for t in tools))
+            log(
+                f"  night {k}: " + ", ".join(f"{t.name} {t.backups[k].seconds:.1f}s" for t in tools)
+            )
 
         for t in tools:
             t.sizes = (t.repo_bytes(), t.local_bytes())
