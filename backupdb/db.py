@@ -88,6 +88,15 @@ def open_db(path: Path, writer: bool = True, check: bool = True, busy_ms: int = 
                 )
     except (sqlite3.DatabaseError, SQLAlchemyError) as exc:
         engine.dispose()
+        cause = getattr(exc, "orig", None) or exc
+        if getattr(cause, "sqlite_errorcode", 0) & 0xFF in (
+            sqlite3.SQLITE_FULL,
+            sqlite3.SQLITE_IOERR,
+        ):
+            # Not damage: a full disk cannot grow the WAL index. 'attach' would not help.
+            raise BackupDBError(
+                f"cannot open backupdb {path}: {cause} (is its disk full?)"
+            ) from None
         raise BackupDBError(
             f"backupdb {path} is damaged ({exc.__class__.__name__}); "
             "repair it with 'deltagrid attach'"

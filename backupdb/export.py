@@ -58,7 +58,7 @@ def load(export: Path, dest: Path) -> Engine:
         check.close()
     except sqlite3.DatabaseError as exc:
         raise CorruptData(f"the backupdb export does not open as SQLite: {exc}") from None
-    if version is None or not 1 <= version[0] <= schema.SCHEMA_VERSION:
+    if version is None or version[0] not in range(1, schema.SCHEMA_VERSION + 1):
         raise CorruptData(f"the backupdb export has schema version {version}")
     missing = {t.name for t in schema.CATALOG if t.name not in ADDED_IN} - names
     if missing:

@@ -26,7 +26,7 @@ from sqlalchemy import Connection, Engine
 
 from backupdb import queries
 from restore.rebuild import DirectSource, chain_ids, load_chains, materialize
-from store.base import Store
+from store.base import Store, check_stored
 from store.pack import PackWriter, digest
 from uploader.commit import Publisher, parse_root
 
@@ -101,7 +101,7 @@ class Executor:
         if self.writer is None:
             return
         size = self.writer.finish()
-        ref = self.store.put_file(self.writer.path)
+        ref = check_stored(self.store, self.store.put_file(self.writer.path), size)
         self.writer.path.unlink()
         self.written.append((ref, size, self.pending))
         self.outcome.packs_written += 1
@@ -236,6 +236,7 @@ class Executor:
         for ref in sorted((before | set(self.store.list_refs())) - now):
             self.store.delete(ref)
             self.outcome.objects_deleted += 1
+        self.outcome.objects_deleted += self.store.clear_temporaries()
 
 
 def needed_versions(spans: list[Any], kept: list[int]) -> set[int]:

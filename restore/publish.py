@@ -54,13 +54,46 @@ def remove_tree(path: Path) -> None:
     shutil.rmtree(path, onerror=writable_then_retry)
 
 
+def _beside(dest: Path, role: str) -> Path:
+    """A name beside `dest` for this run's staging or old tree. The pid in it tells a later run
+    whether the tree is a leftover of a killed run or another restore's work in progress."""
+    return dest.parent / f".{dest.name}.deltagrid-{role}-{os.getpid()}-{os.urandom(4).hex()}"
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
+def clear_leftovers(dest: Path) -> None:
+    """Remove the staging and old trees that killed runs left beside `dest` (their process is
+    gone): a half-written new tree, or after the swap the old tree that was to be removed."""
+    prefix = f".{dest.name}.deltagrid-"
+    with os.scandir(dest.parent) as entries:
+        ours = [e for e in entries if e.name.startswith(prefix)]
+    for entry in ours:
+        role, _, rest = entry.name[len(prefix) :].partition("-")
+        pid = rest.partition("-")[0]
+        if role not in ("staging", "old") or not pid.isdigit() or _running(int(pid)):
+            continue
+        if entry.is_dir(follow_symlinks=False):
+            remove_tree(Path(entry.path))
+        else:
+            os.unlink(entry.path)
+
+
 def staging_for(dest: Path) -> Path:
     """A fresh staging directory beside `dest`, on the same filesystem."""
-    parent = dest.absolute().parent
-    if not parent.is_dir():
-        raise UsageError(f"{parent} does not exist")
-    name = f".{dest.name}.deltagrid-staging-{os.urandom(4).hex()}"
-    staging = parent / name
+    dest = dest.absolute()
+    if not dest.parent.is_dir():
+        raise UsageError(f"{dest.parent} does not exist")
+    clear_leftovers(dest)
+    staging = _beside(dest, "staging")
     staging.mkdir(mode=0o700)
     return staging
 
@@ -92,7 +125,7 @@ def publish(staging: Path, dest: Path, swap: str | None, keep_old: str | None) -
             raise
         how = "exchanged"
     else:
-        old = parent / f".{dest.name}.deltagrid-old-{os.urandom(4).hex()}"
+        old = _beside(dest, "old")
         os.rename(dest, old)
         os.rename(staging, dest)
         os.rename(old, staging)

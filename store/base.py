@@ -10,6 +10,8 @@ import abc
 from collections.abc import Iterator
 from pathlib import Path
 
+from deltagrid.errors import ObjectMissing, StoreError
+
 
 class Store(abc.ABC):
     """An object store with one mutable root pointer."""
@@ -53,5 +55,23 @@ class Store(abc.ABC):
         """Remove an object no snapshot needs any more, where the backend can."""
         raise NotImplementedError
 
+    def clear_temporaries(self) -> int:
+        """Remove the half-written objects of killed puts, where the backend keeps any; the
+        caller holds the home's lock, so no put of ours is under way. Returns how many."""
+        return 0
+
     def close(self) -> None:  # noqa: B027 - optional hook, most backends hold nothing
         """Release connections."""
+
+
+def check_stored(store: Store, ref: str, size: int) -> str:
+    """Make sure an acknowledged put left the whole object in the store, before anything names
+    it: a lost or torn write would otherwise be committed as a snapshot that cannot be read."""
+    try:
+        stored: int | None = store.size(ref)
+    except ObjectMissing:
+        stored = None
+    if stored != size:
+        held = "nothing" if stored is None else f"{stored} bytes"
+        raise StoreError(f"{store.url} acknowledged object {ref} of {size} bytes but holds {held}")
+    return ref

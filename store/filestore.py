@@ -161,6 +161,14 @@ class FileStore(Store):
     def delete(self, ref: str) -> None:
         self._path(ref).unlink(missing_ok=True)
 
+    def clear_temporaries(self) -> int:
+        cleared = 0
+        for directory in (self.root, self.objects):
+            for entry in directory.glob(".tmp-*"):
+                entry.unlink(missing_ok=True)
+                cleared += 1
+        return cleared
+
     def list_refs(self) -> Iterator[str]:
         for sub in sorted(self.objects.iterdir()):
             if sub.is_dir():

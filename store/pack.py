@@ -89,6 +89,8 @@ def decode_blob(frame: bytes, raw_length: int, raw_hash: bytes) -> bytes:
         raw = zstandard.ZstdDecompressor().decompress(frame, max_output_size=raw_length)
     except zstandard.ZstdError as exc:
         raise CorruptData(f"blob does not decompress: {exc}") from None
+    except MemoryError:  # a frame without its size gets a buffer of raw_length up front
+        raise CorruptData(f"blob does not decompress into {raw_length:,} bytes") from None
     if len(raw) != raw_length or digest(raw) != raw_hash:
         raise CorruptData("blob does not match its recorded hash")
     return raw

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -11,6 +12,11 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import pytest
+
+import uploader.reader
+from uploader.reader import SourceError
 
 
 @dataclass
@@ -82,3 +88,16 @@ def describe(root: Path, mtimes: bool = True) -> dict[bytes, tuple]:
 def restored_root(target: Path, source: Path) -> Path:
     """Where restore puts `source`: TARGET + its absolute path."""
     return Path(str(target) + str(source.absolute()))
+
+
+def fail_reading(monkeypatch: pytest.MonkeyPatch, paths: set[bytes]) -> None:
+    """Make the uploader's one opener of source files fail with EIO for `paths`: running as
+    root, no chmod makes a file unreadable. `monkeypatch.undo()` ends it."""
+    real_open = uploader.reader.open_source
+
+    def open_source(path: bytes) -> int:
+        if path in paths:
+            raise SourceError(OSError(errno.EIO, os.strerror(errno.EIO), path))
+        return real_open(path)
+
+    monkeypatch.setattr(uploader.reader, "open_source", open_source)

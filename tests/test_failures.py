@@ -23,9 +23,7 @@ from pathlib import Path
 import pytest
 
 import scanner.scan
-import uploader.reader
-from tests.helpers import Run, describe, dg, restored_root
-from uploader.reader import SourceError
+from tests.helpers import Run, describe, dg, fail_reading, restored_root
 
 PACK_SIZE = 256 << 10
 PIECE_SIZE = 64 << 10
@@ -349,14 +347,7 @@ def test_unreadable_file_exits_23_keeps_its_previous_version_then_converges(
     (src / "ok.txt").write_text("two\n")
     (src / "bad-new.txt").write_text("never read yet\n")
     failing = {os.fsencode(src / "bad.bin"), os.fsencode(src / "bad-new.txt")}
-    real_open = uploader.reader.open_source
-
-    def open_source(path: bytes) -> int:
-        if path in failing:
-            raise SourceError(OSError(errno.EIO, os.strerror(errno.EIO), path))
-        return real_open(path)
-
-    monkeypatch.setattr(uploader.reader, "open_source", open_source)
+    fail_reading(monkeypatch, failing)
     faulty = cli("--json", "backup", src)
     monkeypatch.undo()
 

@@ -285,7 +285,11 @@ def test_forty_nights_forget_and_prune_keep_exactly_the_policy(tmp_path: Path) -
     assert plan["plan"]["versions"] > 0 and plan["plan"]["packs_deleted"] > 0
     assert store_objects(store) == objects and store_bytes(store) == size  # dry run: no change
 
+    # What puts killed part-way leave: half-written objects and a half-written root pointer.
+    (store / "objects" / ".tmp-killedput").write_bytes(b"x" * 1000)
+    (store / ".tmp-killedroot").write_bytes(b"{")
     pruned = ok(home, "prune")
+    assert not list(store.glob(".tmp-*")) and not list(store.glob("objects/.tmp-*"))
     assert pruned["versions_dropped"] == plan["plan"]["versions"]
     assert pruned["contents_dropped"] == plan["plan"]["contents"]
     assert pruned["keyframes_written"] == plan["plan"]["keyframes"] > 0
@@ -401,7 +405,8 @@ def kill_points(o: dict[str, int]) -> dict[str, tuple[str, str, int, str]]:
         "flush-last-after": ("maintenance.rewrite", "Executor._flush", o["packs_written"], "after"),
         "rewrite_catalog-after": ("maintenance.rewrite", "Executor._rewrite_catalog", 1, "after"),
         "publish-before": ("uploader.commit", "Publisher.publish", 2, "before"),  # committed
-        "put_export-after": (files, "FileStore.put_bytes", 1, "after"),  # the root not moved
+        # the export goes out as a file, after the packs; the root not moved yet
+        "put_export-after": (files, "FileStore.put_file", o["packs_written"] + 1, "after"),
         "replace_root-before": (files, "FileStore.replace_root", 1, "before"),
         "replace_root-after": (files, "FileStore.replace_root", 1, "after"),  # nothing deleted
         "delete-1-after": (files, "FileStore.delete", 1, "after"),
