@@ -8,9 +8,11 @@ snapshots the root pointer has published.
 from __future__ import annotations
 
 import json
+import sqlite3
+import stat
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
+from typing import Any, NamedTuple, TypeVar
 
 from sqlalchemy import (
     Connection,
@@ -185,10 +187,67 @@ def _versions(*extra: Any) -> Select[Any]:
     return select(paths.c.path, *versions.c, *extra).join(paths, paths.c.id == versions.c.path_id)
 
 
-def live_children(conn: Connection, parent_id: int) -> dict[bytes, Row[Any]]:
-    """Live versions of the direct children of a directory, by their path."""
-    rows = conn.execute(_versions().where(paths.c.parent_id == parent_id, _not_ended))
-    return {row.path: row for row in rows}
+class LiveEntry(NamedTuple):
+    """A live version as the scanner compares it in full (its attributes are those of a
+    `_versions()` row)."""
+
+    path: bytes
+    id: int
+    path_id: int
+    kind: str
+    mode: int
+    uid: int
+    gid: int
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+    inode: int
+    dev: int
+    nlink: int
+    target: bytes | None
+    recheck: int
+
+
+# Live children come as short plain tuples: (path, version id, path id, st_mode, uid, gid,
+# size, mtime_ns, ctime_ns, inode). An unchanged file or directory has exactly `row[STAT_KEY] ==
+# (st_mode, st_uid, st_gid, st_size, st_mtime_ns, st_ctime_ns, st_ino)` of its lstat; st_mode
+# is the mode with its file-type bits, or -1 for a symlink (its target must be read) and for a
+# version flagged `recheck`, so those never match and the scanner fetches the whole version.
+STAT_KEY = slice(3, 10)
+_LIVE_CHILDREN = f"""
+SELECT p.path, v.id, v.path_id,
+       CASE WHEN v.recheck THEN -1
+            WHEN v.kind = 'f' THEN v.mode | {stat.S_IFREG}
+            WHEN v.kind = 'd' THEN v.mode | {stat.S_IFDIR}
+            ELSE -1 END,
+       v.uid, v.gid, v.size, v.mtime_ns, v.ctime_ns, v.inode
+FROM paths p JOIN versions v ON v.path_id = p.id
+WHERE p.parent_id = ? AND NOT EXISTS (SELECT 1 FROM version_ends e WHERE e.version_id = v.id)
+"""
+_LIVE_ENTRY = f"""
+SELECT p.path, {", ".join(f"v.{name}" for name in LiveEntry._fields[1:])}
+FROM versions v JOIN paths p ON p.id = v.path_id WHERE v.id = ?
+"""
+
+
+def live_children(conn: Connection, parent_id: int) -> dict[bytes, tuple[Any, ...]]:
+    """Live versions of the direct children of a directory, by their path, as short tuples
+    (above). The scanner's hot path: one query a directory, on the DB-API connection, with only
+    the columns an unchanged entry is compared on (building SQLAlchemy rows of every column
+    cost three times the query itself)."""
+    return {row[0]: row for row in _driver(conn).execute(_LIVE_CHILDREN, (parent_id,))}
+
+
+def live_entry(conn: Connection, version_id: int) -> LiveEntry:
+    """The whole of a version `live_children` gave, for the full comparison."""
+    return LiveEntry._make(_driver(conn).execute(_LIVE_ENTRY, (version_id,)).fetchone())
+
+
+def _driver(conn: Connection) -> sqlite3.Connection:
+    """The sqlite3 connection under `conn` (same transaction)."""
+    raw = conn.connection.driver_connection
+    assert isinstance(raw, sqlite3.Connection)
+    return raw
 
 
 _LIVE_VERSION = _versions().where(paths.c.path == bindparam("path"), _not_ended)
@@ -196,6 +255,49 @@ _LIVE_VERSION = _versions().where(paths.c.path == bindparam("path"), _not_ended)
 
 def live_version(conn: Connection, path: bytes) -> Row[Any] | None:
     return conn.execute(_LIVE_VERSION, {"path": path}).first()
+
+
+_LIVE_VERSIONS = _versions().where(paths.c.path.in_(bindparam("paths", expanding=True)), _not_ended)
+
+
+def live_versions(conn: Connection, wanted: Iterable[bytes]) -> dict[bytes, Row[Any]]:
+    """The live versions of many paths, by path: the uploader's batch of queue rows at once."""
+    found: dict[bytes, Row[Any]] = {}
+    for chunk in _chunks(sorted(set(wanted))):
+        found.update((row.path, row) for row in conn.execute(_LIVE_VERSIONS, {"paths": chunk}))
+    return found
+
+
+_PATH_IDS = select(paths.c.path, paths.c.id).where(
+    paths.c.path.in_(bindparam("paths", expanding=True))
+)
+_ADD_PATHS = insert(paths).returning(paths.c.id, sort_by_parameter_order=True)
+
+
+def ensure_paths(conn: Connection, wanted: Iterable[bytes]) -> dict[bytes, int]:
+    """The ids of many paths, adding the missing ones and their missing ancestors: a query per
+    directory level, not per path (the uploader records a pack's files at once)."""
+    ids: dict[bytes, int] = {}
+    missing: set[bytes] = set()
+    todo = set(wanted)
+    while todo:
+        for chunk in _chunks(sorted(todo)):
+            ids.update((p, i) for p, i in conn.execute(_PATH_IDS, {"paths": chunk}))
+        new = todo - ids.keys()
+        missing |= new
+        todo = {_parent(p) for p in new if p != b"/"} - ids.keys() - missing
+    levels: dict[int, list[bytes]] = {}
+    for p in missing:
+        levels.setdefault(0 if p == b"/" else p.count(b"/"), []).append(p)
+    for level in sorted(levels):  # parents first: each row needs its parent's id
+        new_paths = sorted(levels[level])
+        rows = [{"parent_id": None if p == b"/" else ids[_parent(p)], "path": p} for p in new_paths]
+        ids.update(zip(new_paths, conn.execute(_ADD_PATHS, rows).scalars(), strict=True))
+    return ids
+
+
+def _parent(path: bytes) -> bytes:
+    return path.rsplit(b"/", 1)[0] or b"/"
 
 
 def live_below(conn: Connection, path: bytes) -> list[Row[Any]]:
@@ -292,32 +394,36 @@ def unused_contents(conn: Connection, content_ids: Iterable[int]) -> list[bytes]
     )
 
 
-def add_content(
-    conn: Connection,
-    digest: bytes,
-    size: int,
-    basis_id: int | None,
-    depth: int,
-    chain_bytes: int,
-    blob_ids: Sequence[int],
-) -> int:
-    content_id = _new_id(
-        conn,
-        insert(contents),
-        {
-            "hash": digest,
-            "size": size,
-            "basis_id": basis_id,
-            "depth": depth,
-            "chain_bytes": chain_bytes,
-        },
-    )
-    if blob_ids:
-        conn.execute(
-            insert(content_blobs),
-            [{"content_id": content_id, "seq": i, "blob_id": b} for i, b in enumerate(blob_ids)],
-        )
-    return content_id
+class NewContent(NamedTuple):
+    hash: bytes
+    size: int
+    basis_id: int | None
+    depth: int
+    chain_bytes: int
+    blob_ids: Sequence[int]
+
+
+_ADD_CONTENTS = insert(contents).returning(contents.c.id, sort_by_parameter_order=True)
+
+
+def add_contents(conn: Connection, new: Sequence[NewContent]) -> list[int]:
+    """Insert many contents and their blob lists in two statements; their ids, in order."""
+    if not new:
+        return []
+    rows = [
+        {"hash": c.hash, "size": c.size, "basis_id": c.basis_id, "depth": c.depth}
+        | {"chain_bytes": c.chain_bytes}
+        for c in new
+    ]
+    ids = list(conn.execute(_ADD_CONTENTS, rows).scalars())
+    links = [
+        {"content_id": content_id, "seq": i, "blob_id": b}
+        for content_id, c in zip(ids, new, strict=True)
+        for i, b in enumerate(c.blob_ids)
+    ]
+    if links:
+        conn.execute(insert(content_blobs), links)
+    return ids
 
 
 def content_pieces(conn: Connection, content_id: int) -> list[Any]:
@@ -334,6 +440,22 @@ def blob_by_hash(conn: Connection, digest: bytes) -> int | None:
 
 def add_pack(conn: Connection, ref: str, size: int, snapshot_id: int) -> int:
     return _new_id(conn, insert(packs), {"ref": ref, "size": size, "snapshot_id": snapshot_id})
+
+
+_ADD_BLOBS = insert(blobs).returning(blobs.c.id, sort_by_parameter_order=True)
+
+
+def add_blobs(
+    conn: Connection, pack_id: int, entries: Sequence[tuple[int, int, int, bytes]]
+) -> list[int]:
+    """Record a pack's blobs (offset, stored length, raw length, hash) at once; their ids."""
+    if not entries:
+        return []
+    rows = [
+        {"pack_id": pack_id, "offset": o, "length": n, "raw_length": raw, "hash": h}
+        for o, n, raw, h in entries
+    ]
+    return list(conn.execute(_ADD_BLOBS, rows).scalars())
 
 
 def add_blob(
@@ -489,28 +611,32 @@ def clear_done(conn: Connection) -> None:
     conn.execute(delete(queue).where(queue.c.done.is_(True)))
 
 
+_prev = versions.alias("prev")
+_MOVE_BASIS = (
+    select(_prev.c.content_id)
+    .select_from(queue)
+    .join(_prev, _prev.c.id == queue.c.prev_version_id)
+    .where(
+        queue.c.scan_id == bindparam("scan_id"),
+        queue.c.reason == "deleted",
+        _prev.c.kind == "f",
+        _prev.c.content_id.is_not(None),
+        or_(
+            and_(_prev.c.inode == bindparam("inode"), _prev.c.dev == bindparam("dev")),
+            and_(_prev.c.size == bindparam("size"), _prev.c.mtime_ns == bindparam("mtime_ns")),
+        ),
+    )
+    .order_by((_prev.c.inode == bindparam("inode")).desc())
+    .limit(1)
+)
+
+
 def move_basis(
     conn: Connection, scan_id: int, inode: int, dev: int, size: int, mtime_ns: int
 ) -> Row[Any] | None:
     """A file deleted in the same scan that a new file likely came from (rename, then edit)."""
-    prev = versions.alias("prev")
-    return conn.execute(
-        select(prev.c.content_id)
-        .select_from(queue)
-        .join(prev, prev.c.id == queue.c.prev_version_id)
-        .where(
-            queue.c.scan_id == scan_id,
-            queue.c.reason == "deleted",
-            prev.c.kind == "f",
-            prev.c.content_id.is_not(None),
-            or_(
-                and_(prev.c.inode == inode, prev.c.dev == dev),
-                and_(prev.c.size == size, prev.c.mtime_ns == mtime_ns),
-            ),
-        )
-        .order_by((prev.c.inode == inode).desc())
-        .limit(1)
-    ).first()
+    params = {"scan_id": scan_id, "inode": inode, "dev": dev, "size": size, "mtime_ns": mtime_ns}
+    return conn.execute(_MOVE_BASIS, params).first()
 
 
 def only_in(conn: Connection, present: int, absent: int) -> dict[bytes, Row[Any]]:
@@ -529,7 +655,10 @@ def only_in(conn: Connection, present: int, absent: int) -> dict[bytes, Row[Any]
     return {row.path: row for row in rows}
 
 
-def _chunks(ids: list[int], size: int = 900) -> Iterator[list[int]]:
+T = TypeVar("T")
+
+
+def _chunks(ids: list[T], size: int = 900) -> Iterator[list[T]]:
     for i in range(0, len(ids), size):
         yield ids[i : i + size]
 

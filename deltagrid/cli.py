@@ -2,7 +2,8 @@
 map errors to exits, and record each writer run in the home's history.
 
 Every command is one module in deltagrid/commands/ with `add(subparsers)`, which registers its
-parser and sets `run(args, home, out) -> exit code`.
+parser and sets `run(args, home, out) -> exit code`. Only the module of the command that runs is
+imported (see _Commands), so `deltagrid --version` or a quiet night starts quickly.
 """
 
 from __future__ import annotations
@@ -11,9 +12,10 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
-from deltagrid import __version__, history
-from deltagrid.commands import COMMANDS
+from deltagrid import __version__
+from deltagrid.commands import COMMANDS, load
 from deltagrid.errors import EXIT_ERROR, EXIT_USAGE, DeltagridError
 from deltagrid.home import Home, default_home
 from deltagrid.output import Output
@@ -22,6 +24,26 @@ from deltagrid.output import Output
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(EXIT_USAGE, f"deltagrid: error: {message} (see 'deltagrid --help')\n")
+
+
+class _Commands(argparse._SubParsersAction):
+    """The subcommands, each registered by name and help alone; argparse dispatching to one
+    imports its module, which replaces the placeholder with its real parser."""
+
+    def __init__(self, *args: Any, common: argparse.ArgumentParser, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.common = common
+        for name, help_ in COMMANDS.items():
+            self.add_parser(name, help=help_)
+        self.placeholders = set(COMMANDS)
+
+    def __call__(self, parser: Any, namespace: Any, values: Any, option_string: Any = None) -> None:
+        name = values[0]
+        if name in self.placeholders:
+            self.placeholders.discard(name)
+            del self._name_parser_map[name]
+            load(name).add(self, self.common)
+        super().__call__(parser, namespace, values, option_string)
 
 
 def _globals(parser: argparse.ArgumentParser, default: object) -> None:
@@ -67,10 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
     # The same options after the command name too: `deltagrid backup --json DIR` works.
     common = argparse.ArgumentParser(add_help=False)
     _globals(common, argparse.SUPPRESS)
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub = parser.add_subparsers(  # type: ignore[call-overload]  # `common` goes to _Commands
+        dest="command", metavar="COMMAND", parser_class=_Parser, action=_Commands, common=common
+    )
     sub.required = True
-    for module in COMMANDS:
-        module.add(sub, common)
     return parser
 
 
@@ -86,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Output(bool(args.json), bool(args.progress), verbosity)
     started = time.time_ns()
     code, error = _dispatch(args, home, out)
+    from deltagrid import history  # imported only now: `--version` and `--help` never need it
+
     history.record(home, args.command, argv, started, code, out.doc, error)
     return code
 
@@ -102,6 +126,17 @@ def _dispatch(args: argparse.Namespace, home: Home, out: Output) -> tuple[int, s
     except OSError as exc:  # disk full, permissions on the home: no traceback, name the file
         where = f" ({exc.filename})" if exc.filename else ""
         return _failed(out, f"{exc.strerror or exc}{where}", EXIT_ERROR)
+    except Exception as exc:
+        if not _backupdb_write_error(exc):
+            raise
+        return _failed(out, f"backupdb {home.db_path}: {getattr(exc, 'orig', exc)}", EXIT_ERROR)
+
+
+def _backupdb_write_error(exc: Exception) -> bool:
+    """SQLite could not write the backupdb (e.g. its disk is full): SQLAlchemy's
+    OperationalError, recognised without importing SQLAlchemy into commands that never use it."""
+    sqlalchemy_exc = sys.modules.get("sqlalchemy.exc")
+    return sqlalchemy_exc is not None and isinstance(exc, sqlalchemy_exc.OperationalError)
 
 
 def _failed(out: Output, message: str, code: int) -> tuple[int, str]:

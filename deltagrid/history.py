@@ -14,9 +14,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy.exc import SQLAlchemyError
-
-from backupdb import db, queries
 from deltagrid.errors import DeltagridError
 from deltagrid.home import Home
 from deltagrid.output import count, human_bytes, plural
@@ -116,6 +113,10 @@ def record(
     """Append the run to the home's history, if the home has a backupdb to hold it."""
     if command not in RECORDED or not home.db_path.exists():
         return
+    from sqlalchemy.exc import SQLAlchemyError  # only a writer's run needs the backupdb here
+
+    from backupdb import db, queries
+
     f = figures(command, doc)
     summary = error or f.summary or "finished"
     try:
@@ -185,6 +186,8 @@ OUTCOMES = {0: "ok", 23: "partial", 24: "partial", 2: "usage", 75: "locked"}
 
 
 def last_runs(conn: Any, limit: int) -> list[Run]:
+    from backupdb import queries
+
     return [
         Run(
             id=r.id,

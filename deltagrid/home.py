@@ -19,17 +19,17 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, Engine
-
-from backupdb import db
 from deltagrid.config import Config, ConfigError, parse, set_top_level
 from deltagrid.errors import Locked, NotInitialised
-from store import Store, open_store
 from store.filestore import atomic_write
-from uploader.commit import published_snapshot
 from uploader.sigcache import SigCache
+
+if TYPE_CHECKING:  # the backupdb and store modules pull in SQLAlchemy, requests...: imported
+    from sqlalchemy import Connection, Engine  # where used, so a command loads only its own
+
+    from store import Store
 
 
 def default_home() -> Path:
@@ -51,6 +51,7 @@ class Home:
         self.sigcache = SigCache(self.path / "sigs")
         self.wait = wait  # seconds lock() retries before giving up
         self.command = command  # what the lock file says holds it
+        self.checked = False  # the backupdb passed its page-level check in this process
 
     def initialised(self) -> bool:
         """A repository exists: a backupdb, or a config naming a store. A config.toml written by
@@ -92,14 +93,24 @@ class Home:
         atomic_write(self.config_path, text.encode(), 0o600)
 
     def create_db(self) -> Engine:
+        from backupdb import db
+
         return db.create(self.db_path)
 
     def engine(self, writer: bool = True) -> Engine:
         self.config()
-        return db.open_db(self.db_path, writer)
+        from backupdb import db
+
+        # The check reads every page (seconds at a million files): once a run is enough, though
+        # `backup` opens the backupdb for its scan and again for its upload.
+        engine = db.open_db(self.db_path, writer, check=not self.checked)
+        self.checked = True
+        return engine
 
     def store(self) -> Store:
         config = self.config()
+        from store import open_store
+
         return open_store(config.store, cap=config.cap)
 
     @contextmanager
@@ -170,6 +181,8 @@ class Home:
 @contextmanager
 def reading(home: Home) -> Iterator[tuple[Connection, Store, int]]:
     """A read-only view for snapshots/ls/restore/verify: connection, store, published snapshot."""
+    from uploader.commit import published_snapshot
+
     engine = home.engine(writer=False)
     store = home.store()
     try:

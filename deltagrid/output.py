@@ -10,9 +10,10 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from tqdm import tqdm
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 
 def path_text(path: bytes) -> str:
@@ -57,6 +58,8 @@ class Output:
             sys.stdout.write(json.dumps(doc, indent=1, sort_keys=True) + "\n")
 
     def bar(self, **kwargs: Any) -> tqdm:
+        from tqdm import tqdm  # here: importing it costs a tenth of a second at start-up
+
         return tqdm(disable=not self.progress, file=sys.stderr, leave=False, **kwargs)
 
 

@@ -2,10 +2,11 @@
 
 Restore first plans: every content it will rebuild, with its whole delta chain, becomes a list of
 blob pieces. Pieces are grouped by pack and merged into spans (pieces less than `gap` apart share
-one read), the spans are fetched in pack order by a few threads ahead of use into temporary files,
-and each span's file is dropped once the last piece in it has been read. On a grid, where one
-request costs tens of milliseconds, this turns one GET per file into a few per pack; everywhere,
-memory stays bounded by the spans in flight, not by the size of the restore.
+one read), the spans are fetched in pack order by a few threads ahead of use, kept in memory up to
+what the threads fetch at once (the others wait in temporary files), and each span is dropped once
+the last piece in it has been read. On a grid, where one request costs tens of milliseconds, this
+turns one GET per file into a few per pack; everywhere, memory stays bounded by the budget, not by
+the size of the restore.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ GAP = 1 << 20  # pieces closer than this are read together
 MAX_SPAN = 64 << 20
 WORKERS = 4
 AHEAD = 8  # spans fetched ahead of the one in use
+MEMORY_BUDGET = 64 << 20  # at most this much of the spans is held in memory at once
 
 
 @dataclass(frozen=True)
@@ -52,7 +54,7 @@ class Span:
     start: int
     end: int
     uses: int = 0
-    future: Future[Path] | None = None
+    future: Future[bytes | Path] | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -107,10 +109,19 @@ class Fetcher:
         self.order = {id(s): i for i, s in enumerate(self.spans)}
         self.pool = ThreadPoolExecutor(max_workers=WORKERS)
         self.next_to_start = 0
+        self.held = 0  # bytes of spans kept in memory; the others wait in temporary files
+        largest = max((s.end - s.start for s in self.spans), default=0)
+        self.budget = min(MEMORY_BUDGET, WORKERS * largest)  # what the workers fetch at once
         self.lock = threading.Lock()
 
-    def _fetch(self, span: Span) -> Path:
+    def _fetch(self, span: Span) -> bytes | Path:
         data = self.store.get(span.ref, span.start, span.end - span.start)
+        with self.lock:
+            in_memory = self.held + len(data) <= self.budget
+            if in_memory:
+                self.held += len(data)
+        if in_memory:
+            return data
         fd, name = tempfile.mkstemp(dir=self.workdir, prefix="span-")
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -131,6 +142,10 @@ class Fetcher:
         for piece in self.plan[content_id]:
             yield self.read(piece)
 
+    def sole_blob_hash(self, content_id: int) -> bytes | None:
+        pieces = self.plan.get(content_id)
+        return pieces[0].hash if pieces is not None and len(pieces) == 1 else None
+
     def read(self, piece: Piece) -> bytes:
         """The raw bytes of one piece, hash-checked."""
         span = self.index[piece]
@@ -141,18 +156,34 @@ class Fetcher:
             return decode_blob(frame, piece.raw_length, piece.hash)
         self._start_through(self.order[id(span)])
         assert span.future is not None
-        path = span.future.result()
-        with open(path, "rb") as f:
-            f.seek(piece.offset - span.start)
-            frame = f.read(piece.length)
+        held = span.future.result()
+        at = piece.offset - span.start
+        if isinstance(held, bytes):
+            frame = held[at : at + piece.length]
+        else:
+            with open(held, "rb") as f:
+                f.seek(at)
+                frame = f.read(piece.length)
         with span.lock:
             span.uses -= 1
-            if span.uses == 0:
-                path.unlink(missing_ok=True)
+            done = span.uses == 0
+        if done:
+            self._drop(span, held)
         return decode_blob(frame, piece.raw_length, piece.hash)
+
+    def _drop(self, span: Span, held: bytes | Path) -> None:
+        """Forget a span whose last planned piece was read: its memory or its file."""
+        span.future = None
+        if isinstance(held, bytes):
+            with self.lock:
+                self.held -= len(held)
+        else:
+            held.unlink(missing_ok=True)
 
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
         for span in self.spans:
             if span.future is not None and span.future.done() and not span.future.exception():
-                span.future.result().unlink(missing_ok=True)
+                held = span.future.result()
+                if isinstance(held, Path):
+                    held.unlink(missing_ok=True)

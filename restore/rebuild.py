@@ -2,13 +2,16 @@
 
 Every step is checked: each blob against its hash, each intermediate version against the
 content hash recorded for it, so damage is named where it is, never passed on as a wrong file.
+A content that is one blob recorded with the content's own hash is checked once, as that blob.
 """
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import io
 import os
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,9 +23,14 @@ from sqlalchemy import Connection
 from backupdb import queries
 from deltagrid.errors import CorruptData
 from store.base import Store
-from store.pack import decode_blob
+from store.pack import decode_blob, digest
 
 _CHUNK = 1 << 20
+IN_MEMORY = 16 << 20  # versions and deltas up to this size are rebuilt in memory
+_RS_LOG_CRIT = 2
+
+# librsync prints its own errors on stderr; a bad delta is reported as CorruptData instead.
+ctypes.CDLL(sys.modules[pyrsync.patch.__module__].__file__).rs_trace_set_level(_RS_LOG_CRIT)
 
 
 def load_chains(conn: Connection, content_ids: set[int]) -> dict[int, Any]:
@@ -68,12 +76,19 @@ class BlobSource(Protocol):
 
     def blobs(self, conn: Connection, content_id: int) -> Iterator[bytes]: ...
 
+    def sole_blob_hash(self, content_id: int) -> bytes | None:
+        """The hash `blobs` checks when the content is exactly one blob, else None."""
+        ...
+
 
 class DirectSource:
     """Straight from the store, one read per run of adjacent blobs: for a few contents."""
 
     def __init__(self, store: Store) -> None:
         self.store = store
+
+    def sole_blob_hash(self, content_id: int) -> bytes | None:
+        return None  # unknown before the query: the content is hashed whole
 
     def blobs(self, conn: Connection, content_id: int) -> Iterator[bytes]:
         pieces = queries.content_pieces(conn, content_id)
@@ -125,6 +140,144 @@ class _Hashing(io.RawIOBase):
         return self.f.write(data)
 
 
+class _PaddedBasis:
+    """The basis as librsync's patch reads it. For a COPY past the basis's end librsync would
+    ask for the missing bytes again forever; zeros end that loop and mark the delta damaged."""
+
+    def __init__(self, f: BinaryIO) -> None:
+        self.f = f
+        self.overran = False
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        return self.f.seek(pos, whence)
+
+    def read(self, n: int) -> bytes:
+        data = self.f.read(n)
+        if len(data) < n:
+            self.overran = True
+            data += bytes(n - len(data))
+        return data
+
+
+class _Capped(io.RawIOBase):
+    """The patch's output: it stops the patch once the basis overran, or past `limit` (a few
+    bytes of crafted COPY commands could otherwise write terabytes before the hash check)."""
+
+    def __init__(self, f: BinaryIO, limit: int, basis: _PaddedBasis) -> None:
+        self.f = f
+        self.left = limit
+        self.basis = basis
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        self.left -= len(data)
+        if self.basis.overran:
+            raise CorruptData("delta copies past the end of its basis")
+        if self.left < 0:
+            raise CorruptData("delta yields more bytes than recorded")
+        return self.f.write(data)
+
+
+def apply_delta(basis: BinaryIO, delta: BinaryIO, out: BinaryIO, limit: int) -> None:
+    """Patch `basis` with an rdiff `delta` into `out`, writing at most `limit` bytes; a delta
+    that does not parse, copies past its basis or grows too big raises CorruptData."""
+    padded = _PaddedBasis(basis)
+    try:
+        pyrsync.patch(padded, delta, _Capped(out, limit, padded))
+    except CorruptData:
+        raise
+    except Exception as exc:  # librsync reports a bad delta this way
+        raise CorruptData(f"delta does not apply: {exc}") from None
+    if padded.overran:
+        raise CorruptData("delta copies past the end of its basis")
+
+
+def _gather(blobs: Iterator[bytes], workdir: Path) -> BinaryIO:
+    """A delta's bytes, ready to patch from: in memory, spilled to a temporary file when big."""
+    buf: BinaryIO = io.BytesIO()
+    in_memory = True
+    for raw in blobs:
+        if in_memory and buf.tell() + len(raw) > IN_MEMORY:
+            spill = tempfile.TemporaryFile(dir=workdir)  # noqa: SIM115 - returned
+            spill.write(buf.getvalue())  # type: ignore[attr-defined]
+            buf, in_memory = spill, False
+        buf.write(raw)
+    buf.seek(0)
+    return buf
+
+
+def _reader(basis: bytes | Path) -> BinaryIO:
+    return io.BytesIO(basis) if isinstance(basis, bytes) else open(basis, "rb")  # noqa: SIM115
+
+
+def _check(digest_: bytes, row: Any) -> None:
+    if digest_ != row.hash:
+        raise CorruptData(f"rebuilt bytes do not match content {row.hash.hex()[:16]}")
+
+
+def _version(
+    conn: Connection, source: BlobSource, row: Any, basis: bytes | Path | None, workdir: Path
+) -> bytes | Path:
+    """One version of a chain, from its blobs (a keyframe) or by patching `basis`: in memory up
+    to IN_MEMORY bytes, else in a new temporary file under `workdir`. Checked against its hash."""
+    if row.size <= IN_MEMORY:
+        if row.basis_id is None:
+            data = b"".join(source.blobs(conn, row.id))
+            if source.sole_blob_hash(row.id) == row.hash:
+                return data  # its one blob was just checked against this very hash
+        else:
+            assert basis is not None
+            out = io.BytesIO()
+            with _gather(source.blobs(conn, row.id), workdir) as delta, _reader(basis) as b:
+                apply_delta(b, delta, out, row.size)
+            data = out.getvalue()
+        _check(digest(data), row)
+        return data
+    fd, name = tempfile.mkstemp(dir=workdir, prefix="rebuild-")
+    path = Path(name)
+    try:
+        with os.fdopen(fd, "wb") as raw_out:
+            hashing = _Hashing(raw_out)
+            if row.basis_id is None:
+                _write(source, conn, row.id, hashing)  # type: ignore[arg-type]
+            else:
+                assert basis is not None
+                with _gather(source.blobs(conn, row.id), workdir) as delta, _reader(basis) as b:
+                    apply_delta(b, delta, hashing, row.size)  # type: ignore[arg-type]
+        _check(hashing.hash.digest(), row)
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def rebuild(
+    conn: Connection,
+    source: BlobSource,
+    content_id: int,
+    workdir: Path,
+    chain: list[Any] | None = None,
+) -> bytes | Path:
+    """A content's bytes: in memory when small, else a new temporary file under `workdir` that
+    the caller owns. `chain` (keyframe first) saves the queries when the caller loaded it."""
+    chain = chain if chain is not None else chain_of(conn, content_id)
+    current: bytes | Path | None = None
+    try:
+        for row in chain:
+            nxt = _version(conn, source, row, current, workdir)
+            if isinstance(current, Path):
+                current.unlink()
+            current = nxt
+    except BaseException:
+        if isinstance(current, Path):
+            current.unlink(missing_ok=True)
+        raise
+    assert current is not None
+    return current
+
+
 def materialize(
     conn: Connection,
     source: BlobSource,
@@ -132,41 +285,15 @@ def materialize(
     workdir: Path,
     chain: list[Any] | None = None,
 ) -> Path:
-    """Rebuild a content into a new temporary file under `workdir`; the caller owns it.
-
-    `chain` (keyframe first) saves the queries when the caller loaded it already. Each step is
-    hashed as it is written and checked against the hash recorded for it.
-    """
-    chain = chain if chain is not None else chain_of(conn, content_id)
-    current: Path | None = None
-    nxt: Path | None = None
+    """Rebuild a content into a new temporary file under `workdir`; the caller owns it."""
+    rebuilt = rebuild(conn, source, content_id, workdir, chain)
+    if isinstance(rebuilt, Path):
+        return rebuilt
+    fd, name = tempfile.mkstemp(dir=workdir, prefix="rebuild-")
     try:
-        for row in chain:
-            fd, name = tempfile.mkstemp(dir=workdir, prefix="rebuild-")
-            nxt = Path(name)
-            with os.fdopen(fd, "wb") as raw_out:
-                out = _Hashing(raw_out)
-                if row.basis_id is None:
-                    _write(source, conn, row.id, out)  # type: ignore[arg-type]
-                else:
-                    assert current is not None
-                    with tempfile.TemporaryFile(dir=workdir) as delta:
-                        _write(source, conn, row.id, delta)
-                        delta.seek(0)
-                        with open(current, "rb") as basis:
-                            try:
-                                pyrsync.patch(basis, delta, out)
-                            except Exception as exc:  # librsync reports a bad delta this way
-                                raise CorruptData(f"delta does not apply: {exc}") from None
-            if current is not None:
-                current.unlink()
-            current = nxt
-            if out.hash.digest() != row.hash:
-                raise CorruptData(f"rebuilt bytes do not match content {row.hash.hex()[:16]}")
+        with os.fdopen(fd, "wb") as f:
+            f.write(rebuilt)
     except BaseException:
-        for leftover in (current, nxt):
-            if leftover is not None:
-                leftover.unlink(missing_ok=True)
+        Path(name).unlink(missing_ok=True)
         raise
-    assert current is not None
-    return current
+    return Path(name)

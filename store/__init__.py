@@ -8,9 +8,8 @@ from urllib.parse import urlparse
 from deltagrid.errors import UsageError
 from store.base import Store
 from store.filestore import FileStore
-from store.tahoe import TahoeStore
 
-__all__ = ["Store", "FileStore", "TahoeStore", "open_store"]
+__all__ = ["Store", "FileStore", "open_store"]
 
 
 def open_store(url: str, create: bool = False, cap: str | None = None) -> Store:
@@ -20,6 +19,8 @@ def open_store(url: str, create: bool = False, cap: str | None = None) -> Store:
     if parsed.scheme == "tahoe":
         if not parsed.hostname or not parsed.port or parsed.path not in ("", "/"):
             raise UsageError(f"a tahoe:// store is tahoe://HOST:PORT, not {url}")
+        from store.tahoe import TahoeStore  # only here: it loads requests, a tenth of a second
+
         return TahoeStore(f"http://{parsed.hostname}:{parsed.port}", cap)
     if parsed.scheme == "file":
         path = Path(parsed.netloc + parsed.path) if parsed.netloc else Path(parsed.path)

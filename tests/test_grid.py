@@ -7,6 +7,7 @@ restore. The grid is started once for the session.
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
 import sys
 import time
@@ -141,6 +142,17 @@ def test_too_few_servers_is_a_clear_error_and_loses_nothing(
     assert describe(restored_root(target, src)) == describe(src)
 
 
+def packs_recorded(home: Path) -> int:
+    """Packs the backupdb has recorded so far (read beside a running upload)."""
+    db = sqlite3.connect(f"file:{home / 'backupdb.sqlite'}?mode=ro", uri=True, timeout=5)
+    try:
+        return db.execute("SELECT count(*) FROM packs").fetchone()[0]
+    except sqlite3.OperationalError:  # not created yet
+        return 0
+    finally:
+        db.close()
+
+
 def test_client_node_stopped_mid_upload_then_resume_completes(
     tmp_path: Path, home: Path, cli, healthy: LocalGrid
 ) -> None:
@@ -158,7 +170,11 @@ def test_client_node_stopped_mid_upload_then_resume_completes(
         stderr=subprocess.PIPE,
         text=True,
     )
-    time.sleep(1.5)
+    # Stop the node once the first pack is recorded: the upload is then surely under way, with
+    # about eleven packs still to put.
+    deadline = time.monotonic() + 120
+    while packs_recorded(home) < 1 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
     healthy.stop_node("client")
     _out, err = proc.communicate(timeout=300)
     assert proc.returncode == 1, err

@@ -13,6 +13,7 @@ export whose BLAKE2b is `base` to the one whose BLAKE2b is `hash`.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -28,7 +29,8 @@ from sqlalchemy import Engine
 
 from backupdb import export, queries
 from deltagrid.errors import CorruptData, StoreError
-from store.base import Store
+from restore.rebuild import apply_delta
+from store.base import Store, check_stored
 from store.filestore import atomic_write
 from store.pack import digest
 
@@ -43,7 +45,7 @@ def parse_root(raw: bytes | None) -> dict[str, Any] | None:
         return None
     try:
         doc = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # RecursionError: nested too deep to be a root
         raise CorruptData("the store's root pointer is not JSON") from None
     if not isinstance(doc, dict) or doc.get("format") != ROOT_FORMAT:
         raise CorruptData("the store's root pointer is not a deltagrid root")
@@ -56,6 +58,8 @@ def parse_root(raw: bytes | None) -> dict[str, Any] | None:
             and entry.get("type") in ("full", "delta")
             and isinstance(entry.get("ref"), str)
             and isinstance(entry.get("hash"), str)
+            and isinstance(entry.get("size"), int)
+            and entry["size"] >= 0
         ):
             raise CorruptData("the store's root pointer has a malformed backupdb entry")
     if chain and chain[0]["type"] != "full":
@@ -119,21 +123,27 @@ class Publisher:
         self.state.mkdir(parents=True, exist_ok=True)
         chain: list[dict[str, Any]] = list(root["backupdb"]) if root else []
         with tempfile.TemporaryDirectory(dir=self.state) as tmp:
-            path = Path(tmp) / "export.sqlite"
+            work = Path(tmp)  # the export, its delta and their compressed forms: never in memory
+            path = work / "export.sqlite"
             export.write(self.engine, path)
-            data = path.read_bytes()
-            new_hash = digest(data).hex()
-            sig = io.BytesIO()
-            magic, _block, strong = pyrsync.get_signature_args(len(data))
-            pyrsync.signature(io.BytesIO(data), sig, strong, magic, EXPORT_BLOCK)
-            entry = None if full else self._delta_entry(chain, data, new_hash)
+            new_hash = file_digest(path).hex()
+            sig = io.BytesIO()  # about 4% of the export: small, and kept whole anyway
+            magic, _block, strong = pyrsync.get_signature_args(path.stat().st_size)
+            with open(path, "rb") as f:
+                pyrsync.signature(f, sig, strong, magic, EXPORT_BLOCK)
+            entry = None if full else self._delta_entry(chain, path, new_hash)
             if entry is None:
-                blob = zstandard.ZstdCompressor(level=10).compress(data)
-                chain = [{"type": "full", "ref": self.store.put_bytes(blob), "size": len(blob)}]
+                blob = compress(path, work / "full.zst")
+                size = blob.stat().st_size
+                ref = check_stored(self.store, self.store.put_file(blob), size)
+                chain = [{"type": "full", "ref": ref, "size": size}]
                 chain[0]["hash"] = new_hash
             else:
                 chain.append(entry)
-            self.store.replace_root(new_root(latest, chain))
+            root_doc = new_root(latest, chain)
+            self.store.replace_root(root_doc)
+            if self.store.read_root() != root_doc:  # a lost write would pass for a commit
+                raise StoreError(f"{self.store.url} acknowledged the new root pointer but lost it")
             sig_bytes = sig.getvalue()
             atomic_write(self.state / "last-export.sig", sig_bytes)
             atomic_write(
@@ -143,7 +153,7 @@ class Publisher:
         return {"backupdb_bytes": sum(e["size"] for e in chain[-1:]), "published": latest}
 
     def _delta_entry(
-        self, chain: list[dict[str, Any]], data: bytes, new_hash: str
+        self, chain: list[dict[str, Any]], path: Path, new_hash: str
     ) -> dict[str, Any] | None:
         """The chain entry for a delta against the last export, or None when a full is due."""
         last = self._last_export()
@@ -151,14 +161,29 @@ class Publisher:
             return None
         if len(chain) > self.full_every:
             return None
-        out = io.BytesIO()
-        pyrsync.delta(io.BytesIO(data), io.BytesIO(last[1]), out)
-        blob = zstandard.ZstdCompressor(level=10).compress(out.getvalue())
-        full_size = chain[0]["size"]
-        if sum(e["size"] for e in chain[1:]) + len(blob) > full_size:
+        delta = path.with_name("delta")
+        with open(path, "rb") as new, open(delta, "wb") as out:
+            pyrsync.delta(new, io.BytesIO(last[1]), out)
+        blob = compress(delta, path.with_name("delta.zst"))
+        size = blob.stat().st_size
+        if sum(e["size"] for e in chain[1:]) + size > chain[0]["size"]:
             return None
-        ref = self.store.put_bytes(blob)
-        return {"type": "delta", "ref": ref, "size": len(blob), "base": last[0], "hash": new_hash}
+        ref = check_stored(self.store, self.store.put_file(blob), size)
+        return {"type": "delta", "ref": ref, "size": size, "base": last[0], "hash": new_hash}
+
+
+def file_digest(path: Path) -> bytes:
+    """`digest` of a file's bytes, read in chunks."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, lambda: hashlib.blake2b(digest_size=32)).digest()
+
+
+def compress(src: Path, dest: Path) -> Path:
+    """zstd `src` into `dest` as a stream. The frame records the size, so that a reader's
+    `decompress` allocates what it needs rather than its whole limit."""
+    with open(src, "rb") as fin, open(dest, "wb") as fout:
+        zstandard.ZstdCompressor(level=10).copy_stream(fin, fout, size=src.stat().st_size)
+    return dest
 
 
 def commit(
@@ -194,9 +219,9 @@ def fetch_export(store: Store, root: dict[str, Any], dest: Path) -> None:
                 raise CorruptData("backupdb delta chain is broken (base mismatch)")
             out = io.BytesIO()
             try:
-                pyrsync.patch(io.BytesIO(data), io.BytesIO(raw), out)
-            except Exception as exc:  # librsync reports a bad delta this way
-                raise CorruptData(f"backupdb delta does not apply: {exc}") from None
+                apply_delta(io.BytesIO(data), io.BytesIO(raw), out, MAX_OBJECT)
+            except CorruptData as exc:
+                raise CorruptData(f"backupdb {exc}") from None
             data = out.getvalue()
         if digest(data).hex() != entry["hash"]:
             raise CorruptData("backupdb export does not match its recorded hash")

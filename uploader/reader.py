@@ -118,15 +118,23 @@ class Source:
 
 
 def open_source(path: bytes) -> int:
-    """Open a source file for reading without following a symlink put in its place."""
+    """Open a source file for reading without following a symlink put in its place. A directory
+    put in its place opens too; it is refused here, as no longer a regular file (os.fdopen
+    would refuse it later with an error that is not a SourceError)."""
     flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK
     try:
         try:
-            return os.open(path, flags | getattr(os, "O_NOATIME", 0))
+            fd = os.open(path, flags | getattr(os, "O_NOATIME", 0))
         except PermissionError:  # O_NOATIME needs ownership
-            return os.open(path, flags)
+            fd = os.open(path, flags)
     except OSError as exc:
         raise SourceError(exc) from exc
+    try:
+        _fstat(fd)
+    except SourceError:
+        os.close(fd)
+        raise
+    return fd
 
 
 def _fstat(fd: int) -> os.stat_result:

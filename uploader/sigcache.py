@@ -3,13 +3,18 @@
 Signatures are what a delta is computed against; they never go to the store (a 256 MB file's
 signature would cost megabytes a night). A missing or damaged one is rebuilt from the store.
 Each file ends with the BLAKE2b of the signature, so a torn or rotten file is never used.
+
+Because of that check, and because a lost signature only costs a rebuild, a signature is written
+to a temporary name and renamed into place *without* fsync: two fsyncs per file were a third of
+an initial backup (about 10 ms each here), and a crash can only leave a file the check rejects.
 """
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
-from store.filestore import atomic_write
 from store.pack import digest
 
 
@@ -32,7 +37,14 @@ class SigCache:
     def put(self, content_hash: bytes, sig: bytes) -> None:
         path = self._path(content_hash)
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, sig + digest(sig))
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(sig + digest(sig))
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
     def discard(self, content_hash: bytes) -> None:
         self._path(content_hash).unlink(missing_ok=True)

@@ -18,20 +18,22 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import Future
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import astuple, dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeGuard
 
 import pyrsync
 from sqlalchemy import Connection, Engine
 
 from backupdb import queries
-from backupdb.records import KIND_FILE, KIND_LINK, Meta, kind_of
+from backupdb.records import KIND_DIR, KIND_FILE, KIND_LINK, Meta, kind_of
 from deltagrid.errors import CorruptData, StoreError
 from restore.rebuild import DirectSource, materialize
-from store.base import Store
+from store.base import Store, check_stored
 from store.pack import IndexEntry, PackWriter, digest
+from uploader.readahead import Prepared, ReadAhead, discard
 from uploader.reader import (
     ChangedWhileReading,
     HashingReader,
@@ -46,6 +48,9 @@ from uploader.sigcache import SigCache
 
 _VANISHED = {errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.ENXIO}
 _BATCH = 256
+_PACK_ENTRIES = 20_000  # a pack of tiny files is put early: each entry waiting costs ~2 KB
+_PACK = "pack-"  # a spool pack being filled (maintenance's packs use the same prefix)
+_WORK = "work-"  # a run's private directory: signatures, deltas, copies of changing files
 
 
 @dataclass(eq=False)
@@ -78,6 +83,7 @@ class Record:
     meta: Meta | None = None  # new version, if any
     content: PendingContent | int | None = None
     recheck: bool = False
+    end_below: list[int] = field(default_factory=list)  # a directory gone: what was inside it
 
 
 @dataclass
@@ -114,19 +120,18 @@ class Uploader:
         self.blob_index: dict[bytes, PendingBlob] = {}
         self.pending_contents: dict[bytes, PendingContent] = {}
         self.records: list[Record] = []
-        self.dir_ids: dict[bytes, int] = {}  # path ids, cached while recording
         self.ended_contents: set[int] = set()  # their signatures may go once the run is done
+        self.ended: set[int] = set()  # versions this run ends: a version ends once
+        self.gone_dirs: set[bytes] = set()  # directories the scan saw that this run found gone
+        self.prepared: Future[Prepared] | None = None  # the current row's read-ahead
 
     # --- the drain -----------------------------------------------------------------------------
 
     def run(self) -> UploadResult:
         self.spool.mkdir(parents=True, exist_ok=True)
-        for leftover in self.spool.iterdir():  # a killed run's spool: its files are re-read
-            if leftover.is_dir():
-                shutil.rmtree(leftover)
-            else:
-                leftover.unlink()
-        self.workdir = Path(tempfile.mkdtemp(dir=self.spool, prefix="work-"))
+        self._clear_leftovers()
+        self.workdir = Path(tempfile.mkdtemp(dir=self.spool, prefix=_WORK))
+        self.ahead = ReadAhead(self.settings, self.workdir)
         try:
             with self.engine.connect() as conn:
                 self.conn = conn
@@ -134,37 +139,59 @@ class Uploader:
                 conn.commit()
                 after = 0
                 while rows := queries.pending(conn, after, _BATCH):
+                    lives = queries.live_versions(conn, [row.path for row in rows])
+                    self.ahead.feed(rows, lives)
                     for row in rows:
-                        self._process(row)
+                        self.prepared = self.ahead.take(row.id)
+                        self._process(row, lives.get(row.path))
+                        if self.prepared is not None:  # not used: the entry went another way
+                            discard(self.prepared)
                         after = row.id
                     if self.writer is None and len(self.records) >= 1000:
                         self._record(None)
+                    elif len(self.records) >= _PACK_ENTRIES:
+                        self._flush_pack()
                 self._flush_pack()
                 for unused in queries.unused_contents(conn, self.ended_contents):
                     self.sigcache.discard(unused)
                 conn.commit()
         finally:
+            self.ahead.close()
             if self.writer is not None:
                 self.writer.discard()
             shutil.rmtree(self.workdir, ignore_errors=True)
         return self.result
 
-    def _process(self, row: Any) -> None:
-        live = queries.live_version(self.conn, row.path)
+    def _clear_leftovers(self) -> None:
+        """Drop what a killed writer left in the spool: its packs and work directories (their
+        files are re-read). We hold the home's lock, so no writer is filling them; a reader's
+        directory beside them (verify --read-data rebuilds versions there) is left alone."""
+        for leftover in self.spool.iterdir():
+            if leftover.name.startswith(_WORK) and leftover.is_dir():
+                shutil.rmtree(leftover, ignore_errors=True)
+            elif leftover.name.startswith(_PACK) and leftover.is_file():
+                leftover.unlink(missing_ok=True)
+
+    def _process(self, row: Any, live: Any) -> None:
+        if live is not None and live.id in self.ended:
+            live = None
         if live is not None and live.content_id is not None:
             self.ended_contents.add(live.content_id)
         end = live.id if live is not None else None
         if row.reason == "deleted":
             self.result.counts["deleted"] += 1 if live is not None else 0
-            self.records.append(Record(row.id, "deleted", row.path, end=end))
+            self._add(Record(row.id, "deleted", row.path, end=end))
             return
         try:
+            if self._below_gone(row.path):  # what is there now came after the scan
+                raise SourceError(OSError(errno.ENOENT, "its directory went away", row.path))
             record = self._entry(row, live)
         except SourceError as exc:
             if exc.error.errno in _VANISHED:
                 self.result.counts["vanished"] += 1
                 self.result.vanished.append(row.path)
-                self.records.append(Record(row.id, "vanished", row.path, end=end))
+                self._add(Record(row.id, "vanished", row.path, end=end))
+                self._end_below(self.records[-1], row, live)
             else:
                 self.result.counts["unreadable"] += 1
                 self.result.unreadable.append((row.path, str(exc)))
@@ -172,14 +199,36 @@ class Uploader:
                 self.records.append(Record(row.id, "unreadable", row.path))
             return
         self.on_progress(row.size)
+        self._add(record)
+        if record.meta is not None and record.meta.kind != KIND_DIR:
+            self._end_below(record, row, live)
+
+    def _end_below(self, record: Record, row: Any, live: Any) -> None:
+        """A directory vanished or became a file or symlink after the scan: what the catalog has
+        below it ends too (the scan queued only what it saw change), and what the scan queued
+        below it has vanished, or the snapshot would hold entries below a file or no directory."""
+        if row.kind == KIND_DIR:
+            self.gone_dirs.add(row.path)
+        if live is not None and live.kind == KIND_DIR:
+            below = [v.id for v in queries.live_below(self.conn, record.path)]
+            record.end_below = [v for v in below if v not in self.ended]
+            self.ended.update(below)
+
+    def _add(self, record: Record) -> None:
         self.records.append(record)
+        if record.end is not None:
+            self.ended.add(record.end)
 
     def _entry(self, row: Any, live: Any) -> Record:
         """The record for a new, changed or metadata-only entry, read as it is now."""
-        try:
-            st = os.lstat(row.path)
-        except OSError as exc:
-            raise SourceError(exc) from exc
+        prepared = self._take_prepared()
+        if prepared is not None:
+            st = prepared.st
+        else:
+            try:
+                st = os.lstat(row.path)
+            except OSError as exc:
+                raise SourceError(exc) from exc
         kind = kind_of(st.st_mode)
         end = live.id if live is not None else None
         if kind is None:  # became a socket or device: it leaves the backup
@@ -187,7 +236,7 @@ class Uploader:
         content: PendingContent | int | None = None
         recheck = False
         if kind == KIND_FILE:  # even a chmod'ed file is re-read: only its hash proves its bytes
-            meta, content, recheck = self._file(row, live)
+            meta, content, recheck = self._file(row, live, prepared)
         else:
             target = None
             if kind == KIND_LINK:
@@ -208,23 +257,49 @@ class Uploader:
         self.result.counts[{"f": "files", "d": "dirs", "l": "symlinks"}[kind]] += 1
         return Record(row.id, "stored", row.path, end, meta, content, recheck)
 
+    def _below_gone(self, path: bytes) -> bool:
+        while self.gone_dirs and (parent := os.path.dirname(path)) != path:
+            if parent in self.gone_dirs:
+                return True
+            path = parent
+        return False
+
     # --- one file ------------------------------------------------------------------------------
 
-    def _file(self, row: Any, live: Any) -> tuple[Meta, PendingContent | int, bool]:
+    def _take_prepared(self) -> Prepared | None:
+        """What a reader thread prepared for the current row; its SourceError is raised here."""
+        future, self.prepared = self.prepared, None
+        return future.result() if future is not None else None
+
+    def _file(
+        self, row: Any, live: Any, prepared: Prepared | None
+    ) -> tuple[Meta, PendingContent | int, bool]:
         want_sig = row.size >= self.settings.delta_min_size
-        start_ns = time.time_ns()
+        frame = None
         with ExitStack() as stack:
-            # No temporary file for a small file's (unwanted) signature: one a file adds up.
-            sig_out = (
-                stack.enter_context(tempfile.TemporaryFile(dir=self.workdir)) if want_sig else None
-            )
-            source = read_source(
-                row.path, self.settings.piece_size, sig_out, self.settings.block_max, self.workdir
-            )
+            sig_out: BinaryIO | None
+            if prepared is not None and prepared.source is not None:
+                start_ns, source, sig_out = prepared.start_ns, prepared.source, prepared.signature
+                frame = prepared.frame
+            else:
+                start_ns = time.time_ns()
+                # No temporary file for a small file's (unwanted) signature: one a file adds up.
+                sig_out = (
+                    stack.enter_context(tempfile.TemporaryFile(dir=self.workdir))
+                    if want_sig
+                    else None
+                )
+                source = read_source(
+                    row.path,
+                    self.settings.piece_size,
+                    sig_out,
+                    self.settings.block_max,
+                    self.workdir,
+                )
             try:
                 self.result.bytes_read += source.meta.size
                 try:
-                    content = self._content(row, live, source, sig_out)
+                    content = self._content(row, live, source, sig_out, frame)
                 except ChangedWhileReading:
                     source.cleanup()
                     source = copy_source(
@@ -237,7 +312,12 @@ class Uploader:
         return source.meta, content, recheck
 
     def _content(
-        self, row: Any, live: Any, source: Source, sig: BinaryIO | None
+        self,
+        row: Any,
+        live: Any,
+        source: Source,
+        sig: BinaryIO | None,
+        frame: bytes | None = None,
     ) -> PendingContent | int:
         """Find or store the content `source` describes."""
         signature = b""
@@ -255,7 +335,7 @@ class Uploader:
                 return int(found.id)
         else:
             return known
-        content = self._delta(row, live, source) or self._keyframe(source)
+        content = self._delta(row, live, source) or self._keyframe(source, frame)
         if signature:
             self.sigcache.put(source.digest, signature)
         self.pending_contents[source.digest] = content
@@ -326,11 +406,16 @@ class Uploader:
             source.digest, size, basis.id, basis.depth + 1, basis.chain_bytes + delta_size, blobs
         )
 
-    def _keyframe(self, source: Source) -> PendingContent:
-        with source.open() as f:
-            reader = HashingReader(f)
-            blobs = self._pieces(reader)
-            source.check(reader)
+    def _keyframe(self, source: Source, frame: bytes | None) -> PendingContent:
+        """Store `source` whole; `frame` is its bytes already compressed as one blob."""
+        data = source.data
+        if frame is not None and data and len(data) <= self.settings.piece_size:
+            blobs: list[PendingBlob | int] = [self._blob(data, (source.digest, frame))]
+        else:
+            with source.open() as f:
+                reader = HashingReader(f)
+                blobs = self._pieces(reader)
+                source.check(reader)
         self.result.counts["keyframes"] += 1
         return PendingContent(source.digest, source.meta.size, None, 0, 0, blobs)
 
@@ -344,8 +429,9 @@ class Uploader:
 
     # --- blobs and packs -----------------------------------------------------------------------
 
-    def _blob(self, raw: bytes) -> PendingBlob | int:
-        h = digest(raw)
+    def _blob(self, raw: bytes, done: tuple[bytes, bytes] | None = None) -> PendingBlob | int:
+        """`done`: the blob's hash and compressed frame, when a reader thread made them."""
+        h = digest(raw) if done is None else done[0]
         known = self.blob_index.get(h)
         if known is not None:
             return known
@@ -353,10 +439,13 @@ class Uploader:
         if found is not None:
             return int(found)
         if self.writer is None:
-            fd, name = tempfile.mkstemp(dir=self.spool, prefix="pack-")
+            fd, name = tempfile.mkstemp(dir=self.spool, prefix=_PACK)
             os.close(fd)
             self.writer = PackWriter(Path(name), self.settings.zstd_level)
-        blob = PendingBlob(self.writer.add(raw, h))
+        if done is None:
+            blob = PendingBlob(self.writer.add(raw, h))
+        else:
+            blob = PendingBlob(self.writer.add_frame(done[1], len(raw), h))
         self.spool_blobs.append(blob)
         self.blob_index[h] = blob
         if self.writer.size >= self.settings.pack_size:
@@ -370,7 +459,7 @@ class Uploader:
             return
         writer = self.writer
         size = writer.finish()
-        ref = self.store.put_file(writer.path)
+        ref = check_stored(self.store, self.store.put_file(writer.path), size)
         self._record((ref, size))
         writer.path.unlink()
         self.writer = None
@@ -382,20 +471,27 @@ class Uploader:
         snapshot_id = self.result.snapshot_id
         if pack is not None:
             pack_id = queries.add_pack(conn, pack[0], pack[1], snapshot_id)
-            for blob in self.spool_blobs:
-                e = blob.entry
-                blob.id = queries.add_blob(conn, pack_id, e.offset, e.length, e.raw_length, e.hash)
+            entries = [astuple(blob.entry) for blob in self.spool_blobs]
+            ids = queries.add_blobs(conn, pack_id, entries)
+            for blob, blob_id in zip(self.spool_blobs, ids, strict=True):
+                blob.id = blob_id
+        self._add_contents()
+        path_ids = queries.ensure_paths(conn, [r.path for r in self.records if r.meta is not None])
         new_versions = []
         for rec in self.records:
-            content_id = self._content_id(rec.content)
             if rec.meta is not None:
-                path_id = queries.ensure_path(conn, rec.path, self.dir_ids)
+                content = rec.content
+                content_id = content.id if isinstance(content, PendingContent) else content
+                columns = rec.meta.columns()
                 new_versions.append(
                     queries.version_row(
-                        path_id, snapshot_id, rec.meta.columns(), content_id, rec.recheck
+                        path_ids[rec.path], snapshot_id, columns, content_id, rec.recheck
                     )
                 )
-        queries.end_versions(conn, [r.end for r in self.records if r.end is not None], snapshot_id)
+        ends = [r.end for r in self.records if r.end is not None]
+        queries.end_versions(
+            conn, ends + [v for r in self.records for v in r.end_below], snapshot_id
+        )
         queries.add_versions(conn, new_versions)
         queries.mark_done(conn, [(rec.qid, rec.outcome) for rec in self.records])
         conn.commit()
@@ -405,10 +501,13 @@ class Uploader:
             self.blob_index = {}
         self.pending_contents = {h: c for h, c in self.pending_contents.items() if c.id is None}
 
-    def _content_id(self, content: PendingContent | int | None) -> int | None:
-        if content is None or isinstance(content, int):
-            return content
-        if content.id is None:
+    def _add_contents(self) -> None:
+        """Insert the new contents the finished entries use; their blobs all have ids now."""
+        new = list(
+            {id(r.content): r.content for r in self.records if _unrecorded(r.content)}.values()
+        )
+        rows = []
+        for content in new:
             blob_ids = []
             for b in content.blobs:
                 if isinstance(b, PendingBlob):
@@ -416,13 +515,19 @@ class Uploader:
                     blob_ids.append(b.id)
                 else:
                     blob_ids.append(b)
-            content.id = queries.add_content(
-                self.conn,
-                content.digest,
-                content.size,
-                content.basis_id,
-                content.depth,
-                content.chain_bytes,
-                blob_ids,
+            rows.append(
+                queries.NewContent(
+                    content.digest,
+                    content.size,
+                    content.basis_id,
+                    content.depth,
+                    content.chain_bytes,
+                    blob_ids,
+                )
             )
-        return content.id
+        for content, content_id in zip(new, queries.add_contents(self.conn, rows), strict=True):
+            content.id = content_id
+
+
+def _unrecorded(content: PendingContent | int | None) -> TypeGuard[PendingContent]:
+    return isinstance(content, PendingContent) and content.id is None

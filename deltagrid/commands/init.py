@@ -7,7 +7,7 @@ import argparse
 from deltagrid.errors import DeltagridError
 from deltagrid.home import Home
 from deltagrid.output import Output
-from store import TahoeStore, open_store
+from store import open_store
 from uploader.commit import parse_root
 
 
@@ -22,6 +22,8 @@ def initialise(home: Home, store_url: str | None) -> tuple[str, str | None, str 
 
     Returns the store URL and, for a Tahoe store, the root's write and read capabilities.
     """
+    from store.tahoe import TahoeStore  # here: `backup` imports this module every night
+
     if home.initialised():
         raise DeltagridError(f"{home.path} already holds a deltagrid repository")
     url = store_url or home.default_store_url()

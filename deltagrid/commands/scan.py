@@ -97,7 +97,7 @@ def run_scan(plan: ScanPlan, home: Home, out: Output, list_queued: bool = False)
                 plan.excludes,
                 checksum=plan.checksum,
                 one_file_system=plan.one_file_system,
-                on_entry=lambda: bar.update(1),
+                on_entries=bar.update,
                 warn=out.warn,
             )
             result = scanner.run(plan.roots)

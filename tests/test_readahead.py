@@ -1,0 +1,96 @@
+"""The uploader's read-ahead: reader threads prepare the next small files while the main thread
+records in queue order. Over several queue batches, with files streamed on the main thread in
+between and duplicates, a failing or vanishing file must be reported for itself (23 / 24) and
+every other file must restore to its own bytes. Faults are injected where test_failures.py
+injects them: `uploader.reader.open_source`, which the reader threads call."""
+
+from __future__ import annotations
+
+import errno
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+import uploader.reader
+from tests.helpers import fail_reading, restored_root
+
+PIECE_SIZE = 256 << 10
+SIZES = [0, 100, 3_000, 40_000, 70_000, 70_000, 9_000]
+
+
+def make_tree(src: Path) -> dict[str, bytes]:
+    """600 files (three queue batches): small ones, every 50th larger than a piece (read on the
+    main thread), every 7th a copy of the first non-empty one."""
+    rng = random.Random(7)
+    files: dict[str, bytes] = {}
+    for i in range(600):
+        size = 300_000 if i % 50 == 49 else SIZES[i % len(SIZES)]
+        data = files["d0/f0001"] if i % 7 == 6 else rng.randbytes(size)
+        files[f"d{i // 100}/f{i:04d}"] = data
+    for rel, data in files.items():
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        (src / rel).write_bytes(data)
+    return files
+
+
+def restored(cli, target: Path, src: Path) -> dict[str, bytes]:
+    assert cli("restore", target).code == 0
+    root = restored_root(target, src)
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+@pytest.fixture
+def tree(tmp_path: Path, cli) -> tuple[Path, dict[str, bytes]]:
+    assert cli("init").code == 0
+    with open(tmp_path / "home" / "config.toml", "a") as f:
+        f.write(f"\n[upload]\npiece_size = {PIECE_SIZE}\n")
+    src = tmp_path / "src"
+    return src, make_tree(src)
+
+
+def test_unreadable_files_read_ahead_are_reported_for_themselves(
+    tmp_path: Path, cli, tree, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src, files = tree
+    bad = ["d0/f0005", "d2/f0249", "d3/f0300", "d5/f0598"]  # small, large, across batches
+    failing = {os.fsencode(src / rel) for rel in bad}
+    fail_reading(monkeypatch, failing)
+    run = cli("--json", "backup", src)
+    monkeypatch.undo()
+
+    assert run.code == 23, run.err
+    assert "Traceback" not in run.err
+    assert sorted(u["path"] for u in run.json["unreadable"]) == [str(src / r) for r in bad]
+    assert all(u["error"] == os.strerror(errno.EIO) for u in run.json["unreadable"])
+    good = {rel: data for rel, data in files.items() if rel not in bad}
+    assert restored(cli, tmp_path / "r1", src) == good
+
+    assert cli("backup", src).code == 0
+    assert restored(cli, tmp_path / "r2", src) == files
+
+
+def test_files_vanishing_as_they_are_opened_are_reported_for_themselves(
+    tmp_path: Path, cli, tree, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src, files = tree
+    gone = ["d0/f0000", "d1/f0150", "d1/f0199", "d4/f0420"]  # empty, small, large, small
+    vanishing = {os.fsencode(src / rel) for rel in gone}
+    real_open = uploader.reader.open_source
+
+    def open_source(path: bytes) -> int:
+        if path in vanishing and os.path.exists(path):
+            os.unlink(path)
+        return real_open(path)
+
+    monkeypatch.setattr(uploader.reader, "open_source", open_source)
+    run = cli("--json", "backup", src)
+    monkeypatch.undo()
+
+    assert run.code == 24, run.err
+    assert "Traceback" not in run.err
+    assert sorted(run.json["vanished"]) == [str(src / r) for r in gone]
+    left = {rel: data for rel, data in files.items() if rel not in gone}
+    assert restored(cli, tmp_path / "r1", src) == left
+    assert cli("verify", "--read-data").code == 0
