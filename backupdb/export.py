@@ -56,7 +56,7 @@ def load(export: Path, dest: Path) -> Engine:
             }
             version = check.execute("SELECT version FROM schema_version").fetchone()
         check.close()
-    except sqlite3.DatabaseError as exc:
+    except (sqlite3.DatabaseError, UnicodeDecodeError) as exc:  # a name that is not UTF-8
         raise CorruptData(f"the backupdb export does not open as SQLite: {exc}") from None
     if version is None or version[0] not in range(1, schema.SCHEMA_VERSION + 1):
         raise CorruptData(f"the backupdb export has schema version {version}")
@@ -66,7 +66,7 @@ def load(export: Path, dest: Path) -> Engine:
     engine = db.create(dest)
     try:  # an older export lacks tables added since: they stay empty, the version is current
         _copy_catalog(engine, export, to_export=False, only=names)
-    except sqlite3.DatabaseError as exc:
+    except (sqlite3.DatabaseError, UnicodeDecodeError) as exc:
         raise CorruptData(f"the backupdb export is damaged: {exc}") from None
     return engine
 

@@ -348,6 +348,17 @@ def test_export_load(repo: Repo, tmp_path: Path, scale: int, figures) -> None:
     check()
 
 
+def test_export_whose_schema_error_is_not_utf8_is_damaged(repo: Repo, tmp_path: Path) -> None:
+    """Found by the --runslow fuzz run: SQLite's error message quotes a damaged schema, bytes
+    that do not decode as UTF-8."""
+    exported = tmp_path / "export.sqlite"
+    _crafted_export(repo.export, exported, "CREATE TABLE crafted (x NOT NULL)")
+    crafted = exported.read_bytes().replace(b"x NOT NULL", b"x NOT \x80ULL")
+    exported.write_bytes(crafted)
+    with pytest.raises(CorruptData, match="does not open"):
+        export.load(exported, tmp_path / "backupdb.sqlite")
+
+
 # --- packs ----------------------------------------------------------------------------------------
 
 
