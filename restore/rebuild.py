@@ -25,7 +25,6 @@ from deltagrid.errors import CorruptData
 from store.base import Store
 from store.pack import decode_blob, digest
 
-_CHUNK = 1 << 20
 IN_MEMORY = 16 << 20  # versions and deltas up to this size are rebuilt in memory
 _RS_LOG_CRIT = 2
 
@@ -114,15 +113,6 @@ class DirectSource:
 def _write(source: BlobSource, conn: Connection, content_id: int, out: BinaryIO) -> None:
     for raw in source.blobs(conn, content_id):
         out.write(raw)
-
-
-def hash_file(path: Path) -> bytes:
-    """BLAKE2b-256 of a file's bytes, read in chunks."""
-    h = hashlib.blake2b(digest_size=32)
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-    return h.digest()
 
 
 class _Hashing(io.RawIOBase):

@@ -24,9 +24,10 @@ from backupdb import queries
 from backupdb.records import KIND_DIR, KIND_FILE, KIND_LINK
 from deltagrid.errors import DeltagridError
 from restore.fetch import Fetcher, Piece
-from restore.rebuild import chain_ids, hash_file, load_chains, rebuild
+from restore.rebuild import chain_ids, load_chains, rebuild
 from store.base import Store
 from store.filestore import sync_filesystem
+from store.pack import digest_file
 
 
 class UnsafePath(DeltagridError):
@@ -285,7 +286,7 @@ class Restorer:
             and (st.st_size, st.st_mtime_ns, stat.S_IMODE(st.st_mode))
             == (e.size, e.mtime_ns, e.mode)
             and (not self.as_root or (st.st_uid, st.st_gid) == (e.uid, e.gid))
-            and hash_file(Path(os.fsdecode(previous))) == e.content_hash
+            and digest_file(Path(os.fsdecode(previous))) == e.content_hash
         ):
             return False
         tmp = parent + b"/.deltagrid-link-" + os.urandom(6).hex().encode()

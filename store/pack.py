@@ -35,6 +35,12 @@ def digest(data: bytes) -> bytes:
     return hashlib.blake2b(data, digest_size=32).digest()
 
 
+def digest_file(path: Path) -> bytes:
+    """`digest` of a file's bytes, read in chunks."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, lambda: hashlib.blake2b(digest_size=32)).digest()
+
+
 @dataclass(frozen=True)
 class IndexEntry:
     offset: int

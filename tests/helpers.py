@@ -16,6 +16,8 @@ from typing import Any
 import pytest
 
 import uploader.reader
+from deltagrid.home import Home
+from uploader.commit import parse_root
 from uploader.reader import SourceError
 
 
@@ -101,3 +103,14 @@ def fail_reading(monkeypatch: pytest.MonkeyPatch, paths: set[bytes]) -> None:
         return real_open(path)
 
     monkeypatch.setattr(uploader.reader, "open_source", open_source)
+
+
+def root_of(home: Path) -> dict[str, Any]:
+    """The root pointer the home's store holds now, parsed."""
+    store = Home(home).store()
+    try:
+        root = parse_root(store.read_root())
+    finally:
+        store.close()
+    assert root is not None
+    return root

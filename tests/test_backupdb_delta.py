@@ -23,9 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from deltagrid.home import Home
-from tests.helpers import describe, restored_root
-from uploader.commit import parse_root
+from tests.helpers import describe, restored_root, root_of
 
 DIRS = 1000
 PER_DIR = 100
@@ -109,12 +107,8 @@ def test_backupdb_delta_for_one_percent_churn_of_100k_files(
     assert night["counts"]["files"] == EDITED + ADDED
     assert night["counts"]["deleted"] == DELETED
 
-    store = Home(home).store()
-    try:
-        root = parse_root(store.read_root())
-    finally:
-        store.close()
-    assert root is not None and root["snapshot"] == 3
+    root = root_of(home)
+    assert root["snapshot"] == 3
     chain = root["backupdb"]
     assert [e["type"] for e in chain] == ["full", "delta", "delta"]
     delta_bytes = night["backupdb_bytes"]

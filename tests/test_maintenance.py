@@ -34,12 +34,11 @@ import zstandard
 
 from backupdb.schema import SCHEMA_VERSION
 from deltagrid.cli import main
-from deltagrid.home import Home
 from store.filestore import FileStore
 from store.pack import digest
 from store.tahoe_grid import LocalGrid
 from tests import gridfixtures
-from tests.helpers import Run, describe, restored_root
+from tests.helpers import Run, describe, restored_root, root_of
 from uploader.commit import fetch_export, new_root, parse_root
 
 grid = gridfixtures.grid  # the session's grid, shared with tests/test_grid.py
@@ -113,16 +112,6 @@ def store_objects(store: Path) -> set[str]:
 def store_bytes(store: Path) -> int:
     """What `du -b` would say: the bytes of every file in the store."""
     return sum(p.stat().st_size for p in store.rglob("*") if p.is_file())
-
-
-def root_of(home: Path) -> dict[str, Any]:
-    store = Home(home).store()
-    try:
-        root = parse_root(store.read_root())
-    finally:
-        store.close()
-    assert root is not None
-    return root
 
 
 def referenced(home: Path) -> set[str]:

@@ -13,9 +13,7 @@ from pathlib import Path
 import pytest
 
 from backupdb import db, queries, schema
-from deltagrid.home import Home
-from tests.helpers import Run, describe, restored_root
-from uploader.commit import parse_root
+from tests.helpers import Run, describe, restored_root, root_of
 
 OLD = 1_600_000_000 * 10**9  # mtimes well in the past: no file is re-read for being recent
 DAY = 86_400 * 10**9
@@ -86,13 +84,7 @@ def _restore_each(
 
 
 def _chain(home: Path) -> list[str]:
-    store = Home(home).store()
-    try:
-        root = parse_root(store.read_root())
-    finally:
-        store.close()
-    assert root is not None
-    return [e["type"] for e in root["backupdb"]]
+    return [e["type"] for e in root_of(home)["backupdb"]]
 
 
 def _aside(home: Path) -> list[Path]:

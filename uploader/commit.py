@@ -13,7 +13,6 @@ export whose BLAKE2b is `base` to the one whose BLAKE2b is `hash`.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -32,7 +31,7 @@ from deltagrid.errors import CorruptData, StoreError
 from restore.rebuild import apply_delta
 from store.base import Store, check_stored
 from store.filestore import atomic_write
-from store.pack import digest
+from store.pack import digest, digest_file
 
 ROOT_FORMAT = "deltagrid-root/1"
 EXPORT_BLOCK = 1024  # small blocks: an export changes in scattered pages
@@ -126,7 +125,7 @@ class Publisher:
             work = Path(tmp)  # the export, its delta and their compressed forms: never in memory
             path = work / "export.sqlite"
             export.write(self.engine, path)
-            new_hash = file_digest(path).hex()
+            new_hash = digest_file(path).hex()
             sig = io.BytesIO()  # about 4% of the export: small, and kept whole anyway
             magic, _block, strong = pyrsync.get_signature_args(path.stat().st_size)
             with open(path, "rb") as f:
@@ -170,12 +169,6 @@ class Publisher:
             return None
         ref = check_stored(self.store, self.store.put_file(blob), size)
         return {"type": "delta", "ref": ref, "size": size, "base": last[0], "hash": new_hash}
-
-
-def file_digest(path: Path) -> bytes:
-    """`digest` of a file's bytes, read in chunks."""
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, lambda: hashlib.blake2b(digest_size=32)).digest()
 
 
 def compress(src: Path, dest: Path) -> Path:
