@@ -218,7 +218,7 @@ class Scanner:
             live = queries.live_children(conn, dir_id) if dir_id is not None else {}
             self._compare(conn, root, st.st_dev, entries, live, stack)
             for row in live.values():
-                self._delete(conn, queries.live_entry(conn, row[_VERSION_ID]))
+                self._delete_live(conn, row)
 
     def _compare(
         self,
@@ -244,7 +244,7 @@ class Scanner:
                 st = entry.stat(follow_symlinks=False)
             except FileNotFoundError:
                 if row is not None:
-                    self._delete(conn, queries.live_entry(conn, row[_VERSION_ID]))
+                    self._delete_live(conn, row)
                 continue
             except OSError as exc:
                 self._error(path, exc)
@@ -253,7 +253,7 @@ class Scanner:
                 path[len(root) :].lstrip(b"/"), stat.S_ISDIR(st.st_mode)
             ):
                 if row is not None:
-                    self._delete(conn, queries.live_entry(conn, row[_VERSION_ID]))
+                    self._delete_live(conn, row)
                 continue
             if (
                 quick
@@ -270,16 +270,28 @@ class Scanner:
                 )
             ):
                 self.result.unchanged += 1
-                if stat.S_ISDIR(st.st_mode) and not (
-                    self.one_file_system and st.st_dev != root_dev
-                ):
-                    stack.append((path, row[_PATH_ID]))
+                if stat.S_ISDIR(st.st_mode):
+                    self._descend(stack, path, st, root_dev, row[_PATH_ID])
                 continue
             prev = None if row is None else queries.live_entry(conn, row[_VERSION_ID])
             visited = self._visit(conn, path, st, prev)
             if visited is None or not visited[1]:
                 continue
-            if self.one_file_system and st.st_dev != root_dev:
-                continue
             child_id = prev.path_id if prev is not None and prev.kind == KIND_DIR else None
-            stack.append((path, child_id))
+            self._descend(stack, path, st, root_dev, child_id)
+
+    def _descend(
+        self,
+        stack: list[tuple[bytes, int | None]],
+        path: bytes,
+        st: os.stat_result,
+        root_dev: int,
+        path_id: int | None,
+    ) -> None:
+        """Walk into the directory `path` later, unless --one-file-system keeps us out of it."""
+        if not (self.one_file_system and st.st_dev != root_dev):
+            stack.append((path, path_id))
+
+    def _delete_live(self, conn: Connection, row: tuple[Any, ...]) -> None:
+        """A live child (a queries.live_children row) is no longer there."""
+        self._delete(conn, queries.live_entry(conn, row[_VERSION_ID]))

@@ -104,7 +104,7 @@ class ReadAhead:
         if not stat.S_ISREG(st.st_mode):
             return prepared  # the main thread handles what it became
         prepared.start_ns = time.time_ns()
-        if size >= self.settings.delta_min_size:
+        if self.settings.takes_deltas(size):
             prepared.signature = io.BytesIO()
         s = self.settings
         prepared.source = read_source(

@@ -16,6 +16,10 @@ class UploadSettings:
     zstd_level: int = 1  # 2-3x faster than level 3 on source trees, about 2% more bytes
     full_export_every: int = 16  # backupdb: a full export after this many deltas
 
+    def takes_deltas(self, size: int) -> bool:
+        """Whether a file of `size` bytes gets a signature and may be stored as a delta."""
+        return size >= self.delta_min_size
+
     @classmethod
     def from_mapping(cls, values: dict[str, object]) -> UploadSettings:
         known = {f.name: f.type for f in fields(cls)}

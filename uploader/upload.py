@@ -274,7 +274,7 @@ class Uploader:
     def _file(
         self, row: Any, live: Any, prepared: Prepared | None
     ) -> tuple[Meta, PendingContent | int, bool]:
-        want_sig = row.size >= self.settings.delta_min_size
+        want_sig = self.settings.takes_deltas(row.size)
         frame = None
         with ExitStack() as stack:
             sig_out: BinaryIO | None
@@ -321,7 +321,7 @@ class Uploader:
     ) -> PendingContent | int:
         """Find or store the content `source` describes."""
         signature = b""
-        if sig is not None and source.meta.size >= self.settings.delta_min_size:
+        if sig is not None and self.settings.takes_deltas(source.meta.size):
             sig.seek(0)
             signature = sig.read()
         known = self.pending_contents.get(source.digest)
@@ -380,10 +380,10 @@ class Uploader:
 
     def _delta(self, row: Any, live: Any, source: Source) -> PendingContent | None:
         size = source.meta.size
-        if size < self.settings.delta_min_size:
+        if not self.settings.takes_deltas(size):
             return None
         basis = self._basis(row, live, source)
-        if basis is None or basis.size < self.settings.delta_min_size:
+        if basis is None or not self.settings.takes_deltas(basis.size):
             return None
         if basis.depth + 1 > self.settings.max_chain:
             self.result.counts["keyframes_by_bound"] += 1
