@@ -2,11 +2,11 @@
 
 Restore first plans: every content it will rebuild, with its whole delta chain, becomes a list of
 blob pieces. Pieces are grouped by pack and merged into spans (pieces less than `gap` apart share
-one read), the spans are fetched in pack order by a few threads ahead of use, kept in memory up to
-what the threads fetch at once (the others wait in temporary files), and each span is dropped once
-the last piece in it has been read. On a grid, where one request costs tens of milliseconds, this
-turns one GET per file into a few per pack; everywhere, memory stays bounded by the budget, not by
-the size of the restore.
+one read), the spans are fetched in pack order by a few threads ahead of use, as far ahead as the
+memory budget holds them (only a span needed at once beyond it waits in a temporary file), and
+each span is dropped once the last piece in it has been read. On a grid, where one request costs
+tens of milliseconds, this turns one GET per file into a few per pack; everywhere, memory stays
+bounded by the budget, not by the size of the restore.
 """
 
 from __future__ import annotations
@@ -110,6 +110,7 @@ class Fetcher:
         self.pool = ThreadPoolExecutor(max_workers=WORKERS)
         self.next_to_start = 0
         self.held = 0  # bytes of spans kept in memory; the others wait in temporary files
+        self.reserved = 0  # bytes of the spans started and not yet dropped
         largest = max((s.end - s.start for s in self.spans), default=0)
         self.budget = min(MEMORY_BUDGET, WORKERS * largest)  # what the workers fetch at once
         self.lock = threading.Lock()
@@ -128,9 +129,15 @@ class Fetcher:
         return Path(name)
 
     def _start_through(self, position: int) -> None:
+        """Start fetching up to AHEAD spans past `position`, but ahead of need only what the
+        budget holds in memory: a span spilled to a file is written and read once more."""
         with self.lock:
             while self.next_to_start < len(self.spans) and self.next_to_start <= position + AHEAD:
                 span = self.spans[self.next_to_start]
+                size = span.end - span.start
+                if self.next_to_start > position and self.reserved + size > self.budget:
+                    break
+                self.reserved += size
                 span.future = self.pool.submit(self._fetch, span)
                 self.next_to_start += 1
 
@@ -174,6 +181,8 @@ class Fetcher:
     def _drop(self, span: Span, held: bytes | Path) -> None:
         """Forget a span whose last planned piece was read: its memory or its file."""
         span.future = None
+        with self.lock:
+            self.reserved -= span.end - span.start
         if isinstance(held, bytes):
             with self.lock:
                 self.held -= len(held)
