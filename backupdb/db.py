@@ -1,20 +1,18 @@
-"""Opening the backupdb: WAL, real transactions, schema version check.
+"""The backupdb through SQLAlchemy: engines whose transactions are real SQLite transactions.
 
 pysqlite's own transaction handling starts transactions lazily and lets reads escape them; the
-connect/begin hooks below hand transaction control to SQLAlchemy, so `engine.begin()` is a real
-SQLite transaction that a kill -9 either keeps whole or rolls back.
+connect/begin hooks below hand transaction control to SQLAlchemy (with connection.configure), so
+`engine.begin()` is a real SQLite transaction that a kill -9 either keeps whole or rolls back.
+Opening checks the file first (connection.open_checked).
 """
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 
-from sqlalchemy import Connection, Engine, create_engine, event, insert, inspect, select, update
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy import Engine, create_engine, event, insert, update
 
-from backupdb import schema
-from deltagrid.errors import BackupDBError
+from backupdb import connection, schema
 
 
 def _engine(path: Path, writer: bool = True, busy_ms: int = 30000) -> Engine:
@@ -23,12 +21,7 @@ def _engine(path: Path, writer: bool = True, busy_ms: int = 30000) -> Engine:
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn, _record):
-        dbapi_conn.isolation_level = None
-        cur = dbapi_conn.cursor()
-        cur.execute("PRAGMA journal_mode=WAL")
-        cur.execute("PRAGMA synchronous=FULL")
-        cur.execute(f"PRAGMA busy_timeout={int(busy_ms)}")
-        cur.close()
+        connection.configure(dbapi_conn, busy_ms)
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn):
@@ -46,10 +39,15 @@ def create(path: Path) -> Engine:
     return engine
 
 
-def migrate(conn: Connection) -> None:
+def migrate(path: Path) -> None:
     """Bring an older backupdb to SCHEMA_VERSION (so far every change only adds tables)."""
-    schema.metadata.create_all(conn, checkfirst=True)
-    conn.execute(update(schema.schema_version).values(version=schema.SCHEMA_VERSION))
+    engine = _engine(path)
+    try:
+        with engine.begin() as conn:
+            schema.metadata.create_all(conn, checkfirst=True)
+            conn.execute(update(schema.schema_version).values(version=schema.SCHEMA_VERSION))
+    finally:
+        engine.dispose()
 
 
 def open_db(path: Path, writer: bool = True, check: bool = True, busy_ms: int = 30000) -> Engine:
@@ -59,51 +57,5 @@ def open_db(path: Path, writer: bool = True, check: bool = True, busy_ms: int = 
     `check=False` skips the page-level check (a quick append, e.g. to the run history); a
     writer waits up to `busy_ms` for another's transaction to end.
     """
-    if not path.exists():
-        raise BackupDBError(f"no backupdb at {path}; repair it with 'deltagrid attach'")
-    engine = _engine(path, writer, busy_ms)
-    try:
-        with engine.connect() as conn:
-            found = ["ok"]
-            if check:
-                found = [r[0] for r in conn.exec_driver_sql("PRAGMA quick_check").fetchall()]
-            if found != ["ok"]:  # it reports damage as rows; a later query would fail mid-run
-                engine.dispose()
-                lines = [ln for r in found for ln in r.splitlines() if not ln.startswith("***")]
-                raise BackupDBError(
-                    f"backupdb {path} is damaged ({(lines or found)[0]}); "
-                    "repair it with 'deltagrid attach'"
-                )
-            version = conn.execute(select(schema.schema_version.c.version)).scalar()
-            if isinstance(version, int) and version < schema.SCHEMA_VERSION:
-                migrate(conn)
-                conn.commit()
-                version = schema.SCHEMA_VERSION
-            tables = set(inspect(conn).get_table_names())
-            missing = {t.name for t in schema.metadata.sorted_tables} - tables
-            if missing:
-                raise BackupDBError(
-                    f"backupdb {path} lacks tables {sorted(missing)}; "
-                    "repair it with 'deltagrid attach'"
-                )
-    except (sqlite3.DatabaseError, SQLAlchemyError) as exc:
-        engine.dispose()
-        cause = getattr(exc, "orig", None) or exc
-        if getattr(cause, "sqlite_errorcode", 0) & 0xFF in (
-            sqlite3.SQLITE_FULL,
-            sqlite3.SQLITE_IOERR,
-        ):
-            # Not damage: a full disk cannot grow the WAL index. 'attach' would not help.
-            raise BackupDBError(
-                f"cannot open backupdb {path}: {cause} (is its disk full?)"
-            ) from None
-        raise BackupDBError(
-            f"backupdb {path} is damaged ({exc.__class__.__name__}); "
-            "repair it with 'deltagrid attach'"
-        ) from None
-    if version != schema.SCHEMA_VERSION:
-        raise BackupDBError(
-            f"backupdb {path} has schema version {version}; this deltagrid reads up to "
-            f"{schema.SCHEMA_VERSION} (a newer deltagrid wrote it)"
-        )
-    return engine
+    connection.open_checked(path, check, busy_ms).close()
+    return _engine(path, writer, busy_ms)

@@ -7,9 +7,7 @@ snapshots the root pointer has published.
 
 from __future__ import annotations
 
-import json
 import sqlite3
-import stat
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, NamedTuple, TypeVar
@@ -39,7 +37,6 @@ from backupdb.schema import (
     queue,
     runs,
     scan_errors,
-    scans,
     snapshots,
     version_ends,
     versions,
@@ -125,36 +122,6 @@ def snapshot_at(conn: Connection, time_ns: int, upto: int) -> Row[Any] | None:
     ).first()
 
 
-def add_snapshot(
-    conn: Connection,
-    snapshot_id: int,
-    started_ns: int,
-    hostname: str,
-    sources: list[str],
-    stats: dict[str, int],
-) -> None:
-    files = conn.execute(
-        select(func.count())
-        .select_from(versions)
-        .where(live_in(snapshot_id), versions.c.kind == "f")
-    ).scalar_one()
-    added = conn.execute(
-        select(func.coalesce(func.sum(packs.c.size), 0)).where(packs.c.snapshot_id == snapshot_id)
-    ).scalar_one()
-    conn.execute(
-        insert(snapshots).values(
-            id=snapshot_id,
-            started_ns=started_ns,
-            committed_ns=time.time_ns(),
-            hostname=hostname,
-            sources=json.dumps(sources),
-            files=files,
-            bytes_added=added,
-            stats=json.dumps(stats),
-        )
-    )
-
-
 # --- paths and versions -----------------------------------------------------------------------
 
 
@@ -187,63 +154,7 @@ def _versions(*extra: Any) -> Select[Any]:
     return select(paths.c.path, *versions.c, *extra).join(paths, paths.c.id == versions.c.path_id)
 
 
-class LiveEntry(NamedTuple):
-    """A live version as the scanner compares it in full (its attributes are those of a
-    `_versions()` row)."""
-
-    path: bytes
-    id: int
-    path_id: int
-    kind: str
-    mode: int
-    uid: int
-    gid: int
-    size: int
-    mtime_ns: int
-    ctime_ns: int
-    inode: int
-    dev: int
-    nlink: int
-    target: bytes | None
-    recheck: int
-
-
-# Live children come as short plain tuples: (path, version id, path id, st_mode, uid, gid,
-# size, mtime_ns, ctime_ns, inode). An unchanged file or directory has exactly `row[STAT_KEY] ==
-# (st_mode, st_uid, st_gid, st_size, st_mtime_ns, st_ctime_ns, st_ino)` of its lstat; st_mode
-# is the mode with its file-type bits, or -1 for a symlink (its target must be read) and for a
-# version flagged `recheck`, so those never match and the scanner fetches the whole version.
-STAT_KEY = slice(3, 10)
-_LIVE_CHILDREN = f"""
-SELECT p.path, v.id, v.path_id,
-       CASE WHEN v.recheck THEN -1
-            WHEN v.kind = 'f' THEN v.mode | {stat.S_IFREG}
-            WHEN v.kind = 'd' THEN v.mode | {stat.S_IFDIR}
-            ELSE -1 END,
-       v.uid, v.gid, v.size, v.mtime_ns, v.ctime_ns, v.inode
-FROM paths p JOIN versions v ON v.path_id = p.id
-WHERE p.parent_id = ? AND NOT EXISTS (SELECT 1 FROM version_ends e WHERE e.version_id = v.id)
-"""
-_LIVE_ENTRY = f"""
-SELECT p.path, {", ".join(f"v.{name}" for name in LiveEntry._fields[1:])}
-FROM versions v JOIN paths p ON p.id = v.path_id WHERE v.id = ?
-"""
-
-
-def live_children(conn: Connection, parent_id: int) -> dict[bytes, tuple[Any, ...]]:
-    """Live versions of the direct children of a directory, by their path, as short tuples
-    (above). The scanner's hot path: one query a directory, on the DB-API connection, with only
-    the columns an unchanged entry is compared on (building SQLAlchemy rows of every column
-    cost three times the query itself)."""
-    return {row[0]: row for row in _driver(conn).execute(_LIVE_CHILDREN, (parent_id,))}
-
-
-def live_entry(conn: Connection, version_id: int) -> LiveEntry:
-    """The whole of a version `live_children` gave, for the full comparison."""
-    return LiveEntry._make(_driver(conn).execute(_LIVE_ENTRY, (version_id,)).fetchone())
-
-
-def _driver(conn: Connection) -> sqlite3.Connection:
+def driver(conn: Connection) -> sqlite3.Connection:
     """The sqlite3 connection under `conn` (same transaction)."""
     raw = conn.connection.driver_connection
     assert isinstance(raw, sqlite3.Connection)
@@ -271,7 +182,6 @@ def live_versions(conn: Connection, wanted: Iterable[bytes]) -> dict[bytes, Row[
 _PATH_IDS = select(paths.c.path, paths.c.id).where(
     paths.c.path.in_(bindparam("paths", expanding=True))
 )
-_ADD_PATHS = insert(paths).returning(paths.c.id, sort_by_parameter_order=True)
 
 
 def ensure_paths(conn: Connection, wanted: Iterable[bytes]) -> dict[bytes, int]:
@@ -289,11 +199,30 @@ def ensure_paths(conn: Connection, wanted: Iterable[bytes]) -> dict[bytes, int]:
     levels: dict[int, list[bytes]] = {}
     for p in missing:
         levels.setdefault(0 if p == b"/" else p.count(b"/"), []).append(p)
+    cursor = _writing(conn)
     for level in sorted(levels):  # parents first: each row needs its parent's id
-        new_paths = sorted(levels[level])
-        rows = [{"parent_id": None if p == b"/" else ids[_parent(p)], "path": p} for p in new_paths]
-        ids.update(zip(new_paths, conn.execute(_ADD_PATHS, rows).scalars(), strict=True))
+        for p in sorted(levels[level]):
+            parent_id = None if p == b"/" else ids[_parent(p)]
+            ids[p] = _insert(cursor, _ADD_PATH, parent_id, p)
     return ids
+
+
+_ADD_PATH = "INSERT INTO paths (parent_id, path) VALUES (?, ?)"
+
+
+def _writing(conn: Connection) -> sqlite3.Cursor:
+    """A cursor on the DB-API connection, inside `conn`'s transaction (begun here when none is:
+    the driver alone would commit each statement on its own). The uploader's per-pack inserts
+    go this way: a few microseconds a row instead of SQLAlchemy's tens."""
+    if not conn.in_transaction():
+        conn.begin()
+    return driver(conn).cursor()
+
+
+def _insert(cursor: sqlite3.Cursor, sql: str, *values: Any) -> int:
+    cursor.execute(sql, values)
+    assert cursor.lastrowid is not None
+    return cursor.lastrowid
 
 
 def _parent(path: bytes) -> bytes:
@@ -372,12 +301,26 @@ def version_changes(conn: Connection, snapshot_id: int) -> Iterator[Row[Any]]:
 # --- contents, blobs, packs -------------------------------------------------------------------
 
 
-_CONTENT_BY_HASH = select(contents).where(contents.c.hash == bindparam("digest"))
 _CONTENT_BY_ID = select(contents).where(contents.c.id == bindparam("content_id"))
 
 
-def content_by_hash(conn: Connection, digest: bytes) -> Row[Any] | None:
-    return conn.execute(_CONTENT_BY_HASH, {"digest": digest}).first()
+class Content(NamedTuple):
+    id: int
+    hash: bytes
+    size: int
+    basis_id: int | None
+    depth: int
+    chain_bytes: int
+
+
+_CONTENT_BY_HASH_SQL = f"SELECT {', '.join(Content._fields)} FROM contents WHERE hash = ?"
+
+
+def content_by_hash(conn: Connection, digest: bytes) -> Content | None:
+    """The uploader asks once a file: on the DB-API connection, like the scanner's hot query
+    (a SQLAlchemy execution costs ten times this indexed lookup)."""
+    row = driver(conn).execute(_CONTENT_BY_HASH_SQL, (digest,)).fetchone()
+    return None if row is None else Content._make(row)
 
 
 def content_by_id(conn: Connection, content_id: int) -> Row[Any]:
@@ -403,26 +346,23 @@ class NewContent(NamedTuple):
     blob_ids: Sequence[int]
 
 
-_ADD_CONTENTS = insert(contents).returning(contents.c.id, sort_by_parameter_order=True)
+_ADD_CONTENT = "INSERT INTO contents (hash, size, basis_id, depth, chain_bytes) VALUES (?,?,?,?,?)"
 
 
 def add_contents(conn: Connection, new: Sequence[NewContent]) -> list[int]:
-    """Insert many contents and their blob lists in two statements; their ids, in order."""
+    """Insert many contents and their blob lists; their ids, in order."""
     if not new:
         return []
-    rows = [
-        {"hash": c.hash, "size": c.size, "basis_id": c.basis_id, "depth": c.depth}
-        | {"chain_bytes": c.chain_bytes}
-        for c in new
-    ]
-    ids = list(conn.execute(_ADD_CONTENTS, rows).scalars())
-    links = [
-        {"content_id": content_id, "seq": i, "blob_id": b}
-        for content_id, c in zip(ids, new, strict=True)
-        for i, b in enumerate(c.blob_ids)
-    ]
-    if links:
-        conn.execute(insert(content_blobs), links)
+    cursor = _writing(conn)
+    ids = [_insert(cursor, _ADD_CONTENT, *c[:5]) for c in new]
+    cursor.executemany(
+        "INSERT INTO content_blobs (content_id, seq, blob_id) VALUES (?, ?, ?)",
+        (
+            (content_id, i, b)
+            for content_id, c in zip(ids, new, strict=True)
+            for i, b in enumerate(c.blob_ids)
+        ),
+    )
     return ids
 
 
@@ -431,31 +371,25 @@ def content_pieces(conn: Connection, content_id: int) -> list[Any]:
     return pieces_of_contents(conn, [content_id]).get(content_id, [])
 
 
-_BLOB_BY_HASH = select(blobs.c.id).where(blobs.c.hash == bindparam("digest")).limit(1)
-
-
 def blob_by_hash(conn: Connection, digest: bytes) -> int | None:
-    return conn.execute(_BLOB_BY_HASH, {"digest": digest}).scalar()
+    """Asked once a blob, on the DB-API connection (see `content_by_hash`)."""
+    row = driver(conn).execute("SELECT id FROM blobs WHERE hash = ? LIMIT 1", (digest,)).fetchone()
+    return None if row is None else int(row[0])
 
 
 def add_pack(conn: Connection, ref: str, size: int, snapshot_id: int) -> int:
     return _new_id(conn, insert(packs), {"ref": ref, "size": size, "snapshot_id": snapshot_id})
 
 
-_ADD_BLOBS = insert(blobs).returning(blobs.c.id, sort_by_parameter_order=True)
+_ADD_BLOB = "INSERT INTO blobs (pack_id, offset, length, raw_length, hash) VALUES (?,?,?,?,?)"
 
 
 def add_blobs(
     conn: Connection, pack_id: int, entries: Sequence[tuple[int, int, int, bytes]]
 ) -> list[int]:
-    """Record a pack's blobs (offset, stored length, raw length, hash) at once; their ids."""
-    if not entries:
-        return []
-    rows = [
-        {"pack_id": pack_id, "offset": o, "length": n, "raw_length": raw, "hash": h}
-        for o, n, raw, h in entries
-    ]
-    return list(conn.execute(_ADD_BLOBS, rows).scalars())
+    """Record a pack's blobs (offset, stored length, raw length, hash); their ids, in order."""
+    cursor = _writing(conn)
+    return [_insert(cursor, _ADD_BLOB, pack_id, *entry) for entry in entries]
 
 
 def add_blob(
@@ -509,50 +443,8 @@ def snapshots_using(conn: Connection, content_ids: Iterable[int], upto: int) -> 
 # --- scans and the queue ----------------------------------------------------------------------
 
 
-def begin_scan(conn: Connection, roots: list[str]) -> int:
-    """Start a scan: abandon the rows of any scan that never finished."""
-    unfinished = select(scans.c.id).where(scans.c.finished_ns.is_(None))
-    conn.execute(delete(queue).where(queue.c.scan_id.in_(unfinished), queue.c.done.is_(False)))
-    conn.execute(update(scans).where(scans.c.finished_ns.is_(None)).values(finished_ns=0))
-    return _new_id(
-        conn, insert(scans).values(started_ns=time.time_ns(), roots=json.dumps(roots), errors=0)
-    )
-
-
-def finish_scan(
-    conn: Connection, scan_id: int, roots: Sequence[bytes], counts: dict[str, int], errors: int
-) -> None:
-    """Complete a scan: it supersedes the pending rows older scans left below its roots."""
-    for root in roots:
-        conn.execute(
-            delete(queue).where(
-                queue.c.scan_id != scan_id, queue.c.done.is_(False), under(queue.c.path, root)
-            )
-        )
-    conn.execute(
-        update(scans)
-        .where(scans.c.id == scan_id)
-        .values(finished_ns=time.time_ns(), counts=json.dumps(counts), errors=errors)
-    )
-
-
-def interrupted_scan(conn: Connection) -> Row[Any] | None:
-    """The last scan, if it never finished."""
-    row = conn.execute(select(scans).order_by(scans.c.id.desc()).limit(1)).first()
-    return row if row is not None and row.finished_ns is None else None
-
-
-def add_scan_error(conn: Connection, scan_id: int, path: bytes, message: str) -> None:
-    conn.execute(insert(scan_errors).values(scan_id=scan_id, path=path, message=message))
-
-
 def scan_errors_since(conn: Connection, first_scan_id: int) -> list[Row[Any]]:
     return list(conn.execute(select(scan_errors).where(scan_errors.c.scan_id >= first_scan_id)))
-
-
-def enqueue(conn: Connection, rows: list[dict[str, Any]]) -> None:
-    if rows:
-        conn.execute(insert(queue), rows)
 
 
 def pending(conn: Connection, after_id: int, limit: int) -> list[Row[Any]]:
@@ -566,33 +458,11 @@ def pending(conn: Connection, after_id: int, limit: int) -> list[Row[Any]]:
     )
 
 
-def pending_totals(conn: Connection) -> tuple[int, int]:
-    """(rows, bytes) still to upload."""
-    rows, size = conn.execute(
-        select(func.count(), func.coalesce(func.sum(queue.c.size), 0)).where(
-            queue.c.done.is_(False)
-        )
-    ).one()
-    return rows, size
-
-
 def pending_by_reason(conn: Connection) -> dict[str, int]:
     rows = conn.execute(
         select(queue.c.reason, func.count()).where(queue.c.done.is_(False)).group_by(queue.c.reason)
     )
     return {reason: n for reason, n in rows}
-
-
-def roots_scanned_since(conn: Connection, since_ns: int) -> list[str]:
-    """The roots of the scans finished since `since_ns` (what a new snapshot covers afresh)."""
-    found: list[str] = []
-    for raw in conn.execute(
-        select(scans.c.roots).where(scans.c.finished_ns >= since_ns).order_by(scans.c.id)
-    ).scalars():
-        for root in json.loads(raw):
-            if root not in found:
-                found.append(root)
-    return found
 
 
 def mark_done(conn: Connection, outcomes: Iterable[tuple[int, str]]) -> None:
@@ -606,37 +476,23 @@ def mark_done(conn: Connection, outcomes: Iterable[tuple[int, str]]) -> None:
         )
 
 
-def clear_done(conn: Connection) -> None:
-    """Forget finished queue rows once their snapshot is committed."""
-    conn.execute(delete(queue).where(queue.c.done.is_(True)))
-
-
-_prev = versions.alias("prev")
-_MOVE_BASIS = (
-    select(_prev.c.content_id)
-    .select_from(queue)
-    .join(_prev, _prev.c.id == queue.c.prev_version_id)
-    .where(
-        queue.c.scan_id == bindparam("scan_id"),
-        queue.c.reason == "deleted",
-        _prev.c.kind == "f",
-        _prev.c.content_id.is_not(None),
-        or_(
-            and_(_prev.c.inode == bindparam("inode"), _prev.c.dev == bindparam("dev")),
-            and_(_prev.c.size == bindparam("size"), _prev.c.mtime_ns == bindparam("mtime_ns")),
-        ),
-    )
-    .order_by((_prev.c.inode == bindparam("inode")).desc())
-    .limit(1)
-)
+_MOVE_BASIS = """
+SELECT prev.content_id FROM queue q JOIN versions prev ON prev.id = q.prev_version_id
+WHERE q.scan_id = :scan_id AND q.reason = 'deleted' AND prev.kind = 'f'
+  AND prev.content_id IS NOT NULL
+  AND ((prev.inode = :inode AND prev.dev = :dev) OR (prev.size = :size AND prev.mtime_ns = :mtime))
+ORDER BY prev.inode = :inode DESC LIMIT 1
+"""
 
 
 def move_basis(
     conn: Connection, scan_id: int, inode: int, dev: int, size: int, mtime_ns: int
-) -> Row[Any] | None:
-    """A file deleted in the same scan that a new file likely came from (rename, then edit)."""
-    params = {"scan_id": scan_id, "inode": inode, "dev": dev, "size": size, "mtime_ns": mtime_ns}
-    return conn.execute(_MOVE_BASIS, params).first()
+) -> int | None:
+    """The content of a file deleted in the same scan that a new file likely came from (rename,
+    then edit). Asked once a new file, on the DB-API connection (see `content_by_hash`)."""
+    params = {"scan_id": scan_id, "inode": inode, "dev": dev, "size": size, "mtime": mtime_ns}
+    row = driver(conn).execute(_MOVE_BASIS, params).fetchone()
+    return None if row is None else int(row[0])
 
 
 def only_in(conn: Connection, present: int, absent: int) -> dict[bytes, Row[Any]]:
@@ -806,11 +662,6 @@ def kept_snapshot_ids(conn: Connection) -> list[int]:
 
 
 # --- history and report -----------------------------------------------------------------------
-
-
-def add_run(conn: Connection, values: dict[str, Any]) -> int:
-    """Record one finished writer run (a row of the local `runs` table)."""
-    return _new_id(conn, insert(runs).values(**values))
 
 
 def last_runs(conn: Connection, limit: int) -> list[Row[Any]]:

@@ -21,11 +21,7 @@ from sqlalchemy import (
     Text,
 )
 
-SCHEMA_VERSION = 3
-# Version history (every change so far only adds tables, so migrating is creating them):
-#   1  first release
-#   2  `forgotten`: snapshots marked by `forget`, dropped from listings, their data pruned
-#   3  `runs` (local): the history of writer runs, for `deltagrid log` and `report`
+from backupdb.connection import SCHEMA_VERSION as SCHEMA_VERSION  # its history is there
 
 metadata = MetaData()
 

@@ -9,6 +9,7 @@ imported (see _Commands), so `deltagrid --version` or a quiet night starts quick
 from __future__ import annotations
 
 import argparse
+import sqlite3
 import sys
 import time
 from pathlib import Path
@@ -133,8 +134,11 @@ def _dispatch(args: argparse.Namespace, home: Home, out: Output) -> tuple[int, s
 
 
 def _backupdb_write_error(exc: Exception) -> bool:
-    """SQLite could not write the backupdb (e.g. its disk is full): SQLAlchemy's
-    OperationalError, recognised without importing SQLAlchemy into commands that never use it."""
+    """SQLite could not write the backupdb (e.g. its disk is full): sqlite3's own errors (a quiet
+    night's plain connection), or SQLAlchemy's OperationalError, recognised without importing
+    SQLAlchemy into commands that never use it."""
+    if isinstance(exc, sqlite3.OperationalError):
+        return True
     sqlalchemy_exc = sys.modules.get("sqlalchemy.exc")
     return sqlalchemy_exc is not None and isinstance(exc, sqlalchemy_exc.OperationalError)
 

@@ -113,40 +113,35 @@ def record(
     """Append the run to the home's history, if the home has a backupdb to hold it."""
     if command not in RECORDED or not home.db_path.exists():
         return
-    from sqlalchemy.exc import SQLAlchemyError  # only a writer's run needs the backupdb here
+    import sqlite3
 
-    from backupdb import db, queries
+    from backupdb import connection, nightly
 
     f = figures(command, doc)
-    summary = error or f.summary or "finished"
+    values = {
+        "command": command,
+        "argv": json.dumps(argv),
+        "started_ns": started_ns,
+        "finished_ns": time.time_ns(),
+        "exit_code": exit_code,
+        "snapshot_id": f.snapshot_id,
+        "files": f.files,
+        "bytes_read": f.bytes_read,
+        "bytes_uploaded": f.bytes_uploaded,
+        "summary": error or f.summary or "finished",
+        "error_count": len(f.errors),
+        "errors": json.dumps(f.errors[:MAX_ERRORS]),
+    }
     try:
-        engine = db.open_db(home.db_path, writer=True, check=False, busy_ms=2000)
+        conn = connection.open_checked(home.db_path, check=False, busy_ms=2000)
     except DeltagridError:
         return
     try:
-        with engine.begin() as conn:
-            queries.add_run(
-                conn,
-                {
-                    "command": command,
-                    "argv": json.dumps(argv),
-                    "started_ns": started_ns,
-                    "finished_ns": time.time_ns(),
-                    "exit_code": exit_code,
-                    "snapshot_id": f.snapshot_id,
-                    "files": f.files,
-                    "bytes_read": f.bytes_read,
-                    "bytes_uploaded": f.bytes_uploaded,
-                    "store_bytes": queries.store_bytes(conn),
-                    "summary": summary,
-                    "error_count": len(f.errors),
-                    "errors": json.dumps(f.errors[:MAX_ERRORS]),
-                },
-            )
-    except (SQLAlchemyError, OSError):
+        nightly.add_run(conn, values)
+    except (sqlite3.Error, OSError):
         pass  # the history is a convenience; the run's own outcome stands
     finally:
-        engine.dispose()
+        conn.close()
 
 
 @dataclass

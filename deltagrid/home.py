@@ -14,6 +14,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -101,11 +102,20 @@ class Home:
         self.config()
         from backupdb import db
 
-        # The check reads every page (seconds at a million files): once a run is enough, though
-        # `backup` opens the backupdb for its scan and again for its upload.
-        engine = db.open_db(self.db_path, writer, check=not self.checked)
-        self.checked = True
-        return engine
+        return db.open_db(self.db_path, writer, check=self._check_once())
+
+    def connect(self) -> sqlite3.Connection:
+        """The backupdb on a plain sqlite3 connection: a quiet night's scan and commit."""
+        self.config()
+        from backupdb import connection
+
+        return connection.open_checked(self.db_path, check=self._check_once())
+
+    def _check_once(self) -> bool:
+        """The page-level check reads every page (seconds at a million files): once a run is
+        enough, though `backup` opens the backupdb for its scan and again for its upload."""
+        first, self.checked = not self.checked, True
+        return first
 
     def store(self) -> Store:
         config = self.config()

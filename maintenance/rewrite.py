@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import bisect
 import os
-import shutil
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,8 +28,7 @@ from restore.rebuild import DirectSource, chain_ids, load_chains, materialize
 from store.base import Store, check_stored
 from store.pack import PackWriter, digest
 from uploader.commit import Publisher, parse_root
-
-_WORK = "maint-"  # the spool directory a run rebuilds keyframes in
+from uploader.spool import MAINTENANCE_PREFIX, PACK_PREFIX, clear_leftovers
 
 
 @dataclass
@@ -85,7 +83,7 @@ class Executor:
 
     def _add(self, what: Any, frame: bytes | None, raw: bytes | None, meta: Any = None) -> None:
         if self.writer is None:
-            fd, name = tempfile.mkstemp(dir=self.spool, prefix="pack-")
+            fd, name = tempfile.mkstemp(dir=self.spool, prefix=PACK_PREFIX)
             os.close(fd)
             self.writer = PackWriter(Path(name))
         if frame is not None:
@@ -133,12 +131,11 @@ class Executor:
     # --- steps 2 to 4 --------------------------------------------------------------------------
 
     def run(self, plan: Plan, live_blobs: set[int], snapshot_id: int) -> Outcome:
-        self.spool.mkdir(parents=True, exist_ok=True)
-        self._clear_leftovers()
+        clear_leftovers(self.spool)
         old_refs = self._referenced_refs()
         with (
             self.engine.connect() as conn,
-            tempfile.TemporaryDirectory(dir=self.spool, prefix=_WORK) as tmp,
+            tempfile.TemporaryDirectory(dir=self.spool, prefix=MAINTENANCE_PREFIX) as tmp,
         ):
             try:
                 for content_id in sorted(plan.keyframes):
@@ -154,16 +151,6 @@ class Executor:
         self.publisher.publish(again=True, full=True)
         self._delete_unreferenced(old_refs)
         return self.outcome
-
-    def _clear_leftovers(self) -> None:
-        """Drop what a killed run left in the spool: packs never recorded, rebuilt files. We hold
-        the home's lock, so no upload or maintenance run is filling them (a reader's work
-        directories, e.g. verify's, are left alone)."""
-        for leftover in self.spool.iterdir():
-            if leftover.name.startswith(_WORK) and leftover.is_dir():
-                shutil.rmtree(leftover, ignore_errors=True)
-            elif leftover.name.startswith("pack-") and leftover.is_file():
-                leftover.unlink(missing_ok=True)
 
     def _rewrite_catalog(self, conn: Connection, plan: Plan, snapshot_id: int) -> None:
         new_key_blobs: dict[int, list[tuple[int, int]]] = {}

@@ -43,7 +43,7 @@ def maintaining(home: Home) -> Iterator[Session]:
         engine = home.engine()
         store = home.store()
         try:
-            publisher = Publisher(engine, store, home.state, config.upload.full_export_every)
+            publisher = Publisher(home.db_path, store, home.state, config.upload.full_export_every)
             publisher.publish()
             yield Session(config, engine, store, publisher)
         finally:

@@ -9,16 +9,15 @@ killed scan is simply run again.
 from __future__ import annotations
 
 import os
+import sqlite3
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from operator import attrgetter
 from typing import Any
 
-from sqlalchemy import Connection, Engine
-
-from backupdb import queries
-from backupdb.queries import STAT_KEY
+from backupdb import nightly
+from backupdb.nightly import STAT_KEY
 from backupdb.records import KIND_DIR, KIND_FILE, KIND_LINK, Meta, kind_of
 from deltagrid.errors import UsageError
 from scanner.excludes import Excludes
@@ -26,7 +25,7 @@ from scanner.excludes import Excludes
 BATCH = 2000
 REASONS = ("new", "changed", "meta", "deleted")
 _name = attrgetter("name")
-_VERSION_ID, _PATH_ID = 1, 2  # in a queries.live_children row
+_VERSION_ID, _PATH_ID = 1, 2  # in a nightly.live_children row
 
 
 @dataclass
@@ -87,44 +86,40 @@ def reason_for(prev: Any, meta: Meta, checksum: bool) -> str | None:
 
 
 class Scanner:
-    """One scan run over a set of roots."""
+    """One scan run over a set of roots, on a plain sqlite3 connection to the backupdb."""
 
     def __init__(
         self,
-        engine: Engine,
+        conn: sqlite3.Connection,
         excludes: Excludes,
         checksum: bool = False,
         one_file_system: bool = False,
         on_entries: Callable[[int], None] | None = None,
         warn: Callable[[str], None] | None = None,
     ) -> None:
-        self.engine = engine
+        self.conn = conn
         self.excludes = excludes
         self.checksum = checksum
         self.one_file_system = one_file_system
         self.on_entries = on_entries or (lambda _n: None)  # progress: entries listed
         self.warn = warn or (lambda _msg: None)
         self.rows: list[dict[str, Any]] = []
+        self._errors_saved = 0  # scan errors already in the backupdb
 
     def run(self, roots: list[bytes]) -> ScanResult:
-        with self.engine.connect() as conn:
-            scan_id = queries.begin_scan(conn, [os.fsdecode(r) for r in roots])
-            conn.commit()
-            self.result = ScanResult(scan_id)
-            for root in roots:
-                self._scan_root(conn, root)
-            self._flush(conn)
-            queries.finish_scan(
-                conn,
-                scan_id,
-                roots,
-                self.result.counts,
-                len(self.result.errors),
-            )
-            conn.commit()
+        conn = self.conn
+        self.result = ScanResult(nightly.begin_scan(conn, [os.fsdecode(r) for r in roots]))
+        for root in roots:
+            self._scan_root(conn, root)
+        self._flush(conn)
+        nightly.finish_scan(
+            conn, self.result.scan_id, roots, self.result.counts, len(self.result.errors)
+        )
         return self.result
 
-    def _queue(self, conn: Connection, path: bytes, reason: str, meta: Any, prev: Any) -> None:
+    def _queue(
+        self, conn: sqlite3.Connection, path: bytes, reason: str, meta: Any, prev: Any
+    ) -> None:
         self.result.counts[reason] += 1
         self.rows.append(
             {
@@ -143,12 +138,10 @@ class Scanner:
         if len(self.rows) >= BATCH:
             self._flush(conn)
 
-    def _flush(self, conn: Connection) -> None:
-        for path, message in self.result.errors[getattr(self, "_errors_saved", 0) :]:
-            queries.add_scan_error(conn, self.result.scan_id, path, message)
-        self._errors_saved = len(self.result.errors)
-        queries.enqueue(conn, self.rows)
-        conn.commit()
+    def _flush(self, conn: sqlite3.Connection) -> None:
+        errors = self.result.errors[self._errors_saved :]
+        nightly.enqueue(conn, self.result.scan_id, self.rows, errors)
+        self._errors_saved += len(errors)
         self.rows = []
 
     def _error(self, path: bytes, exc: OSError) -> None:
@@ -156,18 +149,18 @@ class Scanner:
         self.result.errors.append((path, message))
         self.warn(f"cannot read {os.fsdecode(path)}: {message}")
 
-    def _delete(self, conn: Connection, prev: Any) -> None:
+    def _delete(self, conn: sqlite3.Connection, prev: Any) -> None:
         """Queue a vanished entry and, for a directory, everything that was below it."""
         self._queue(conn, prev.path, "deleted", prev, prev)
         self._delete_below(conn, prev)
 
-    def _delete_below(self, conn: Connection, prev: Any) -> None:
+    def _delete_below(self, conn: sqlite3.Connection, prev: Any) -> None:
         if prev.kind == KIND_DIR:
-            for below in queries.live_below(conn, prev.path):
+            for below in nightly.live_entries_below(conn, prev.path):
                 self._queue(conn, below.path, "deleted", below, below)
 
     def _visit(
-        self, conn: Connection, path: bytes, st: os.stat_result, prev: Any
+        self, conn: sqlite3.Connection, path: bytes, st: os.stat_result, prev: Any
     ) -> tuple[Meta, bool] | None:
         """Compare one entry with its live version; return its Meta and whether to descend."""
         if kind_of(st.st_mode) is None:
@@ -192,13 +185,13 @@ class Scanner:
             self._queue(conn, path, reason, meta, prev)
         return meta, meta.kind == KIND_DIR
 
-    def _scan_root(self, conn: Connection, root: bytes) -> None:
+    def _scan_root(self, conn: sqlite3.Connection, root: bytes) -> None:
         try:
             st = os.lstat(root)
         except OSError as exc:
             self._error(root, exc)
             return
-        prev = queries.live_version(conn, root)
+        prev = nightly.live_entry_at(conn, root)
         self.on_entries(1)
         visited = self._visit(conn, root, st, prev)
         if visited is None or not visited[1]:
@@ -215,14 +208,14 @@ class Scanner:
                 self._error(directory, exc)
                 continue
             self.on_entries(len(entries))
-            live = queries.live_children(conn, dir_id) if dir_id is not None else {}
+            live = nightly.live_children(conn, dir_id) if dir_id is not None else {}
             self._compare(conn, root, st.st_dev, entries, live, stack)
             for row in live.values():
                 self._delete_live(conn, row)
 
     def _compare(
         self,
-        conn: Connection,
+        conn: sqlite3.Connection,
         root: bytes,
         root_dev: int,
         entries: list[os.DirEntry[bytes]],
@@ -233,7 +226,7 @@ class Scanner:
         the subdirectories to walk onto `stack`.
 
         The hot loop of a quiet night: an unchanged file costs one lstat, one dict lookup and
-        one tuple comparison (queries.STAT_KEY); anything else goes through `_visit`.
+        one tuple comparison (nightly.STAT_KEY); anything else goes through `_visit`.
         """
         quick = not self.checksum
         excludes = self.excludes if self.excludes.patterns else None
@@ -273,7 +266,7 @@ class Scanner:
                 if stat.S_ISDIR(st.st_mode):
                     self._descend(stack, path, st, root_dev, row[_PATH_ID])
                 continue
-            prev = None if row is None else queries.live_entry(conn, row[_VERSION_ID])
+            prev = None if row is None else nightly.live_entry(conn, row[_VERSION_ID])
             visited = self._visit(conn, path, st, prev)
             if visited is None or not visited[1]:
                 continue
@@ -292,6 +285,6 @@ class Scanner:
         if not (self.one_file_system and st.st_dev != root_dev):
             stack.append((path, path_id))
 
-    def _delete_live(self, conn: Connection, row: tuple[Any, ...]) -> None:
-        """A live child (a queries.live_children row) is no longer there."""
-        self._delete(conn, queries.live_entry(conn, row[_VERSION_ID]))
+    def _delete_live(self, conn: sqlite3.Connection, row: tuple[Any, ...]) -> None:
+        """A live child (a nightly.live_children row) is no longer there."""
+        self._delete(conn, nightly.live_entry(conn, row[_VERSION_ID]))

@@ -22,6 +22,15 @@ class Store(abc.ABC):
     def put_file(self, path: Path) -> str:
         """Store the bytes of the file at `path` as an immutable object; return its ref."""
 
+    def move_file(self, path: Path, digest: bytes) -> str:
+        """Store the file at `path` and remove it: the caller is done with it (a spool pack).
+        The caller has fsynced it, and `digest` is the BLAKE2b-256 of its bytes, so a store on
+        the same filesystem can rename it into place instead of reading and copying it. Here,
+        for any store: a copy, then the file goes."""
+        ref = self.put_file(path)
+        path.unlink()
+        return ref
+
     @abc.abstractmethod
     def put_bytes(self, data: bytes) -> str:
         """Store `data` as an immutable object; return its ref."""

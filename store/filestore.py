@@ -7,6 +7,7 @@ fsynced, so a crash leaves either no object or a whole one.
 from __future__ import annotations
 
 import ctypes
+import errno
 import hashlib
 import os
 import re
@@ -87,10 +88,17 @@ class FileStore(Store):
 
     def _install(self, tmp: Path, ref: str) -> str:
         dest = self._path(ref)
-        dest.parent.mkdir(exist_ok=True)
+        self._fan_out(dest.parent)
         os.replace(tmp, dest)
         fsync_dir(dest.parent)
         return ref
+
+    def _fan_out(self, directory: Path) -> None:
+        """Create an object's directory durably: an object renamed into a directory whose own
+        entry a crash lost would be lost with it."""
+        if not directory.is_dir():
+            directory.mkdir(exist_ok=True)
+            fsync_dir(self.objects)
 
     def _tempfile(self) -> tuple[int, Path]:
         fd, name = tempfile.mkstemp(dir=self.objects, prefix=".tmp-")
@@ -129,6 +137,25 @@ class FileStore(Store):
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
+
+    def move_file(self, path: Path, digest: bytes) -> str:
+        """Rename the fsynced file into place when it lies on the store's filesystem (the
+        embedded store beside the spool): no second read, write and fsync of the pack. Across
+        filesystems it is copied like any put."""
+        ref = digest.hex()
+        dest = self._path(ref)
+        if dest.exists():
+            path.unlink()
+            return ref
+        self._fan_out(dest.parent)
+        try:
+            os.rename(path, dest)
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
+            return super().move_file(path, digest)
+        fsync_dir(dest.parent)
+        return ref
 
     def get(self, ref: str, offset: int = 0, length: int | None = None) -> bytes:
         try:

@@ -55,10 +55,16 @@ class PackWriter:
     def __init__(self, path: Path, level: int = 3) -> None:
         self.path = path
         self.file = open(path, "wb")  # noqa: SIM115 - lives until finish()
-        self.file.write(HEADER)
-        self.size = len(HEADER)
+        self.hash = hashlib.blake2b(digest_size=32)  # the pack's own: the store need not re-read
+        self.size = 0
+        self._write(HEADER)
         self.entries: list[IndexEntry] = []
         self.compressor = zstandard.ZstdCompressor(level=level)
+
+    def _write(self, data: bytes) -> None:
+        self.file.write(data)
+        self.hash.update(data)
+        self.size += len(data)
 
     def add(self, raw: bytes, raw_hash: bytes) -> IndexEntry:
         return self.add_frame(self.compressor.compress(raw), len(raw), raw_hash)
@@ -66,23 +72,26 @@ class PackWriter:
     def add_frame(self, frame: bytes, raw_length: int, raw_hash: bytes) -> IndexEntry:
         """Append an already compressed blob (repacking: no need to decompress it)."""
         entry = IndexEntry(self.size, len(frame), raw_length, raw_hash)
-        self.file.write(frame)
-        self.size += len(frame)
+        self._write(frame)
         self.entries.append(entry)
         return entry
 
     def finish(self) -> int:
-        """Write index and trailer, fsync, close; return the pack's size."""
+        """Write index and trailer, fsync, close; return the pack's size (its BLAKE2b-256 is
+        then `digest()`)."""
         index = self.compressor.compress(
             b"".join(_ENTRY.pack(e.offset, e.length, e.raw_length, e.hash) for e in self.entries)
         )
-        self.file.write(index)
-        self.file.write(_TRAILER.pack(self.size, len(index), TRAILER_MAGIC))
-        self.size += len(index) + _TRAILER.size
+        index_offset = self.size
+        self._write(index)
+        self._write(_TRAILER.pack(index_offset, len(index), TRAILER_MAGIC))
         self.file.flush()
         os.fsync(self.file.fileno())
         self.file.close()
         return self.size
+
+    def digest(self) -> bytes:
+        return self.hash.digest()
 
     def discard(self) -> None:
         self.file.close()

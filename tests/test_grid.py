@@ -15,7 +15,7 @@ from pathlib import Path
 
 from store.tahoe_grid import LocalGrid
 from tests import gridfixtures
-from tests.helpers import describe, dg, restored_root
+from tests.helpers import describe, dg, restored_root, settle
 
 pytestmark = gridfixtures.needs_tahoe
 grid = gridfixtures.grid  # the session's grid, shared with the other grid tests
@@ -29,10 +29,7 @@ def make_tree(root: Path, files: int = 60, seed: int = 0) -> None:
         (sub / f"f{i:03}.txt").write_bytes(f"file {i} seed {seed}\n".encode() * (i * 7 + 1))
     (root / "big.bin").write_bytes(os.urandom(3 << 20))
     (root / "link").symlink_to("docs")
-    old = time.time() - 3600
-    for dirpath, _dirs, names in os.walk(root):
-        for name in names:
-            os.utime(os.path.join(dirpath, name), (old, old), follow_symlinks=False)
+    settle(root)
 
 
 def init_on_grid(cli, grid: LocalGrid) -> str:

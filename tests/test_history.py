@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import create_engine, inspect
 
 import uploader.reader
-from backupdb import db, export, schema
+from backupdb import export, schema
 from deltagrid.history import MAX_ERRORS, record
 from deltagrid.home import Home
 from tests.helpers import dg, one_error
@@ -167,10 +167,8 @@ def test_the_paths_of_a_run_are_capped(src: Path, home: Path, cli) -> None:
 
 def test_runs_are_local_and_an_older_backupdb_gains_the_table(src: Path, home: Path, cli) -> None:
     assert cli("backup", src).code == 0
-    engine = db.open_db(home / "backupdb.sqlite")
     exported = home / "export.sqlite"
-    export.write(engine, exported)
-    engine.dispose()
+    export.write(home / "backupdb.sqlite", exported)
     with sqlite3.connect(exported) as conn:
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     assert "runs" not in tables and "snapshots" in tables

@@ -17,18 +17,18 @@ import io
 import json
 import os
 import socket
+import sqlite3
 import tempfile
 import time
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
 import pyrsync
 import zstandard
-from sqlalchemy import Engine
 
-from backupdb import export, queries
+from backupdb import connection, export, nightly
 from deltagrid.errors import CorruptData, StoreError
-from restore.rebuild import apply_delta
 from store.base import Store, check_stored
 from store.filestore import atomic_write
 from store.pack import digest, digest_file
@@ -83,10 +83,11 @@ def new_root(snapshot_id: int, chain: list[dict[str, Any]]) -> bytes:
 
 
 class Publisher:
-    """Exports the backupdb and moves the root pointer; `state` keeps the last export's sig."""
+    """Exports the backupdb at `db_path` and moves the root pointer; `state` keeps the last
+    export's signature. What it publishes must be committed to the backupdb first."""
 
-    def __init__(self, engine: Engine, store: Store, state: Path, full_every: int) -> None:
-        self.engine = engine
+    def __init__(self, db_path: Path, store: Store, state: Path, full_every: int) -> None:
+        self.db_path = db_path
         self.store = store
         self.state = state
         self.full_every = full_every
@@ -108,8 +109,8 @@ class Publisher:
 
         Returns the bytes of the backupdb object put, and the snapshot published (0: none).
         """
-        with self.engine.connect() as conn:
-            latest = queries.last_snapshot_id(conn)
+        with closing(connection.connect(self.db_path)) as conn:
+            latest = nightly.last_snapshot_id(conn)
         root = parse_root(self.store.read_root())
         published = int(root["snapshot"]) if root else 0
         if published > latest:
@@ -124,7 +125,7 @@ class Publisher:
         with tempfile.TemporaryDirectory(dir=self.state) as tmp:
             work = Path(tmp)  # the export, its delta and their compressed forms: never in memory
             path = work / "export.sqlite"
-            export.write(self.engine, path)
+            export.write(self.db_path, path)
             new_hash = digest_file(path).hex()
             sig = io.BytesIO()  # about 4% of the export: small, and kept whole anyway
             magic, _block, strong = pyrsync.get_signature_args(path.stat().st_size)
@@ -180,23 +181,21 @@ def compress(src: Path, dest: Path) -> Path:
 
 
 def commit(
-    engine: Engine,
+    conn: sqlite3.Connection,
     publisher: Publisher,
     snapshot_id: int,
     started_ns: int,
     stats: dict[str, int],
 ) -> dict[str, int]:
     """Record the snapshot in the backupdb, then publish it."""
-    with engine.begin() as conn:
-        previous = queries.snapshot(conn, snapshot_id - 1)
-        sources = queries.roots_scanned_since(conn, previous.committed_ns if previous else 1)
-        queries.add_snapshot(conn, snapshot_id, started_ns, socket.gethostname(), sources, stats)
-        queries.clear_done(conn)
+    nightly.commit_snapshot(conn, snapshot_id, started_ns, socket.gethostname(), stats)
     return publisher.publish()
 
 
 def fetch_export(store: Store, root: dict[str, Any], dest: Path) -> None:
     """Rebuild the newest backupdb export named by `root` into `dest`, checking every hash."""
+    from restore.rebuild import apply_delta  # here: restore's imports stay out of a quiet night
+
     data = b""
     for entry in root["backupdb"]:
         try:

@@ -21,6 +21,7 @@ from store.pack import digest
 class SigCache:
     def __init__(self, root: Path) -> None:
         self.root = root
+        self.made: set[Path] = set()  # fan-out directories known to exist: one mkdir each
 
     def _path(self, content_hash: bytes) -> Path:
         name = content_hash.hex()
@@ -36,7 +37,9 @@ class SigCache:
 
     def put(self, content_hash: bytes, sig: bytes) -> None:
         path = self._path(content_hash)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.parent not in self.made:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.made.add(path.parent)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
         try:
             with os.fdopen(fd, "wb") as f:

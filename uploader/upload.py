@@ -16,11 +16,10 @@ import os
 import shutil
 import tempfile
 import time
-from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import Future
 from contextlib import ExitStack
-from dataclasses import astuple, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, TypeGuard
 
@@ -43,14 +42,15 @@ from uploader.reader import (
     read_source,
     signature_args,
 )
+from uploader.result import UploadResult
 from uploader.settings import UploadSettings
 from uploader.sigcache import SigCache
+from uploader.spool import PACK_PREFIX, WORK_PREFIX, clear_leftovers
+from uploader.squeeze import Squeezer
 
 _VANISHED = {errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.ENXIO}
 _BATCH = 256
 _PACK_ENTRIES = 20_000  # a pack of tiny files is put early: each entry waiting costs ~2 KB
-_PACK = "pack-"  # a spool pack being filled (maintenance's packs use the same prefix)
-_WORK = "work-"  # a run's private directory: signatures, deltas, copies of changing files
 
 
 @dataclass(eq=False)
@@ -86,17 +86,6 @@ class Record:
     end_below: list[int] = field(default_factory=list)  # a directory gone: what was inside it
 
 
-@dataclass
-class UploadResult:
-    snapshot_id: int
-    counts: Counter[str] = field(default_factory=Counter)
-    bytes_read: int = 0
-    bytes_uploaded: int = 0
-    packs: int = 0
-    vanished: list[bytes] = field(default_factory=list)
-    unreadable: list[tuple[bytes, str]] = field(default_factory=list)
-
-
 class Uploader:
     def __init__(
         self,
@@ -128,10 +117,10 @@ class Uploader:
     # --- the drain -----------------------------------------------------------------------------
 
     def run(self) -> UploadResult:
-        self.spool.mkdir(parents=True, exist_ok=True)
-        self._clear_leftovers()
-        self.workdir = Path(tempfile.mkdtemp(dir=self.spool, prefix=_WORK))
+        clear_leftovers(self.spool)
+        self.workdir = Path(tempfile.mkdtemp(dir=self.spool, prefix=WORK_PREFIX))
         self.ahead = ReadAhead(self.settings, self.workdir)
+        self.squeezer = Squeezer(self.settings.zstd_level)
         try:
             with self.engine.connect() as conn:
                 self.conn = conn
@@ -157,20 +146,11 @@ class Uploader:
                 conn.commit()
         finally:
             self.ahead.close()
+            self.squeezer.close()
             if self.writer is not None:
                 self.writer.discard()
             shutil.rmtree(self.workdir, ignore_errors=True)
         return self.result
-
-    def _clear_leftovers(self) -> None:
-        """Drop what a killed writer left in the spool: its packs and work directories (their
-        files are re-read). We hold the home's lock, so no writer is filling them; a reader's
-        directory beside them (verify --read-data rebuilds versions there) is left alone."""
-        for leftover in self.spool.iterdir():
-            if leftover.name.startswith(_WORK) and leftover.is_dir():
-                shutil.rmtree(leftover, ignore_errors=True)
-            elif leftover.name.startswith(_PACK) and leftover.is_file():
-                leftover.unlink(missing_ok=True)
 
     def _process(self, row: Any, live: Any) -> None:
         if live is not None and live.id in self.ended:
@@ -356,7 +336,7 @@ class Uploader:
             )
             if moved is None:
                 return None
-            basis_id = moved.content_id
+            basis_id = moved
         return queries.content_by_id(self.conn, basis_id)
 
     def _basis_signature(self, basis: Any) -> bytes | None:
@@ -420,12 +400,8 @@ class Uploader:
         return PendingContent(source.digest, source.meta.size, None, 0, 0, blobs)
 
     def _pieces(self, f: Any) -> list[PendingBlob | int]:
-        blobs: list[PendingBlob | int] = []
-        while True:
-            raw = f.read(self.settings.piece_size)
-            if not raw:
-                return blobs
-            blobs.append(self._blob(raw))
+        size = self.settings.piece_size
+        return [self._blob(raw, done) for raw, done in self.squeezer.pieces(lambda: f.read(size))]
 
     # --- blobs and packs -----------------------------------------------------------------------
 
@@ -439,7 +415,7 @@ class Uploader:
         if found is not None:
             return int(found)
         if self.writer is None:
-            fd, name = tempfile.mkstemp(dir=self.spool, prefix=_PACK)
+            fd, name = tempfile.mkstemp(dir=self.spool, prefix=PACK_PREFIX)
             os.close(fd)
             self.writer = PackWriter(Path(name), self.settings.zstd_level)
         if done is None:
@@ -459,9 +435,8 @@ class Uploader:
             return
         writer = self.writer
         size = writer.finish()
-        ref = check_stored(self.store, self.store.put_file(writer.path), size)
+        ref = check_stored(self.store, self.store.move_file(writer.path, writer.digest()), size)
         self._record((ref, size))
-        writer.path.unlink()
         self.writer = None
         self.result.packs += 1
         self.result.bytes_uploaded += size
@@ -471,7 +446,10 @@ class Uploader:
         snapshot_id = self.result.snapshot_id
         if pack is not None:
             pack_id = queries.add_pack(conn, pack[0], pack[1], snapshot_id)
-            entries = [astuple(blob.entry) for blob in self.spool_blobs]
+            entries = [
+                (e.offset, e.length, e.raw_length, e.hash)
+                for e in (blob.entry for blob in self.spool_blobs)
+            ]
             ids = queries.add_blobs(conn, pack_id, entries)
             for blob, blob_id in zip(self.spool_blobs, ids, strict=True):
                 blob.id = blob_id

@@ -21,7 +21,7 @@ from deltagrid.commands.upload import (
 from deltagrid.home import Home
 from deltagrid.output import Output, count, human_bytes, human_duration, plural
 from scanner.scan import ScanResult
-from uploader.upload import UploadResult
+from uploader.result import UploadResult
 
 
 def add(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:

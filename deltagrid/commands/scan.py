@@ -12,7 +12,6 @@ import os
 import time
 from dataclasses import dataclass
 
-from backupdb import queries
 from deltagrid.config import Config
 from deltagrid.errors import EXIT_OK, EXIT_UNREADABLE, UsageError
 from deltagrid.home import Home
@@ -89,11 +88,11 @@ def scan_plan(args: argparse.Namespace, home: Home, settings: Config) -> ScanPla
 
 
 def run_scan(plan: ScanPlan, home: Home, out: Output, list_queued: bool = False) -> ScanResult:
-    engine = home.engine()
+    conn = home.connect()
     try:
         with out.bar(desc="scan", unit=" entries") as bar:
             scanner = Scanner(
-                engine,
+                conn,
                 plan.excludes,
                 checksum=plan.checksum,
                 one_file_system=plan.one_file_system,
@@ -101,11 +100,21 @@ def run_scan(plan: ScanPlan, home: Home, out: Output, list_queued: bool = False)
                 warn=out.warn,
             )
             result = scanner.run(plan.roots)
-        if list_queued and out.verbose:
-            with engine.connect() as conn:
-                for row in queries.queued(conn, result.scan_id):
-                    out.detail(f"{MARKS.get(row.reason, '?')} {os.fsdecode(row.path)}")
-        return result
+    finally:
+        conn.close()
+    if list_queued and out.verbose:
+        _list_queued(home, result.scan_id, out)
+    return result
+
+
+def _list_queued(home: Home, scan_id: int, out: Output) -> None:
+    from backupdb import queries  # -v only: a quiet night's scan never imports SQLAlchemy
+
+    engine = home.engine()
+    try:
+        with engine.connect() as conn:
+            for row in queries.queued(conn, scan_id):
+                out.detail(f"{MARKS.get(row.reason, '?')} {os.fsdecode(row.path)}")
     finally:
         engine.dispose()
 

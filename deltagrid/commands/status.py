@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 
-from backupdb import queries
+from backupdb import nightly, queries
 from deltagrid.commands.snapshots import iso
 from deltagrid.home import Home, reading
 from deltagrid.output import Output, human_bytes
+from uploader.spool import PACK_PREFIX
 
 
 def add(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -18,11 +19,12 @@ def add(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> Non
 def run(args: argparse.Namespace, home: Home, out: Output) -> int:
     with reading(home) as (conn, store, published):
         by_reason = queries.pending_by_reason(conn)
-        rows, size = queries.pending_totals(conn)
-        interrupted = queries.interrupted_scan(conn) is not None
-        local = queries.last_snapshot_id(conn)
+        raw = queries.driver(conn)
+        rows, size = nightly.pending_totals(raw)
+        interrupted = nightly.interrupted_scan(raw)
+        local = nightly.last_snapshot_id(raw)
     holder = home.lock_holder()
-    spool = sorted(home.spool.glob("pack-*")) if home.spool.exists() else []
+    spool = sorted(home.spool.glob(f"{PACK_PREFIX}*")) if home.spool.exists() else []
     spool_bytes = sum(p.stat().st_size for p in spool)
     out.line(f"store: {store.url}")
     out.line(f"latest snapshot: {published or 'none'}")

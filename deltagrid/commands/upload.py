@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import argparse
 import os
+import sqlite3
 import time
 
-from sqlalchemy import Engine
-
-from backupdb import queries
-from deltagrid.commands.diff import changes
+from backupdb import nightly
 from deltagrid.errors import EXIT_OK, EXIT_UNREADABLE, EXIT_VANISHED, DeltagridError
 from deltagrid.home import Home
 from deltagrid.output import Output, count, human_bytes, human_duration
+from store.base import Store
 from uploader.commit import Publisher, commit
-from uploader.upload import Uploader, UploadResult
+from uploader.result import UploadResult
+from uploader.spool import clear_leftovers
 
 
 def add(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -24,49 +24,72 @@ def add(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> Non
 
 def run_upload(home: Home, out: Output) -> tuple[UploadResult, dict[str, int]]:
     config = home.config()
-    engine = home.engine()
+    conn = home.connect()
     store = home.store()
     try:
-        publisher = Publisher(engine, store, home.state, config.upload.full_export_every)
+        publisher = Publisher(home.db_path, store, home.state, config.upload.full_export_every)
         finished = publisher.publish()  # a commit a killed run left between its two steps
-        with engine.connect() as conn:
-            if queries.interrupted_scan(conn) is not None:
-                raise DeltagridError("the last scan was interrupted; run 'deltagrid scan' again")
-            rows, total = queries.pending_totals(conn)
+        if nightly.interrupted_scan(conn):
+            raise DeltagridError("the last scan was interrupted; run 'deltagrid scan' again")
+        rows, total = nightly.pending_totals(conn)
         if finished["published"] and not rows:  # that was all the killed run had left to do
             result = UploadResult(finished["published"])
-            _describe(engine, result.snapshot_id, finished, out)
+            _describe(home, conn, result.snapshot_id, finished, out)
             return result, finished
         started = time.time_ns()
+        if rows:
+            result = _drain(home, store, total, out)
+        else:  # a quiet night: nothing to read, so no uploader (and no SQLAlchemy) either
+            clear_leftovers(home.spool)
+            result = UploadResult(nightly.last_snapshot_id(conn) + 1)
+        stats = dict(result.counts)
+        stats.update(bytes_read=result.bytes_read, bytes_uploaded=result.bytes_uploaded)
+        committed = commit(conn, publisher, result.snapshot_id, started, stats)
+        _describe(home, conn, result.snapshot_id, committed, out)
+        return result, committed
+    finally:
+        store.close()
+        conn.close()
+
+
+def _drain(home: Home, store: Store, total: int, out: Output) -> UploadResult:
+    """Upload the `total` bytes the queue holds."""
+    from uploader.upload import Uploader
+
+    engine = home.engine()
+    try:
         with out.bar(desc="upload", total=total, unit="B", unit_scale=True) as bar:
             uploader = Uploader(
                 engine,
                 store,
                 home.spool,
                 home.sigcache,
-                config.upload,
+                home.config().upload,
                 on_progress=bar.update,
                 warn=out.warn,
             )
-            result = uploader.run()
-        stats = dict(result.counts)
-        stats.update(bytes_read=result.bytes_read, bytes_uploaded=result.bytes_uploaded)
-        committed = commit(engine, publisher, result.snapshot_id, started, stats)
-        _describe(engine, result.snapshot_id, committed, out)
-        return result, committed
+            return uploader.run()
     finally:
-        store.close()
         engine.dispose()
 
 
-def _describe(engine: Engine, snapshot_id: int, committed: dict[str, int], out: Output) -> None:
+def _describe(
+    home: Home, conn: sqlite3.Connection, snapshot_id: int, committed: dict[str, int], out: Output
+) -> None:
     """Add the snapshot's file count to `committed`; with -v, list what it changed."""
-    with engine.connect() as conn:
-        snap = queries.snapshot(conn, snapshot_id)
-        committed["files"] = snap.files if snap is not None else 0
-        if out.verbose:  # the paths, marked as `diff` marks them
-            for path, mark in changes(conn, snapshot_id - 1, snapshot_id):
-                out.detail(f"{mark} {os.fsdecode(path)}")
+    figures = nightly.snapshot_figures(conn, snapshot_id)
+    committed["files"] = figures[1] if figures is not None else 0
+    if not out.verbose:
+        return
+    from deltagrid.commands.diff import changes
+
+    engine = home.engine()
+    try:
+        with engine.connect() as sa_conn:
+            for path, mark in changes(sa_conn, snapshot_id - 1, snapshot_id):
+                out.detail(f"{mark} {os.fsdecode(path)}")  # marked as `diff` marks them
+    finally:
+        engine.dispose()
 
 
 def upload_doc(result: UploadResult, committed: dict[str, int]) -> dict[str, object]:

@@ -1,0 +1,134 @@
+"""Opening the backupdb with the sqlite3 module alone.
+
+A night with nothing to upload (scan, an empty upload, the commit) runs on such a connection and
+never imports SQLAlchemy: that import costs about a quarter of a second, half of a quiet night.
+The engines of db.py configure their connections here too, so both kinds see the same pragmas and
+the same transaction discipline: pysqlite's own transaction handling is off (isolation_level
+None) and every transaction is an explicit BEGIN, which a kill -9 keeps whole or rolls back.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from deltagrid.errors import BackupDBError
+
+SCHEMA_VERSION = 3
+# Version history (every change so far only adds tables, so migrating is creating them):
+#   1  first release
+#   2  `forgotten`: snapshots marked by `forget`, dropped from listings, their data pruned
+#   3  `runs` (local): the history of writer runs, for `deltagrid log` and `report`
+
+# The tables of schema.py (tests hold the two together): the catalog, in export order, then the
+# local ones.
+CATALOG = (
+    "schema_version",
+    "snapshots",
+    "paths",
+    "versions",
+    "version_ends",
+    "contents",
+    "content_blobs",
+    "blobs",
+    "packs",
+    "forgotten",
+)
+LOCAL = ("scans", "queue", "scan_errors", "runs")
+
+
+def configure(conn: sqlite3.Connection, busy_ms: int) -> None:
+    """Autocommit unless a transaction is begun explicitly; WAL; durable commits; wait for a
+    writer's transaction up to `busy_ms`."""
+    conn.isolation_level = None
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute(f"PRAGMA busy_timeout={int(busy_ms)}")
+
+
+def connect(path: Path, busy_ms: int = 30000) -> sqlite3.Connection:
+    """A configured connection to an existing backupdb, unchecked (see `open_checked`)."""
+    conn = sqlite3.connect(path)
+    configure(conn, busy_ms)
+    return conn
+
+
+@contextmanager
+def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """A write transaction: committed whole when the block ends, rolled back if it raises."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        if conn.in_transaction:  # SQLite rolls back by itself on some errors (a full disk)
+            conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def open_checked(path: Path, check: bool = True, busy_ms: int = 30000) -> sqlite3.Connection:
+    """Open an existing backupdb, refusing one that is damaged, incomplete or of a newer schema;
+    an older one is migrated first (through db.py, the only time this imports SQLAlchemy).
+
+    `check` runs SQLite's page-level check, which reads every page (seconds at a million
+    files): damage found up front fails the run before it does anything.
+    """
+    if not path.exists():
+        raise BackupDBError(f"no backupdb at {path}; repair it with 'deltagrid attach'")
+    try:
+        conn = connect(path, busy_ms)
+        try:
+            version = _inspect(conn, path, check)
+        except BaseException:
+            conn.close()
+            raise
+    except sqlite3.DatabaseError as exc:
+        raise open_error(path, exc) from None
+    if version < SCHEMA_VERSION:
+        conn.close()
+        from backupdb import db
+
+        db.migrate(path)
+        return open_checked(path, check=False, busy_ms=busy_ms)
+    return conn
+
+
+def _inspect(conn: sqlite3.Connection, path: Path, check: bool) -> int:
+    """The schema version of a backupdb whose pages (with `check`) and tables are whole."""
+    if check:  # SQLite reports damage as rows; a later query would fail mid-run
+        found = [r[0] for r in conn.execute("PRAGMA quick_check")]
+        if found != ["ok"]:
+            lines = [ln for r in found for ln in r.splitlines() if not ln.startswith("***")]
+            raise BackupDBError(
+                f"backupdb {path} is damaged ({(lines or found)[0]}); "
+                "repair it with 'deltagrid attach'"
+            )
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    row = conn.execute("SELECT version FROM schema_version").fetchone()
+    version = row[0] if row is not None else None
+    if not isinstance(version, int) or version > SCHEMA_VERSION:
+        raise BackupDBError(
+            f"backupdb {path} has schema version {version}; this deltagrid reads up to "
+            f"{SCHEMA_VERSION} (a newer deltagrid wrote it)"
+        )
+    missing = set(CATALOG + LOCAL) - tables
+    if version == SCHEMA_VERSION and missing:
+        raise BackupDBError(
+            f"backupdb {path} lacks tables {sorted(missing)}; repair it with 'deltagrid attach'"
+        )
+    return version
+
+
+def open_error(path: Path, exc: sqlite3.DatabaseError) -> BackupDBError:
+    """The one-line error for a backupdb SQLite could not open or read."""
+    if (getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF in (
+        sqlite3.SQLITE_FULL,
+        sqlite3.SQLITE_IOERR,
+    ):
+        # Not damage: a full disk cannot grow the WAL index. 'attach' would not help.
+        return BackupDBError(f"cannot open backupdb {path}: {exc} (is its disk full?)")
+    return BackupDBError(
+        f"backupdb {path} is damaged ({exc.__class__.__name__}); repair it with 'deltagrid attach'"
+    )

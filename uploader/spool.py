@@ -1,0 +1,25 @@
+"""The spool (HOME/spool): where writers fill packs before putting them, and keep their work.
+
+Writers hold the home's lock, so whatever carries a writer's prefix there when one starts was
+left by a killed writer: its packs were never recorded and its work files are rebuilt. A reader's
+work directory (verify --read-data rebuilds versions in one) has another prefix and stays.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+PACK_PREFIX = "pack-"  # a pack being filled, by an upload or a maintenance run
+WORK_PREFIX = "work-"  # an upload's private directory: signatures, deltas, copies of changing files
+MAINTENANCE_PREFIX = "maint-"  # where a maintenance run rebuilds keyframes
+
+
+def clear_leftovers(spool: Path) -> None:
+    """Drop what killed writers left in the spool (creating it if need be)."""
+    spool.mkdir(parents=True, exist_ok=True)
+    for leftover in spool.iterdir():
+        if leftover.name.startswith((WORK_PREFIX, MAINTENANCE_PREFIX)) and leftover.is_dir():
+            shutil.rmtree(leftover, ignore_errors=True)
+        elif leftover.name.startswith(PACK_PREFIX) and leftover.is_file():
+            leftover.unlink(missing_ok=True)
