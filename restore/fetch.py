@@ -141,26 +141,26 @@ class Fetcher:
                 span.future = self.pool.submit(self._fetch, span)
                 self.next_to_start += 1
 
-    def blobs(self, conn: Connection, content_id: int) -> Iterator[bytes]:
+    def blobs(self, conn: Connection, content_id: int, checked: bool = True) -> Iterator[bytes]:
         """A content's decoded blobs, in order (the BlobSource of restore)."""
         if content_id not in self.plan:
-            yield from self.direct.blobs(conn, content_id)
+            yield from self.direct.blobs(conn, content_id, checked)
             return
         for piece in self.plan[content_id]:
-            yield self.read(piece)
+            yield self.read(piece, checked)
 
     def sole_blob_hash(self, content_id: int) -> bytes | None:
         pieces = self.plan.get(content_id)
         return pieces[0].hash if pieces is not None and len(pieces) == 1 else None
 
-    def read(self, piece: Piece) -> bytes:
-        """The raw bytes of one piece, hash-checked."""
+    def read(self, piece: Piece, checked: bool = True) -> bytes:
+        """The raw bytes of one piece, hash-checked unless told otherwise."""
         span = self.index[piece]
         with span.lock:
             unplanned = span.uses <= 0  # read more often than planned (a retry after an error)
         if unplanned:
             frame = self.store.get(piece.ref, piece.offset, piece.length)
-            return decode_blob(frame, piece.raw_length, piece.hash)
+            return decode_blob(frame, piece.raw_length, piece.hash, checked)
         self._start_through(self.order[id(span)])
         assert span.future is not None
         held = span.future.result()
@@ -176,7 +176,7 @@ class Fetcher:
             done = span.uses == 0
         if done:
             self._drop(span, held)
-        return decode_blob(frame, piece.raw_length, piece.hash)
+        return decode_blob(frame, piece.raw_length, piece.hash, checked)
 
     def _drop(self, span: Span, held: bytes | Path) -> None:
         """Forget a span whose last planned piece was read: its memory or its file."""

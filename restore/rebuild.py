@@ -3,17 +3,21 @@
 Every step is checked: each blob against its hash, each intermediate version against the
 content hash recorded for it, so damage is named where it is, never passed on as a wrong file.
 A content that is one blob recorded with the content's own hash is checked once, as that blob.
+Restore takes the faster `rebuild_in_one_pass`, which composes the chain first and checks the
+result, and comes back here only when that check fails.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import functools
 import hashlib
 import io
 import os
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
@@ -22,10 +26,12 @@ from sqlalchemy import Connection
 
 from backupdb import queries
 from deltagrid.errors import CorruptData
+from restore import compose
 from store.base import Store
 from store.pack import decode_blob, digest
 
 IN_MEMORY = 16 << 20  # versions and deltas up to this size are rebuilt in memory
+COMPOSE_BUDGET = 64 << 20  # a chain's deltas are composed in memory up to this many bytes
 _RS_LOG_CRIT = 2
 
 # librsync prints its own errors on stderr; a bad delta is reported as CorruptData instead.
@@ -73,7 +79,10 @@ def chain_of(conn: Connection, content_id: int) -> list[Any]:
 class BlobSource(Protocol):
     """Where rebuilding gets a content's decoded blobs from, in order."""
 
-    def blobs(self, conn: Connection, content_id: int) -> Iterator[bytes]: ...
+    def blobs(self, conn: Connection, content_id: int, checked: bool = True) -> Iterator[bytes]:
+        """Decoded in order; each checked against its hash unless `checked` is False (for a
+        caller that checks a hash over all the bytes they become)."""
+        ...
 
     def sole_blob_hash(self, content_id: int) -> bytes | None:
         """The hash `blobs` checks when the content is exactly one blob, else None."""
@@ -89,7 +98,7 @@ class DirectSource:
     def sole_blob_hash(self, content_id: int) -> bytes | None:
         return None  # unknown before the query: the content is hashed whole
 
-    def blobs(self, conn: Connection, content_id: int) -> Iterator[bytes]:
+    def blobs(self, conn: Connection, content_id: int, checked: bool = True) -> Iterator[bytes]:
         pieces = queries.content_pieces(conn, content_id)
         i = 0
         while i < len(pieces):
@@ -106,7 +115,7 @@ class DirectSource:
             data = self.store.get(pieces[i].ref, start, end - start)
             for piece in pieces[i:j]:
                 frame = data[piece.offset - start : piece.offset - start + piece.length]
-                yield decode_blob(frame, piece.raw_length, piece.hash)
+                yield decode_blob(frame, piece.raw_length, piece.hash, checked)
             i = j
 
 
@@ -266,6 +275,87 @@ def rebuild(
         raise
     assert current is not None
     return current
+
+
+def composes(chain: list[Any]) -> bool:
+    """Whether `rebuild_in_one_pass` composes this chain (keyframe first): it has deltas, and
+    they fit the budget. Such a chain's deltas are read before its keyframe."""
+    return len(chain) > 1 and chain[-1].chain_bytes <= COMPOSE_BUDGET
+
+
+def rebuild_in_one_pass(
+    conn: Connection,
+    source: BlobSource,
+    content_id: int,
+    workdir: Path,
+    chain: list[Any] | None = None,
+) -> bytes | Path:
+    """As `rebuild`, but a chain's deltas are composed and the file written once
+    (restore/compose.py), checked by its hash alone: that covers every byte of the keyframe and
+    deltas it is made of. When it fails, the chain is patched step by step instead, which names
+    the damaged version or, if the composition erred, still restores the file."""
+    chain = chain if chain is not None else chain_of(conn, content_id)
+    if not composes(chain):
+        return rebuild(conn, source, content_id, workdir, chain)
+    try:
+        segments = compose.keyframe_map(chain[0].size)
+        for row in chain[1:]:
+            delta = memoryview(b"".join(source.blobs(conn, row.id, checked=False)))
+            segments = compose.compose(segments, delta, row.size)
+            if compose.size_of(segments) != row.size:
+                raise CorruptData(f"delta of content {row.hash.hex()[:16]} yields the wrong size")
+        return _emit(conn, source, chain, segments, workdir)
+    except CorruptData:
+        return rebuild(conn, source, content_id, workdir, chain)
+
+
+def _emit(
+    conn: Connection,
+    source: BlobSource,
+    chain: list[Any],
+    segments: list[compose.Segment],
+    workdir: Path,
+) -> bytes | Path:
+    """The version `segments` map, checked against the chain's last hash: bytes or a new
+    temporary file. The keyframe streams from its blobs when the map reads it in order, else it
+    is written out to a temporary file first."""
+    row = chain[-1]
+    with contextlib.ExitStack() as stack:
+        blobs = source.blobs(conn, chain[0].id, checked=False)
+        read: Callable[[int, int], bytes | memoryview]
+        if compose.in_order(segments):
+            keyframe = compose.InOrder(blobs)
+            stack.callback(keyframe.drain)  # the blobs past the map's last range, read as planned
+            read = keyframe.read
+        else:
+            fd, name = tempfile.mkstemp(dir=workdir, prefix="rebuild-")
+            stack.callback(os.unlink, name)
+            stack.callback(os.close, fd)
+            for raw in blobs:
+                os.write(fd, raw)
+            read = functools.partial(_pread, fd)
+
+        if row.size <= IN_MEMORY:
+            parts: list[bytes | memoryview] = []
+            compose.write_version(segments, read, parts.append)
+            data = b"".join(parts)
+            _check(digest(data), row)
+            return data
+        out_fd, name = tempfile.mkstemp(dir=workdir, prefix="rebuild-")
+        path = Path(name)
+        try:
+            with os.fdopen(out_fd, "wb") as raw_out:
+                hashing = _Hashing(raw_out)
+                compose.write_version(segments, read, hashing.write)
+            _check(hashing.hash.digest(), row)
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+        return path
+
+
+def _pread(fd: int, offset: int, n: int) -> bytes:
+    return os.pread(fd, n, offset)
 
 
 def materialize(

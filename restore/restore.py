@@ -24,7 +24,7 @@ from backupdb import queries
 from backupdb.records import KIND_DIR, KIND_FILE, KIND_LINK
 from deltagrid.errors import DeltagridError
 from restore.fetch import Fetcher, Piece
-from restore.rebuild import chain_ids, load_chains, rebuild
+from restore.rebuild import chain_ids, composes, load_chains, rebuild_in_one_pass
 from store.base import Store
 from store.filestore import sync_filesystem
 from store.pack import digest_file
@@ -139,8 +139,12 @@ class Restorer:
             readers.append((first, e, chain))
         readers.sort(key=lambda r: r[0])
         self.on_total(sum(e.size for e in files))
-        order = [c for _first, _e, chain in readers for c in chain]
+        order = [c for _first, e, chain in readers for c in self._read_order(e, chain)]
         return [e for _first, e, _chain in readers] + others, plan, order
+
+    def _read_order(self, e: Any, chain: list[int]) -> list[int]:
+        """The contents of a chain in the order rebuilding reads them."""
+        return chain[1:] + chain[:1] if composes(self.chains[e.content_id]) else chain
 
     def _guard(self, entry: Any, action: Callable[[Any], None]) -> None:
         try:
@@ -230,7 +234,7 @@ class Restorer:
             return
         if self._link_previous(e, dest, parent):
             return
-        rebuilt = rebuild(
+        rebuilt = rebuild_in_one_pass(
             self.conn,
             self.source,
             e.content_id,

@@ -32,6 +32,7 @@ from sqlalchemy import text
 from backupdb import db, export, queries
 from deltagrid.cli import main
 from deltagrid.errors import CorruptData
+from restore.compose import compose, keyframe_map, write_version
 from restore.rebuild import apply_delta
 from store.filestore import FileStore
 from store.pack import HEADER, TRAILER_MAGIC, decode_blob, digest, read_index
@@ -211,9 +212,21 @@ def _applies(basis: bytes, delta: bytes, limit: int) -> bytes | None:
     return out.getvalue()
 
 
+def _composes(basis: bytes, delta: bytes, limit: int) -> bytes | None:
+    """The bytes restore's one-pass composition makes, or None for CorruptData."""
+    try:
+        segments = compose(keyframe_map(len(basis)), memoryview(delta), limit)
+    except CorruptData:
+        return None
+    parts: list[bytes | memoryview] = []
+    write_version(segments, lambda at, n: basis[at : at + n], parts.append)
+    return b"".join(parts)
+
+
 def test_rdiff_patch(scale: int, figures) -> None:
-    """librsync's patch, fed crafted deltas: before the fix a COPY past the basis's end made it
-    ask for the missing bytes forever. Each example runs in a child under a timeout."""
+    """librsync's patch and restore's composition, fed crafted deltas: before the fix a COPY
+    past the basis's end made librsync ask for the missing bytes forever. Each example runs in
+    a child under a timeout. Whatever the composition accepts, librsync patches the same way."""
     valid_basis = os.urandom(3000)
     new = valid_basis[:1000] + b"changed" + valid_basis[1200:]
     sig, valid_delta = io.BytesIO(), io.BytesIO()
@@ -236,6 +249,9 @@ def test_rdiff_patch(scale: int, figures) -> None:
         limit = data.draw(st.sampled_from([0, 100, 1 << 20]))
         outcome = in_child(lambda: _applies(b, delta, limit))
         assert outcome.error is None, outcome.trace
+        composed = in_child(lambda: _composes(b, delta, limit))
+        assert composed.error is None, composed.trace
+        assert composed.value is None or composed.value == outcome.value
 
     check()
 
