@@ -1,9 +1,9 @@
 """The queries of a nightly run's scan and commit, in SQL on a plain sqlite3 connection.
 
-A quiet night (scan, an empty upload, the commit) never imports SQLAlchemy (connection.py says
-why); code that holds a SQLAlchemy connection runs these on the one under it (queries.driver),
-in the same transaction (reads only: the writers here begin and commit their own). Everything else
-is in queries.py.
+A night never imports SQLAlchemy (connection.py says why): the scan and the commit run these,
+the upload these and uploading.py's. Code that holds a SQLAlchemy connection may run them on the
+one under it (queries.driver), in the same transaction (reads only: the writers here begin and
+commit their own). Everything else is in queries.py.
 """
 
 from __future__ import annotations
@@ -12,10 +12,21 @@ import json
 import sqlite3
 import stat
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, NamedTuple
 
 from backupdb.connection import transaction
+
+_CHUNK = 900  # values a statement takes at once, well under SQLite's limit on parameters
+
+
+def rows_in(conn: sqlite3.Connection, query: str, values: Iterable[Any]) -> Iterator[Any]:
+    """The rows of `query` for each of `values` (no duplicates), which its `IN ({})` takes a
+    chunk at a time."""
+    ordered = sorted(set(values))
+    for i in range(0, len(ordered), _CHUNK):
+        chunk = ordered[i : i + _CHUNK]
+        yield from conn.execute(query.format(", ".join("?" * len(chunk))), chunk)
 
 
 def _bounds(prefix: bytes) -> tuple[bytes, bytes]:
@@ -29,7 +40,7 @@ def _bounds(prefix: bytes) -> tuple[bytes, bytes]:
 
 
 class LiveEntry(NamedTuple):
-    """A live version as the scanner compares it in full."""
+    """A live version as the scanner compares it in full and the uploader ends or keeps it."""
 
     path: bytes
     id: int
@@ -45,11 +56,13 @@ class LiveEntry(NamedTuple):
     dev: int
     nlink: int
     target: bytes | None
+    content_id: int | None
     recheck: int
 
 
 _ENTRY_COLUMNS = ", ".join(f"v.{name}" for name in LiveEntry._fields[1:])
-_LIVE = "NOT EXISTS (SELECT 1 FROM version_ends e WHERE e.version_id = v.id)"
+# SQL condition: the version `v` is live now (no end recorded yet).
+LIVE = "NOT EXISTS (SELECT 1 FROM version_ends e WHERE e.version_id = v.id)"
 _ENTRIES = f"SELECT p.path, {_ENTRY_COLUMNS} FROM versions v JOIN paths p ON p.id = v.path_id"
 
 # Live children come as short plain tuples: (path, version id, path id, st_mode, uid, gid,
@@ -66,7 +79,7 @@ SELECT p.path, v.id, v.path_id,
             ELSE -1 END,
        v.uid, v.gid, v.size, v.mtime_ns, v.ctime_ns, v.inode
 FROM paths p JOIN versions v ON v.path_id = p.id
-WHERE p.parent_id = ? AND {_LIVE}
+WHERE p.parent_id = ? AND {LIVE}
 """
 
 
@@ -84,13 +97,19 @@ def live_entry(conn: sqlite3.Connection, version_id: int) -> LiveEntry:
 
 def live_entry_at(conn: sqlite3.Connection, path: bytes) -> LiveEntry | None:
     """The live version of `path` (a root the scan starts from), if any."""
-    row = conn.execute(f"{_ENTRIES} WHERE p.path = ? AND {_LIVE}", (path,)).fetchone()
+    row = conn.execute(f"{_ENTRIES} WHERE p.path = ? AND {LIVE}", (path,)).fetchone()
     return None if row is None else LiveEntry._make(row)
+
+
+def live_versions(conn: sqlite3.Connection, paths: Iterable[bytes]) -> dict[bytes, LiveEntry]:
+    """The live versions of many paths, by path: the uploader's batch of queue rows at once."""
+    query = f"{_ENTRIES} WHERE p.path IN ({{}}) AND {LIVE}"
+    return {row[0]: LiveEntry._make(row) for row in rows_in(conn, query, paths)}
 
 
 def live_entries_below(conn: sqlite3.Connection, path: bytes) -> list[LiveEntry]:
     """Live versions strictly below `path` (a directory that is going away), in path order."""
-    query = f"{_ENTRIES} WHERE p.path > ? AND p.path < ? AND {_LIVE} ORDER BY p.path"
+    query = f"{_ENTRIES} WHERE p.path > ? AND p.path < ? AND {LIVE} ORDER BY p.path"
     return [LiveEntry._make(row) for row in conn.execute(query, _bounds(path))]
 
 

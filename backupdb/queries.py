@@ -1,8 +1,9 @@
-"""Queries over the backupdb, beside the schema so no SQL is scattered elsewhere.
+"""Queries over the backupdb through SQLAlchemy Core, for everything but a night's run.
 
-A version is live in snapshot S when valid_from <= S and it has no end, or ends after S. The
-uploader writes for the pending snapshot (the last committed one + 1); readers only look at
-snapshots the root pointer has published.
+A night's scan, upload and commit run on plain sqlite3 (nightly.py, uploading.py); the few of
+those queries other code needs too are called from here on the sqlite3 connection under
+SQLAlchemy's (`driver`), in its transaction. A version is live in snapshot S when valid_from <= S
+and it has no end, or ends after S. Readers only look at snapshots the root pointer has published.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     Connection,
@@ -27,6 +28,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Row
 from sqlalchemy.sql import Select
 
+from backupdb import nightly, uploading
 from backupdb.schema import (
     blobs,
     content_blobs,
@@ -83,7 +85,7 @@ def live_in(snapshot_id: int) -> Any:
 
 def last_snapshot_id(conn: Connection) -> int:
     """The newest snapshot recorded locally, 0 when there is none."""
-    return conn.execute(select(func.coalesce(func.max(snapshots.c.id), 0))).scalar_one()
+    return nightly.last_snapshot_id(driver(conn))
 
 
 _not_forgotten = ~exists().where(forgotten.c.snapshot_id == snapshots.c.id)
@@ -168,95 +170,12 @@ def live_version(conn: Connection, path: bytes) -> Row[Any] | None:
     return conn.execute(_LIVE_VERSION, {"path": path}).first()
 
 
-_LIVE_VERSIONS = _versions().where(paths.c.path.in_(bindparam("paths", expanding=True)), _not_ended)
-
-
-def live_versions(conn: Connection, wanted: Iterable[bytes]) -> dict[bytes, Row[Any]]:
-    """The live versions of many paths, by path: the uploader's batch of queue rows at once."""
-    found: dict[bytes, Row[Any]] = {}
-    for chunk in _chunks(sorted(set(wanted))):
-        found.update((row.path, row) for row in conn.execute(_LIVE_VERSIONS, {"paths": chunk}))
-    return found
-
-
-_PATH_IDS = select(paths.c.path, paths.c.id).where(
-    paths.c.path.in_(bindparam("paths", expanding=True))
-)
-
-
-def ensure_paths(conn: Connection, wanted: Iterable[bytes]) -> dict[bytes, int]:
-    """The ids of many paths, adding the missing ones and their missing ancestors: a query per
-    directory level, not per path (the uploader records a pack's files at once)."""
-    ids: dict[bytes, int] = {}
-    missing: set[bytes] = set()
-    todo = set(wanted)
-    while todo:
-        for chunk in _chunks(sorted(todo)):
-            ids.update((p, i) for p, i in conn.execute(_PATH_IDS, {"paths": chunk}))
-        new = todo - ids.keys()
-        missing |= new
-        todo = {_parent(p) for p in new if p != b"/"} - ids.keys() - missing
-    levels: dict[int, list[bytes]] = {}
-    for p in missing:
-        levels.setdefault(0 if p == b"/" else p.count(b"/"), []).append(p)
-    cursor = _writing(conn)
-    for level in sorted(levels):  # parents first: each row needs its parent's id
-        for p in sorted(levels[level]):
-            parent_id = None if p == b"/" else ids[_parent(p)]
-            ids[p] = _insert(cursor, _ADD_PATH, parent_id, p)
-    return ids
-
-
-_ADD_PATH = "INSERT INTO paths (parent_id, path) VALUES (?, ?)"
-
-
-def _writing(conn: Connection) -> sqlite3.Cursor:
-    """A cursor on the DB-API connection, inside `conn`'s transaction (begun here when none is:
-    the driver alone would commit each statement on its own). The uploader's per-pack inserts
-    go this way: a few microseconds a row instead of SQLAlchemy's tens."""
+def _writing(conn: Connection) -> sqlite3.Connection:
+    """The DB-API connection, inside `conn`'s transaction (begun here when none is: the driver
+    alone would commit each statement on its own)."""
     if not conn.in_transaction():
         conn.begin()
-    return driver(conn).cursor()
-
-
-def _insert(cursor: sqlite3.Cursor, sql: str, *values: Any) -> int:
-    cursor.execute(sql, values)
-    assert cursor.lastrowid is not None
-    return cursor.lastrowid
-
-
-def _parent(path: bytes) -> bytes:
-    return path.rsplit(b"/", 1)[0] or b"/"
-
-
-def live_below(conn: Connection, path: bytes) -> list[Row[Any]]:
-    """Live versions strictly below `path` (a directory that is going away)."""
-    return list(
-        conn.execute(
-            _versions()
-            .where(under(paths.c.path, path), paths.c.path != path, _not_ended)
-            .order_by(paths.c.path)
-        )
-    )
-
-
-def version_row(
-    path_id_: int, valid_from: int, columns: dict[str, Any], content_id: int | None, recheck: bool
-) -> dict[str, Any]:
-    """The values of one new `versions` row."""
-    return {
-        "path_id": path_id_,
-        "valid_from": valid_from,
-        "content_id": content_id,
-        "recheck": recheck,
-        **columns,
-    }
-
-
-def add_versions(conn: Connection, rows: list[dict[str, Any]]) -> None:
-    """Insert many versions in one statement (their ids are not needed)."""
-    if rows:
-        conn.execute(insert(versions), rows)
+    return driver(conn)
 
 
 def add_version(
@@ -267,15 +186,8 @@ def add_version(
     content_id: int | None,
     recheck: bool,
 ) -> None:
-    add_versions(conn, [version_row(path_id_, valid_from, columns, content_id, recheck)])
-
-
-def end_versions(conn: Connection, version_ids: list[int], valid_until: int) -> None:
-    if version_ids:
-        conn.execute(
-            insert(version_ends),
-            [{"version_id": v, "valid_until": valid_until} for v in version_ids],
-        )
+    row = uploading.version_row(path_id_, valid_from, columns, content_id, recheck)
+    conn.execute(insert(versions), row)
 
 
 def versions_at(
@@ -301,69 +213,8 @@ def version_changes(conn: Connection, snapshot_id: int) -> Iterator[Row[Any]]:
 # --- contents, blobs, packs -------------------------------------------------------------------
 
 
-_CONTENT_BY_ID = select(contents).where(contents.c.id == bindparam("content_id"))
-
-
-class Content(NamedTuple):
-    id: int
-    hash: bytes
-    size: int
-    basis_id: int | None
-    depth: int
-    chain_bytes: int
-
-
-_CONTENT_BY_HASH_SQL = f"SELECT {', '.join(Content._fields)} FROM contents WHERE hash = ?"
-
-
-def content_by_hash(conn: Connection, digest: bytes) -> Content | None:
-    """The uploader asks once a file: on the DB-API connection, like the scanner's hot query
-    (a SQLAlchemy execution costs ten times this indexed lookup)."""
-    row = driver(conn).execute(_CONTENT_BY_HASH_SQL, (digest,)).fetchone()
-    return None if row is None else Content._make(row)
-
-
-def content_by_id(conn: Connection, content_id: int) -> Row[Any]:
-    return conn.execute(_CONTENT_BY_ID, {"content_id": content_id}).one()
-
-
-def unused_contents(conn: Connection, content_ids: Iterable[int]) -> list[bytes]:
-    """Hashes of those contents no live version uses any more."""
-    in_use = select(versions.c.id).where(versions.c.content_id == contents.c.id, _not_ended)
-    return list(
-        conn.execute(
-            select(contents.c.hash).where(contents.c.id.in_(list(content_ids)), ~exists(in_use))
-        ).scalars()
-    )
-
-
-class NewContent(NamedTuple):
-    hash: bytes
-    size: int
-    basis_id: int | None
-    depth: int
-    chain_bytes: int
-    blob_ids: Sequence[int]
-
-
-_ADD_CONTENT = "INSERT INTO contents (hash, size, basis_id, depth, chain_bytes) VALUES (?,?,?,?,?)"
-
-
-def add_contents(conn: Connection, new: Sequence[NewContent]) -> list[int]:
-    """Insert many contents and their blob lists; their ids, in order."""
-    if not new:
-        return []
-    cursor = _writing(conn)
-    ids = [_insert(cursor, _ADD_CONTENT, *c[:5]) for c in new]
-    cursor.executemany(
-        "INSERT INTO content_blobs (content_id, seq, blob_id) VALUES (?, ?, ?)",
-        (
-            (content_id, i, b)
-            for content_id, c in zip(ids, new, strict=True)
-            for i, b in enumerate(c.blob_ids)
-        ),
-    )
-    return ids
+def content_by_id(conn: Connection, content_id: int) -> uploading.Content:
+    return uploading.content_by_id(driver(conn), content_id)
 
 
 def content_pieces(conn: Connection, content_id: int) -> list[Any]:
@@ -371,41 +222,14 @@ def content_pieces(conn: Connection, content_id: int) -> list[Any]:
     return pieces_of_contents(conn, [content_id]).get(content_id, [])
 
 
-def blob_by_hash(conn: Connection, digest: bytes) -> int | None:
-    """Asked once a blob, on the DB-API connection (see `content_by_hash`)."""
-    row = driver(conn).execute("SELECT id FROM blobs WHERE hash = ? LIMIT 1", (digest,)).fetchone()
-    return None if row is None else int(row[0])
-
-
 def add_pack(conn: Connection, ref: str, size: int, snapshot_id: int) -> int:
-    return _new_id(conn, insert(packs), {"ref": ref, "size": size, "snapshot_id": snapshot_id})
-
-
-_ADD_BLOB = "INSERT INTO blobs (pack_id, offset, length, raw_length, hash) VALUES (?,?,?,?,?)"
-
-
-def add_blobs(
-    conn: Connection, pack_id: int, entries: Sequence[tuple[int, int, int, bytes]]
-) -> list[int]:
-    """Record a pack's blobs (offset, stored length, raw length, hash); their ids, in order."""
-    cursor = _writing(conn)
-    return [_insert(cursor, _ADD_BLOB, pack_id, *entry) for entry in entries]
+    return uploading.add_pack(_writing(conn), ref, size, snapshot_id)
 
 
 def add_blob(
     conn: Connection, pack_id: int, offset: int, length: int, raw_length: int, digest: bytes
 ) -> int:
-    return _new_id(
-        conn,
-        insert(blobs),
-        {
-            "pack_id": pack_id,
-            "offset": offset,
-            "length": length,
-            "raw_length": raw_length,
-            "hash": digest,
-        },
-    )
+    return uploading.add_blobs(_writing(conn), pack_id, [(offset, length, raw_length, digest)])[0]
 
 
 def all_packs(conn: Connection) -> list[Row[Any]]:
@@ -447,52 +271,11 @@ def scan_errors_since(conn: Connection, first_scan_id: int) -> list[Row[Any]]:
     return list(conn.execute(select(scan_errors).where(scan_errors.c.scan_id >= first_scan_id)))
 
 
-def pending(conn: Connection, after_id: int, limit: int) -> list[Row[Any]]:
-    return list(
-        conn.execute(
-            select(queue)
-            .where(queue.c.done.is_(False), queue.c.id > after_id)
-            .order_by(queue.c.id)
-            .limit(limit)
-        )
-    )
-
-
 def pending_by_reason(conn: Connection) -> dict[str, int]:
     rows = conn.execute(
         select(queue.c.reason, func.count()).where(queue.c.done.is_(False)).group_by(queue.c.reason)
     )
     return {reason: n for reason, n in rows}
-
-
-def mark_done(conn: Connection, outcomes: Iterable[tuple[int, str]]) -> None:
-    rows = [{"qid": qid, "outcome": outcome} for qid, outcome in outcomes]
-    if rows:
-        conn.execute(
-            update(queue)
-            .where(queue.c.id == bindparam("qid"))
-            .values(done=True, outcome=bindparam("outcome")),
-            rows,
-        )
-
-
-_MOVE_BASIS = """
-SELECT prev.content_id FROM queue q JOIN versions prev ON prev.id = q.prev_version_id
-WHERE q.scan_id = :scan_id AND q.reason = 'deleted' AND prev.kind = 'f'
-  AND prev.content_id IS NOT NULL
-  AND ((prev.inode = :inode AND prev.dev = :dev) OR (prev.size = :size AND prev.mtime_ns = :mtime))
-ORDER BY prev.inode = :inode DESC LIMIT 1
-"""
-
-
-def move_basis(
-    conn: Connection, scan_id: int, inode: int, dev: int, size: int, mtime_ns: int
-) -> int | None:
-    """The content of a file deleted in the same scan that a new file likely came from (rename,
-    then edit). Asked once a new file, on the DB-API connection (see `content_by_hash`)."""
-    params = {"scan_id": scan_id, "inode": inode, "dev": dev, "size": size, "mtime": mtime_ns}
-    row = driver(conn).execute(_MOVE_BASIS, params).fetchone()
-    return None if row is None else int(row[0])
 
 
 def only_in(conn: Connection, present: int, absent: int) -> dict[bytes, Row[Any]]:

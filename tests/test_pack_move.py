@@ -2,8 +2,8 @@
 
 Real files, a real tmpfs for the second filesystem (skipped where it cannot be mounted): the
 object must hold the pack's bytes under their BLAKE2b name either way, the spool file must be
-gone, and a backup whose spool lies on another filesystem must restore byte for byte. The
-uploader's raw per-pack inserts must stay inside the caller's transaction.
+gone, and a backup whose spool lies on another filesystem must restore byte for byte. The raw
+per-pack inserts must stay inside the caller's transaction.
 """
 
 from __future__ import annotations
@@ -13,13 +13,14 @@ import os
 import shutil
 import subprocess
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
 
-from backupdb import db, queries
-from backupdb.schema import blobs, content_blobs, contents, paths
+from backupdb import connection, db, queries, uploading
+from backupdb.schema import blobs, content_blobs, contents, packs, paths
 from store.base import check_stored
 from store.filestore import FileStore
 from store.pack import PackWriter, read_index
@@ -121,18 +122,28 @@ def test_backup_with_spool_on_another_filesystem_restores(
 
 
 def test_raw_inserts_roll_back_with_the_transaction(tmp_path: Path) -> None:
-    """The per-pack inserts run on the sqlite3 connection under SQLAlchemy's: begun by nothing
-    else, they must still be one transaction, or a kill would leave half a pack recorded."""
-    engine = db.create(tmp_path / "b.sqlite")
+    """The uploader records a pack in one sqlite3 transaction, maintenance its new packs in
+    SQLAlchemy's: the raw inserts must roll back with either, or a kill would leave half a pack
+    recorded."""
+    path = tmp_path / "b.sqlite"
+    engine = db.create(path)
+    with (
+        closing(connection.connect(path)) as conn,
+        pytest.raises(RuntimeError),
+        connection.transaction(conn),
+    ):
+        blob_ids = uploading.add_blobs(conn, 1, [(8, 10, 20, b"h" * 32)])
+        uploading.add_contents(conn, [uploading.NewContent(b"c" * 32, 20, None, 0, 0, blob_ids)])
+        uploading.ensure_paths(conn, [b"/a/b"])
+        assert uploading.content_by_hash(conn, b"c" * 32) is not None
+        assert uploading.blob_by_hash(conn, b"h" * 32) == blob_ids[0]
+        raise RuntimeError("killed before the commit")
     with engine.connect() as conn:
-        blob_ids = queries.add_blobs(conn, 1, [(8, 10, 20, b"h" * 32)])
-        queries.add_contents(conn, [queries.NewContent(b"c" * 32, 20, None, 0, 0, blob_ids)])
-        queries.ensure_paths(conn, [b"/a/b"])
-        assert queries.content_by_hash(conn, b"c" * 32) is not None
-        assert queries.blob_by_hash(conn, b"h" * 32) == blob_ids[0]
+        pack_id = queries.add_pack(conn, "ref", 30, 1)
+        queries.add_blob(conn, pack_id, 8, 10, 20, b"h" * 32)
         conn.rollback()
     with engine.connect() as conn:
-        for table in (blobs, contents, content_blobs, paths):
+        for table in (packs, blobs, contents, content_blobs, paths):
             assert conn.execute(select(func.count()).select_from(table)).scalar() == 0, table
-        assert queries.content_by_hash(conn, b"c" * 32) is None
-        assert queries.blob_by_hash(conn, b"h" * 32) is None
+        assert uploading.content_by_hash(queries.driver(conn), b"c" * 32) is None
+    engine.dispose()

@@ -14,6 +14,7 @@ import errno
 import io
 import os
 import shutil
+import sqlite3
 import tempfile
 import time
 from collections.abc import Callable
@@ -24,12 +25,13 @@ from pathlib import Path
 from typing import Any, BinaryIO, TypeGuard
 
 import pyrsync
-from sqlalchemy import Connection, Engine
 
-from backupdb import queries
+from backupdb import nightly, uploading
+from backupdb.connection import transaction
+from backupdb.nightly import LiveEntry
 from backupdb.records import KIND_DIR, KIND_FILE, KIND_LINK, Meta, kind_of
+from backupdb.uploading import Content, QueueRow
 from deltagrid.errors import CorruptData, StoreError
-from restore.rebuild import DirectSource, materialize
 from store.base import Store, check_stored
 from store.pack import IndexEntry, PackWriter, digest
 from uploader.readahead import Prepared, ReadAhead, discard
@@ -87,9 +89,11 @@ class Record:
 
 
 class Uploader:
+    """Drains the queue on a plain sqlite3 connection to the backupdb (no transaction open)."""
+
     def __init__(
         self,
-        engine: Engine,
+        conn: sqlite3.Connection,
         store: Store,
         spool: Path,
         sigcache: SigCache,
@@ -97,7 +101,7 @@ class Uploader:
         on_progress: Callable[[int], None] | None = None,
         warn: Callable[[str], None] | None = None,
     ) -> None:
-        self.engine = engine
+        self.conn = conn
         self.store = store
         self.spool = spool
         self.sigcache = sigcache
@@ -122,28 +126,25 @@ class Uploader:
         self.ahead = ReadAhead(self.settings, self.workdir)
         self.squeezer = Squeezer(self.settings.zstd_level)
         try:
-            with self.engine.connect() as conn:
-                self.conn = conn
-                self.result = UploadResult(queries.last_snapshot_id(conn) + 1)
-                conn.commit()
-                after = 0
-                while rows := queries.pending(conn, after, _BATCH):
-                    lives = queries.live_versions(conn, [row.path for row in rows])
-                    self.ahead.feed(rows, lives)
-                    for row in rows:
-                        self.prepared = self.ahead.take(row.id)
-                        self._process(row, lives.get(row.path))
-                        if self.prepared is not None:  # not used: the entry went another way
-                            discard(self.prepared)
-                        after = row.id
-                    if self.writer is None and len(self.records) >= 1000:
-                        self._record(None)
-                    elif len(self.records) >= _PACK_ENTRIES:
-                        self._flush_pack()
-                self._flush_pack()
-                for unused in queries.unused_contents(conn, self.ended_contents):
-                    self.sigcache.discard(unused)
-                conn.commit()
+            conn = self.conn
+            self.result = UploadResult(nightly.last_snapshot_id(conn) + 1)
+            after = 0
+            while rows := uploading.pending(conn, after, _BATCH):
+                lives = nightly.live_versions(conn, [row.path for row in rows])
+                self.ahead.feed(rows, lives)
+                for row in rows:
+                    self.prepared = self.ahead.take(row.id)
+                    self._process(row, lives.get(row.path))
+                    if self.prepared is not None:  # not used: the entry went another way
+                        discard(self.prepared)
+                    after = row.id
+                if self.writer is None and len(self.records) >= 1000:
+                    self._record(None)
+                elif len(self.records) >= _PACK_ENTRIES:
+                    self._flush_pack()
+            self._flush_pack()
+            for unused in uploading.unused_contents(conn, self.ended_contents):
+                self.sigcache.discard(unused)
         finally:
             self.ahead.close()
             self.squeezer.close()
@@ -152,7 +153,7 @@ class Uploader:
             shutil.rmtree(self.workdir, ignore_errors=True)
         return self.result
 
-    def _process(self, row: Any, live: Any) -> None:
+    def _process(self, row: QueueRow, live: LiveEntry | None) -> None:
         if live is not None and live.id in self.ended:
             live = None
         if live is not None and live.content_id is not None:
@@ -183,14 +184,14 @@ class Uploader:
         if record.meta is not None and record.meta.kind != KIND_DIR:
             self._end_below(record, row, live)
 
-    def _end_below(self, record: Record, row: Any, live: Any) -> None:
+    def _end_below(self, record: Record, row: QueueRow, live: LiveEntry | None) -> None:
         """A directory vanished or became a file or symlink after the scan: what the catalog has
         below it ends too (the scan queued only what it saw change), and what the scan queued
         below it has vanished, or the snapshot would hold entries below a file or no directory."""
         if row.kind == KIND_DIR:
             self.gone_dirs.add(row.path)
         if live is not None and live.kind == KIND_DIR:
-            below = [v.id for v in queries.live_below(self.conn, record.path)]
+            below = [v.id for v in nightly.live_entries_below(self.conn, record.path)]
             record.end_below = [v for v in below if v not in self.ended]
             self.ended.update(below)
 
@@ -199,7 +200,7 @@ class Uploader:
         if record.end is not None:
             self.ended.add(record.end)
 
-    def _entry(self, row: Any, live: Any) -> Record:
+    def _entry(self, row: QueueRow, live: LiveEntry | None) -> Record:
         """The record for a new, changed or metadata-only entry, read as it is now."""
         prepared = self._take_prepared()
         if prepared is not None:
@@ -252,7 +253,7 @@ class Uploader:
         return future.result() if future is not None else None
 
     def _file(
-        self, row: Any, live: Any, prepared: Prepared | None
+        self, row: QueueRow, live: LiveEntry | None, prepared: Prepared | None
     ) -> tuple[Meta, PendingContent | int, bool]:
         want_sig = self.settings.takes_deltas(row.size)
         frame = None
@@ -293,8 +294,8 @@ class Uploader:
 
     def _content(
         self,
-        row: Any,
-        live: Any,
+        row: QueueRow,
+        live: LiveEntry | None,
         source: Source,
         sig: BinaryIO | None,
         frame: bytes | None = None,
@@ -306,7 +307,7 @@ class Uploader:
             signature = sig.read()
         known = self.pending_contents.get(source.digest)
         if known is None:
-            found = queries.content_by_hash(self.conn, source.digest)
+            found = uploading.content_by_hash(self.conn, source.digest)
             if found is not None:
                 if signature and self.sigcache.get(source.digest) is None:
                     self.sigcache.put(source.digest, signature)
@@ -321,12 +322,12 @@ class Uploader:
         self.pending_contents[source.digest] = content
         return content
 
-    def _basis(self, row: Any, live: Any, source: Source) -> Any:
+    def _basis(self, row: QueueRow, live: LiveEntry | None, source: Source) -> Content | None:
         """The content to delta against: the path's previous version, or where it moved from."""
         if live is not None and live.kind == KIND_FILE and live.content_id is not None:
             basis_id = live.content_id
         else:
-            moved = queries.move_basis(
+            moved = uploading.move_basis(
                 self.conn,
                 row.scan_id,
                 source.meta.inode,
@@ -337,14 +338,14 @@ class Uploader:
             if moved is None:
                 return None
             basis_id = moved
-        return queries.content_by_id(self.conn, basis_id)
+        return uploading.content_by_id(self.conn, basis_id)
 
-    def _basis_signature(self, basis: Any) -> bytes | None:
+    def _basis_signature(self, basis: Content) -> bytes | None:
         cached = self.sigcache.get(basis.hash)
         if cached is not None:
             return cached
         try:  # e.g. after attach on a new machine: rebuild the basis from the store
-            rebuilt = materialize(self.conn, DirectSource(self.store), basis.id, self.workdir)
+            rebuilt = self._rebuild(basis.id)
         except (CorruptData, StoreError) as exc:
             self.warn(f"cannot rebuild delta basis {basis.hash.hex()[:16]}: {exc}")
             return None
@@ -358,7 +359,23 @@ class Uploader:
         self.sigcache.put(basis.hash, out.getvalue())
         return out.getvalue()
 
-    def _delta(self, row: Any, live: Any, source: Source) -> PendingContent | None:
+    def _rebuild(self, content_id: int) -> Path:
+        """A content's bytes from the store, in a file under the workdir. Rare (a signature lost
+        or never made here), so restore's rebuild and SQLAlchemy are imported only then."""
+        from backupdb import db
+        from restore.rebuild import DirectSource, materialize
+
+        path = self.conn.execute("PRAGMA database_list").fetchone()[2]  # the main file's
+        engine = db.open_db(Path(path), writer=False, check=False)
+        try:
+            with engine.connect() as conn:
+                return materialize(conn, DirectSource(self.store), content_id, self.workdir)
+        finally:
+            engine.dispose()
+
+    def _delta(
+        self, row: QueueRow, live: LiveEntry | None, source: Source
+    ) -> PendingContent | None:
         size = source.meta.size
         if not self.settings.takes_deltas(size):
             return None
@@ -411,7 +428,7 @@ class Uploader:
         known = self.blob_index.get(h)
         if known is not None:
             return known
-        found = queries.blob_by_hash(self.conn, h)
+        found = uploading.blob_by_hash(self.conn, h)
         if found is not None:
             return int(found)
         if self.writer is None:
@@ -442,37 +459,38 @@ class Uploader:
         self.result.bytes_uploaded += size
 
     def _record(self, pack: tuple[str, int] | None) -> None:
-        conn: Connection = self.conn
-        snapshot_id = self.result.snapshot_id
-        if pack is not None:
-            pack_id = queries.add_pack(conn, pack[0], pack[1], snapshot_id)
-            entries = [
-                (e.offset, e.length, e.raw_length, e.hash)
-                for e in (blob.entry for blob in self.spool_blobs)
-            ]
-            ids = queries.add_blobs(conn, pack_id, entries)
-            for blob, blob_id in zip(self.spool_blobs, ids, strict=True):
-                blob.id = blob_id
-        self._add_contents()
-        path_ids = queries.ensure_paths(conn, [r.path for r in self.records if r.meta is not None])
-        new_versions = []
-        for rec in self.records:
-            if rec.meta is not None:
-                content = rec.content
-                content_id = content.id if isinstance(content, PendingContent) else content
-                columns = rec.meta.columns()
-                new_versions.append(
-                    queries.version_row(
-                        path_ids[rec.path], snapshot_id, columns, content_id, rec.recheck
+        """Record the pack put (if any) and every finished entry: one transaction."""
+        with transaction(self.conn) as conn:
+            snapshot_id = self.result.snapshot_id
+            if pack is not None:
+                pack_id = uploading.add_pack(conn, pack[0], pack[1], snapshot_id)
+                entries = [
+                    (e.offset, e.length, e.raw_length, e.hash)
+                    for e in (blob.entry for blob in self.spool_blobs)
+                ]
+                ids = uploading.add_blobs(conn, pack_id, entries)
+                for blob, blob_id in zip(self.spool_blobs, ids, strict=True):
+                    blob.id = blob_id
+            self._add_contents()
+            stored = [r.path for r in self.records if r.meta is not None]
+            path_ids = uploading.ensure_paths(conn, stored)
+            new_versions = []
+            for rec in self.records:
+                if rec.meta is not None:
+                    content = rec.content
+                    content_id = content.id if isinstance(content, PendingContent) else content
+                    columns = rec.meta.columns()
+                    new_versions.append(
+                        uploading.version_row(
+                            path_ids[rec.path], snapshot_id, columns, content_id, rec.recheck
+                        )
                     )
-                )
-        ends = [r.end for r in self.records if r.end is not None]
-        queries.end_versions(
-            conn, ends + [v for r in self.records for v in r.end_below], snapshot_id
-        )
-        queries.add_versions(conn, new_versions)
-        queries.mark_done(conn, [(rec.qid, rec.outcome) for rec in self.records])
-        conn.commit()
+            ends = [r.end for r in self.records if r.end is not None]
+            uploading.end_versions(
+                conn, ends + [v for r in self.records for v in r.end_below], snapshot_id
+            )
+            uploading.add_versions(conn, new_versions)
+            uploading.mark_done(conn, [(rec.qid, rec.outcome) for rec in self.records])
         self.records = []
         if pack is not None:
             self.spool_blobs = []
@@ -494,7 +512,7 @@ class Uploader:
                 else:
                     blob_ids.append(b)
             rows.append(
-                queries.NewContent(
+                uploading.NewContent(
                     content.digest,
                     content.size,
                     content.basis_id,
@@ -503,7 +521,7 @@ class Uploader:
                     blob_ids,
                 )
             )
-        for content, content_id in zip(new, queries.add_contents(self.conn, rows), strict=True):
+        for content, content_id in zip(new, uploading.add_contents(self.conn, rows), strict=True):
             content.id = content_id
 
 

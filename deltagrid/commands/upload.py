@@ -38,8 +38,8 @@ def run_upload(home: Home, out: Output) -> tuple[UploadResult, dict[str, int]]:
             return result, finished
         started = time.time_ns()
         if rows:
-            result = _drain(home, store, total, out)
-        else:  # a quiet night: nothing to read, so no uploader (and no SQLAlchemy) either
+            result = _drain(home, conn, store, total, out)
+        else:  # a quiet night: nothing to read, so no uploader either
             clear_leftovers(home.spool)
             result = UploadResult(nightly.last_snapshot_id(conn) + 1)
         stats = dict(result.counts)
@@ -52,25 +52,23 @@ def run_upload(home: Home, out: Output) -> tuple[UploadResult, dict[str, int]]:
         conn.close()
 
 
-def _drain(home: Home, store: Store, total: int, out: Output) -> UploadResult:
+def _drain(
+    home: Home, conn: sqlite3.Connection, store: Store, total: int, out: Output
+) -> UploadResult:
     """Upload the `total` bytes the queue holds."""
     from uploader.upload import Uploader
 
-    engine = home.engine()
-    try:
-        with out.bar(desc="upload", total=total, unit="B", unit_scale=True) as bar:
-            uploader = Uploader(
-                engine,
-                store,
-                home.spool,
-                home.sigcache,
-                home.config().upload,
-                on_progress=bar.update,
-                warn=out.warn,
-            )
-            return uploader.run()
-    finally:
-        engine.dispose()
+    with out.bar(desc="upload", total=total, unit="B", unit_scale=True) as bar:
+        uploader = Uploader(
+            conn,
+            store,
+            home.spool,
+            home.sigcache,
+            home.config().upload,
+            on_progress=bar.update,
+            warn=out.warn,
+        )
+        return uploader.run()
 
 
 def _describe(
