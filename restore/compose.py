@@ -82,6 +82,8 @@ def commands(delta: memoryview) -> Iterable[tuple[int, int] | memoryview]:
             offset = _uint(delta, at, offset_width)
             length = _uint(delta, at + offset_width, length_width)
             at += offset_width + length_width
+            if not length:
+                raise CorruptData("delta copies nothing")  # librsync refuses it too
             yield offset, length
         else:
             raise CorruptData(f"unknown delta command {op:#x}")

@@ -186,6 +186,14 @@ class Restorer:
         parts = self._parts(path)
         return parent + b"/" + parts[-1] if parts else self.target
 
+    def _leaf(self, path: bytes) -> bytes:
+        """Where a file or symlink goes. Only a subtree restored as the target itself (--path P
+        --into DIR) may put one there: anything else would work in the directory above it."""
+        dest = self._dest(path)
+        if dest == self.target and not self.strip:
+            raise UnsafePath("only a directory can be restored as the target itself")
+        return dest
+
     def _dir(self, e: Any) -> None:
         self._real_dir(self._dest(e.path))
         self.result.dirs += 1
@@ -222,7 +230,7 @@ class Restorer:
         os.rename(tmp, dest)
 
     def _file(self, e: Any, linked: dict[tuple[int, int], tuple[bytes, bytes]]) -> None:
-        dest = self._dest(e.path)
+        dest = self._leaf(e.path)
         parent = dest.rsplit(b"/", 1)[0]
         key = (e.dev, e.inode)
         first = linked.get(key) if e.nlink > 1 else None
@@ -303,7 +311,7 @@ class Restorer:
         return True
 
     def _symlink(self, e: Any) -> None:
-        dest = self._dest(e.path)
+        dest = self._leaf(e.path)
         parent = dest.rsplit(b"/", 1)[0]
         tmp = parent + b"/.deltagrid-link-" + os.urandom(6).hex().encode()
         os.symlink(e.target, tmp)

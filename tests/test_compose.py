@@ -97,6 +97,7 @@ def _copy(offset: int, length: int) -> bytes:
         (b"rs\x026" + b"\x03abc", 100, "without its end command"),
         (b"rs\x026" + b"\x03abc\0junk", 100, "after the delta's end"),
         (b"rs\x026" + b"\x55\0", 100, "unknown delta command 0x55"),
+        (b"rs\x026" + b"\x45\x00\x00\0", 100, "copies nothing"),
         (b"rs\x016" + b"\0", 100, "not an rdiff delta"),
     ],
 )
