@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +29,7 @@ HEADER = b"DGPACK01"
 TRAILER_MAGIC = b"DGPKIDX1"
 _ENTRY = struct.Struct("<QIQ32s")
 _TRAILER = struct.Struct("<QI8s")
+_RUN = 1 << 20  # bytes a pack is hashed and written in at a time
 
 
 def digest(data: bytes) -> bytes:
@@ -50,21 +52,55 @@ class IndexEntry:
 
 
 class PackWriter:
-    """Appends compressed blobs to a local spool file that becomes one pack."""
+    """Appends compressed blobs to a local spool file that becomes one pack.
+
+    The pack is hashed and written on a thread of its own, in runs of about `_RUN` bytes (BLAKE2b
+    and write release the GIL on such buffers), so the uploader's thread only appends.
+    """
 
     def __init__(self, path: Path, level: int = 3) -> None:
         self.path = path
-        self.file = open(path, "wb")  # noqa: SIM115 - lives until finish()
+        self.file = open(path, "wb", buffering=0)  # noqa: SIM115 - lives until finish()
         self.hash = hashlib.blake2b(digest_size=32)  # the pack's own: the store need not re-read
         self.size = 0
-        self._write(HEADER)
         self.entries: list[IndexEntry] = []
         self.compressor = zstandard.ZstdCompressor(level=level)
+        self.run = bytearray()  # appended, not yet handed to the thread
+        self.thread = ThreadPoolExecutor(1, thread_name_prefix="dg-pack")
+        self.error: BaseException | None = None  # the thread's first, raised on the next call
+        self._write(HEADER)
 
     def _write(self, data: bytes) -> None:
-        self.file.write(data)
-        self.hash.update(data)
         self.size += len(data)
+        if len(data) >= _RUN:  # a big file's piece: handed over as it is, not copied
+            self._hand_over()
+            self._submit(data)
+            return
+        self.run += data
+        if len(self.run) >= _RUN:
+            self._hand_over()
+
+    def _hand_over(self) -> None:
+        if self.run:
+            run, self.run = self.run, bytearray()
+            self._submit(run)
+
+    def _submit(self, data: bytes | bytearray) -> None:
+        if self.error is not None:
+            raise self.error
+        self.thread.submit(self._out, data)
+
+    def _out(self, data: bytes | bytearray) -> None:
+        if self.error is not None:
+            return
+        try:
+            self.hash.update(data)
+            with memoryview(data) as view:
+                done = 0
+                while done < len(view):
+                    done += self.file.write(view[done:]) or 0
+        except BaseException as exc:  # noqa: BLE001 - raised in the uploader's thread
+            self.error = exc
 
     def add(self, raw: bytes, raw_hash: bytes) -> IndexEntry:
         return self.add_frame(self.compressor.compress(raw), len(raw), raw_hash)
@@ -85,7 +121,10 @@ class PackWriter:
         index_offset = self.size
         self._write(index)
         self._write(_TRAILER.pack(index_offset, len(index), TRAILER_MAGIC))
-        self.file.flush()
+        self._hand_over()
+        self.thread.shutdown(wait=True)
+        if self.error is not None:
+            raise self.error
         os.fsync(self.file.fileno())
         self.file.close()
         return self.size
@@ -94,6 +133,7 @@ class PackWriter:
         return self.hash.digest()
 
     def discard(self) -> None:
+        self.thread.shutdown(wait=True, cancel_futures=True)
         self.file.close()
         self.path.unlink(missing_ok=True)
 

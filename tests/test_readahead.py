@@ -7,6 +7,7 @@ injects them: `uploader.reader.open_source`, which the reader threads call."""
 from __future__ import annotations
 
 import errno
+import io
 import os
 import random
 from pathlib import Path
@@ -93,4 +94,46 @@ def test_files_vanishing_as_they_are_opened_are_reported_for_themselves(
     assert sorted(run.json["vanished"]) == [str(src / r) for r in gone]
     left = {rel: data for rel, data in files.items() if rel not in gone}
     assert restored(cli, tmp_path / "r1", src) == left
+    assert cli("verify", "--read-data").code == 0
+
+
+def test_a_new_big_file_is_read_once_and_a_changed_one_from_its_copy(
+    tmp_path: Path, cli, tree, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file larger than a piece, with nothing to delta against, is hashed, signed and cut into
+    blobs in one pass. One that moves on during that pass is stored from its private copy: the
+    pieces cut from what was read before are not what the backup records."""
+    src, files = tree
+    big = sorted(rel for rel, data in files.items() if len(data) > PIECE_SIZE)
+    changes = big[0]
+    opened: list[str] = []
+    fds: dict[int, str] = {}
+    real_open, real_read = uploader.reader.open_source, uploader.reader._read
+
+    def open_source(path: bytes) -> int:
+        fd = real_open(path)
+        fds[fd] = os.path.relpath(os.fsdecode(path), src)
+        opened.append(fds[fd])
+        return fd
+
+    def read(f, n: int) -> bytes:
+        data = real_read(f, n)
+        fd = f.fileno() if isinstance(f, io.FileIO) else -1
+        if fds.get(fd) == changes and data:  # its first bytes change once read
+            fds.pop(fd)
+            with open(src / changes, "r+b") as w:
+                w.write(b"rewritten while read")
+        return data
+
+    monkeypatch.setattr(uploader.reader, "open_source", open_source)
+    monkeypatch.setattr(uploader.reader, "_read", read)
+    run = cli("--json", "backup", src)
+    monkeypatch.undo()
+
+    assert run.code == 0, run.err
+    assert len(big) == 11
+    assert {rel: opened.count(rel) for rel in big} == {rel: 1 for rel in big}
+    new = b"rewritten while read"
+    stored = dict(files, **{changes: new + files[changes][len(new) :]})
+    assert restored(cli, tmp_path / "r1", src) == stored
     assert cli("verify", "--read-data").code == 0

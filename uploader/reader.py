@@ -1,7 +1,8 @@
 """Reading a source file so that its hash, signature and delta describe the same bytes.
 
 Small files are read into memory once: every later step works on those bytes. Large files are
-read again for the delta and the blobs, each pass re-hashed; if the file changed under us (a
+read again for the delta or the blobs, each pass re-hashed (a large file with nothing to delta
+against is cut into blobs during the first pass instead); if the file changed under us (a
 different hash, or fstat moved), the work restarts from a private temporary copy.
 """
 
@@ -13,6 +14,7 @@ import io
 import os
 import stat
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import BinaryIO
@@ -44,10 +46,12 @@ def _read(f: BinaryIO, n: int) -> bytes:
 
 
 class HashingReader(io.RawIOBase):
-    """A file wrapper that hashes each byte once, even when librsync seeks back."""
+    """A file wrapper that hashes each byte once, even when librsync seeks back, and hands each
+    byte once, in order, to `on_bytes` if given."""
 
-    def __init__(self, f: BinaryIO) -> None:
+    def __init__(self, f: BinaryIO, on_bytes: Callable[[bytes], None] | None = None) -> None:
         self.f = f
+        self.on_bytes = on_bytes
         self.hash = hashlib.blake2b(digest_size=32)
         self.pos = 0
         self.hashed = 0
@@ -63,7 +67,10 @@ class HashingReader(io.RawIOBase):
         n = len(data)
         buffer[:n] = data
         if self.pos + n > self.hashed:
-            self.hash.update(data[self.hashed - self.pos :])
+            new = data[self.hashed - self.pos :]
+            self.hash.update(new)
+            if self.on_bytes is not None:
+                self.on_bytes(new)
             self.hashed = self.pos + n
         self.pos += n
         return n
@@ -153,8 +160,11 @@ def read_source(
     sig_out: BinaryIO | None,
     block_max: int,
     workdir: Path,
+    on_bytes: Callable[[bytes], None] | None = None,
 ) -> Source:
-    """Read `path` once, hashing it and, when `sig_out` is given, writing its signature there."""
+    """Read `path` once, hashing it and, when `sig_out` is given, writing its signature there.
+    A file above `memory_limit` is also handed to `on_bytes` as read; if it moved on meanwhile,
+    the Source returned is a temporary copy and those bytes are not its own."""
     fd = open_source(path)
     with os.fdopen(fd, "rb", buffering=0) as f:
         before = _fstat(fd)
@@ -171,7 +181,7 @@ def read_source(
                 data=data,
             )
         else:
-            reader = HashingReader(f)
+            reader = HashingReader(f, on_bytes)
             if sig_out is not None:
                 magic, block, strong = signature_args(before.st_size, block_max)
                 pyrsync.signature(reader, sig_out, strong, magic, block)

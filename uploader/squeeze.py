@@ -1,7 +1,8 @@
 """Hashing and compressing a large file's blobs on worker threads, in order, a few ahead.
 
-A file too large for the read-ahead is cut into pieces on the main thread. BLAKE2b and zstd both
-release the GIL, so while the main thread reads (and re-hashes) the next piece, workers hash and
+A file too large for the read-ahead is cut into pieces on the main thread: read piece by piece
+(`pieces`), or, for a new file, pushed as librsync's signature pass reads it (`Cutter`). BLAKE2b
+and zstd both release the GIL, so while the main thread reads the next piece, workers hash and
 compress the ones before it: the second core works on the big files too. At most `_AHEAD` pieces
 wait, so memory stays flat.
 """
@@ -21,6 +22,8 @@ from store.pack import digest
 _WORKERS = 2
 _AHEAD = 2
 
+Squeezed = tuple[bytes, tuple[bytes, bytes]]  # raw, (hash, frame)
+
 
 class Squeezer:
     def __init__(self, level: int) -> None:
@@ -28,26 +31,24 @@ class Squeezer:
         self.pool = ThreadPoolExecutor(_WORKERS, thread_name_prefix="dg-squeeze")
         self.local = threading.local()
 
-    def pieces(self, read: Callable[[], bytes]) -> Iterator[tuple[bytes, tuple[bytes, bytes]]]:
+    def pieces(self, read: Callable[[], bytes]) -> Iterator[Squeezed]:
         """(raw, (hash, frame)) for each piece `read` returns, in order, until it returns b""."""
-        waiting: deque[tuple[bytes, Future[tuple[bytes, bytes]]]] = deque()
+        feed = self.feed()
         try:
             while raw := read():
-                waiting.append((raw, self.pool.submit(self._squeeze, raw)))
-                if len(waiting) > _AHEAD:
-                    done, future = waiting.popleft()
-                    yield done, future.result()
-            while waiting:
-                done, future = waiting.popleft()
-                yield done, future.result()
+                yield from feed.push(raw)
+            yield from feed.drain()
         finally:
-            for _raw, future in waiting:  # a failed read: what is under way is not wanted
-                future.cancel()
+            feed.cancel()
+
+    def feed(self) -> Feed:
+        """Pieces pushed one by one, for a caller that is itself called with the bytes."""
+        return Feed(self)
 
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
 
-    def _squeeze(self, raw: bytes) -> tuple[bytes, bytes]:
+    def squeeze(self, raw: bytes) -> tuple[bytes, bytes]:
         return digest(raw), self._compressor().compress(raw)
 
     def _compressor(self) -> Any:
@@ -55,3 +56,64 @@ class Squeezer:
         if not hasattr(self.local, "compressor"):
             self.local.compressor = zstandard.ZstdCompressor(level=self.level)
         return self.local.compressor
+
+
+class Feed:
+    """Pieces on their way through a Squeezer: at most `_AHEAD` wait, the rest come back."""
+
+    def __init__(self, squeezer: Squeezer) -> None:
+        self.squeezer = squeezer
+        self.waiting: deque[tuple[bytes, Future[tuple[bytes, bytes]]]] = deque()
+
+    def push(self, raw: bytes) -> list[Squeezed]:
+        """Start on `raw`; return the pieces done beyond the window, in order."""
+        self.waiting.append((raw, self.squeezer.pool.submit(self.squeezer.squeeze, raw)))
+        done = []
+        while len(self.waiting) > _AHEAD:
+            piece, future = self.waiting.popleft()
+            done.append((piece, future.result()))
+        return done
+
+    def drain(self) -> list[Squeezed]:
+        done = [(piece, future.result()) for piece, future in self.waiting]
+        self.waiting.clear()
+        return done
+
+    def cancel(self) -> None:
+        """What is under way is not wanted (a failed read)."""
+        for _raw, future in self.waiting:
+            future.cancel()
+        self.waiting.clear()
+
+
+class Cutter:
+    """Bytes in as they are read, pieces of `size` out through a Feed to `take`, in order: the
+    same pieces `Squeezer.pieces` cuts from a file read `size` bytes at a time."""
+
+    def __init__(
+        self, squeezer: Squeezer, size: int, take: Callable[[bytes, tuple[bytes, bytes]], object]
+    ) -> None:
+        self.feed = squeezer.feed()
+        self.size = size
+        self.take = take
+        self.buffer = bytearray()
+
+    def add(self, data: bytes) -> None:
+        self.buffer += data
+        while len(self.buffer) >= self.size:
+            self._push(bytes(self.buffer[: self.size]))
+            del self.buffer[: self.size]
+
+    def finish(self) -> None:
+        if self.buffer:
+            self._push(bytes(self.buffer))
+            self.buffer.clear()
+        for raw, done in self.feed.drain():
+            self.take(raw, done)
+
+    def cancel(self) -> None:
+        self.feed.cancel()
+
+    def _push(self, piece: bytes) -> None:
+        for raw, done in self.feed.push(piece):
+            self.take(raw, done)

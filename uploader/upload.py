@@ -48,7 +48,7 @@ from uploader.result import UploadResult
 from uploader.settings import UploadSettings
 from uploader.sigcache import SigCache
 from uploader.spool import PACK_PREFIX, WORK_PREFIX, clear_leftovers
-from uploader.squeeze import Squeezer
+from uploader.squeeze import Cutter, Squeezer
 
 _VANISHED = {errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.ENXIO}
 _BATCH = 256
@@ -217,7 +217,7 @@ class Uploader:
         content: PendingContent | int | None = None
         recheck = False
         if kind == KIND_FILE:  # even a chmod'ed file is re-read: only its hash proves its bytes
-            meta, content, recheck = self._file(row, live, prepared)
+            meta, content, recheck = self._file(row, live, prepared, st)
         else:
             target = None
             if kind == KIND_LINK:
@@ -253,10 +253,11 @@ class Uploader:
         return future.result() if future is not None else None
 
     def _file(
-        self, row: QueueRow, live: LiveEntry | None, prepared: Prepared | None
+        self, row: QueueRow, live: LiveEntry | None, prepared: Prepared | None, st: os.stat_result
     ) -> tuple[Meta, PendingContent | int, bool]:
         want_sig = self.settings.takes_deltas(row.size)
         frame = None
+        spooled: list[PendingBlob | int] | None = None
         with ExitStack() as stack:
             sig_out: BinaryIO | None
             if prepared is not None and prepared.source is not None:
@@ -270,17 +271,11 @@ class Uploader:
                     if want_sig
                     else None
                 )
-                source = read_source(
-                    row.path,
-                    self.settings.piece_size,
-                    sig_out,
-                    self.settings.block_max,
-                    self.workdir,
-                )
+                source, spooled = self._read(row, live, st, sig_out)
             try:
                 self.result.bytes_read += source.meta.size
                 try:
-                    content = self._content(row, live, source, sig_out, frame)
+                    content = self._content(row, live, source, sig_out, frame, spooled)
                 except ChangedWhileReading:
                     source.cleanup()
                     source = copy_source(
@@ -299,8 +294,10 @@ class Uploader:
         source: Source,
         sig: BinaryIO | None,
         frame: bytes | None = None,
+        spooled: list[PendingBlob | int] | None = None,
     ) -> PendingContent | int:
-        """Find or store the content `source` describes."""
+        """Find or store the content `source` describes; `spooled`: its pieces, already in the
+        spool pack from the pass that read it."""
         signature = b""
         if sig is not None and self.settings.takes_deltas(source.meta.size):
             sig.seek(0)
@@ -316,11 +313,50 @@ class Uploader:
                 return int(found.id)
         else:
             return known
-        content = self._delta(row, live, source) or self._keyframe(source, frame)
+        content = self._delta(row, live, source) or self._keyframe(source, frame, spooled)
         if signature:
             self.sigcache.put(source.digest, signature)
         self.pending_contents[source.digest] = content
         return content
+
+    def _read(
+        self, row: QueueRow, live: LiveEntry | None, st: os.stat_result, sig_out: BinaryIO | None
+    ) -> tuple[Source, list[PendingBlob | int] | None]:
+        """Read a file the read-ahead did not. A big one with nothing to delta against has its
+        pieces spooled in that same pass (returned), so it is read once, not twice."""
+        args = (row.path, self.settings.piece_size, sig_out, self.settings.block_max, self.workdir)
+        if not self._nothing_to_delta_against(row, live, st):
+            return read_source(*args), None
+        pieces: list[PendingBlob | int] = []
+        cutter = Cutter(
+            self.squeezer,
+            self.settings.piece_size,
+            lambda raw, done: pieces.append(self._blob(raw, done)),
+        )
+        try:
+            source = read_source(*args, cutter.add)
+        except BaseException:
+            cutter.cancel()
+            raise
+        if source.temporary or source.data is not None:  # moved on, or shrank, meanwhile
+            cutter.cancel()
+            return source, None
+        cutter.finish()
+        return source, pieces
+
+    def _nothing_to_delta_against(
+        self, row: QueueRow, live: LiveEntry | None, st: os.stat_result
+    ) -> bool:
+        """A big file with no previous version and not moved here: it will be stored whole, so
+        its pieces go to the spool in the same pass that hashes and signs it, not in a second."""
+        if st.st_size <= self.settings.piece_size:
+            return False
+        if live is not None and live.kind == KIND_FILE and live.content_id is not None:
+            return False
+        moved = uploading.move_basis(
+            self.conn, row.scan_id, st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns
+        )
+        return moved is None
 
     def _basis(self, row: QueueRow, live: LiveEntry | None, source: Source) -> Content | None:
         """The content to delta against: the path's previous version, or where it moved from."""
@@ -403,11 +439,16 @@ class Uploader:
             source.digest, size, basis.id, basis.depth + 1, basis.chain_bytes + delta_size, blobs
         )
 
-    def _keyframe(self, source: Source, frame: bytes | None) -> PendingContent:
+    def _keyframe(
+        self, source: Source, frame: bytes | None, spooled: list[PendingBlob | int] | None
+    ) -> PendingContent:
         """Store `source` whole; `frame` is its bytes already compressed as one blob."""
         data = source.data
-        if frame is not None and data and len(data) <= self.settings.piece_size:
-            blobs: list[PendingBlob | int] = [self._blob(data, (source.digest, frame))]
+        blobs: list[PendingBlob | int]
+        if spooled is not None:
+            blobs = spooled
+        elif frame is not None and data and len(data) <= self.settings.piece_size:
+            blobs = [self._blob(data, (source.digest, frame))]
         else:
             with source.open() as f:
                 reader = HashingReader(f)

@@ -22,15 +22,16 @@ def initialise(home: Home, store_url: str | None) -> tuple[str, str | None, str 
 
     Returns the store URL and, for a Tahoe store, the root's write and read capabilities.
     """
-    from store.tahoe import TahoeStore  # here: `backup` imports this module every night
-
     if home.initialised():
         raise DeltagridError(f"{home.path} already holds a deltagrid repository")
     url = store_url or home.default_store_url()
     store = open_store(url, create=True)
     writecap = readcap = None
     try:
-        if isinstance(store, TahoeStore):
+        if url.startswith("tahoe:"):
+            from store.tahoe import TahoeStore  # only for a grid: it loads requests
+
+            assert isinstance(store, TahoeStore)
             writecap, readcap = store.create_root()
         elif parse_root(store.read_root()) is not None:
             raise DeltagridError(
