@@ -8,6 +8,7 @@ records each node's pid and the client's web port.
 
 from __future__ import annotations
 
+import configparser
 import json
 import os
 import shutil
@@ -69,6 +70,22 @@ def _wait(what: str, ready: Any, timeout: float) -> None:
         time.sleep(0.25)
 
 
+def _force_foolscap(node: Path) -> None:
+    """Storage over Foolscap only. Over Tahoe's HTTP storage protocol a share upload cut off by
+    a dead client keeps its slot for 30 minutes (the server's BucketWriter timeout), so the same
+    bytes cannot be put again until then; over Foolscap the server aborts it on disconnect. The
+    local grid is where killed clients are tested, so it takes the second."""
+    cfg = configparser.RawConfigParser()
+    path = node / "tahoe.cfg"
+    cfg.read(path)
+    for section in ("client", "storage"):
+        if not cfg.has_section(section):
+            cfg.add_section(section)
+        cfg.set(section, "force_foolscap", "true")
+    with open(path, "w") as f:
+        cfg.write(f)
+
+
 class LocalGrid:
     def __init__(self, base: Path) -> None:
         self.base = base.absolute()
@@ -123,6 +140,8 @@ class LocalGrid:
             str(self.base / "client"),
         )
         nodes.append("client")
+        for name in nodes[1:]:
+            _force_foolscap(self.base / name)
         doc = self._load()
         doc.update(webport=webport, nodes=nodes)
         self._save(doc)
