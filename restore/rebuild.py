@@ -234,17 +234,27 @@ def _version(
             data = out.getvalue()
         _check(digest(data), row)
         return data
+
+    def fill(out: _Hashing) -> None:
+        if row.basis_id is None:
+            _write(source, conn, row.id, out)  # type: ignore[arg-type]
+        else:
+            assert basis is not None
+            with _gather(source.blobs(conn, row.id), workdir) as delta, _reader(basis) as b:
+                apply_delta(b, delta, out, row.size)  # type: ignore[arg-type]
+
+    return _checked_file(workdir, row, fill)
+
+
+def _checked_file(workdir: Path, row: Any, fill: Callable[[_Hashing], None]) -> Path:
+    """A new temporary file under `workdir` that `fill` writes, checked against `row`'s hash as
+    it is written; removed again if anything fails."""
     fd, name = tempfile.mkstemp(dir=workdir, prefix="rebuild-")
     path = Path(name)
     try:
         with os.fdopen(fd, "wb") as raw_out:
             hashing = _Hashing(raw_out)
-            if row.basis_id is None:
-                _write(source, conn, row.id, hashing)  # type: ignore[arg-type]
-            else:
-                assert basis is not None
-                with _gather(source.blobs(conn, row.id), workdir) as delta, _reader(basis) as b:
-                    apply_delta(b, delta, hashing, row.size)  # type: ignore[arg-type]
+            fill(hashing)
         _check(hashing.hash.digest(), row)
     except BaseException:
         path.unlink(missing_ok=True)
@@ -330,9 +340,10 @@ def _emit(
         else:
             fd, name = tempfile.mkstemp(dir=workdir, prefix="rebuild-")
             stack.callback(os.unlink, name)
-            stack.callback(os.close, fd)
+            spill = stack.enter_context(os.fdopen(fd, "w+b"))
             for raw in blobs:
-                os.write(fd, raw)
+                spill.write(raw)  # buffered: whole, where os.write may write part
+            spill.flush()
             read = functools.partial(_pread, fd)
 
         if row.size <= IN_MEMORY:
@@ -341,17 +352,9 @@ def _emit(
             data = b"".join(parts)
             _check(digest(data), row)
             return data
-        out_fd, name = tempfile.mkstemp(dir=workdir, prefix="rebuild-")
-        path = Path(name)
-        try:
-            with os.fdopen(out_fd, "wb") as raw_out:
-                hashing = _Hashing(raw_out)
-                compose.write_version(segments, read, hashing.write)
-            _check(hashing.hash.digest(), row)
-        except BaseException:
-            path.unlink(missing_ok=True)
-            raise
-        return path
+        return _checked_file(
+            workdir, row, lambda out: compose.write_version(segments, read, out.write)
+        )
 
 
 def _pread(fd: int, offset: int, n: int) -> bytes:
