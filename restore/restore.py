@@ -23,11 +23,15 @@ from sqlalchemy import Connection
 from backupdb import queries
 from backupdb.records import KIND_DIR, KIND_FILE, KIND_LINK
 from deltagrid.errors import DeltagridError
+from restore.background import Background
 from restore.fetch import Fetcher, Piece
-from restore.rebuild import chain_ids, composes, load_chains, rebuild_in_one_pass
+from restore.rebuild import IN_MEMORY, chain_ids, composes, load_chains, rebuild_in_one_pass
 from store.base import Store
 from store.filestore import sync_filesystem
 from store.pack import digest_file
+
+ENTRY_ERRORS = (DeltagridError, OSError, OverflowError)  # one entry fails (Overflow: a mode, time
+# or id out of range), the restore goes on
 
 
 class UnsafePath(DeltagridError):
@@ -98,9 +102,7 @@ class Restorer:
         work = Path(tempfile.mkdtemp(dir=os.fsdecode(self.target), prefix=".deltagrid-restore-"))
         self.source = Fetcher(self.store, work, plan, order)
         try:
-            linked: dict[tuple[int, int], tuple[bytes, bytes]] = {}
-            for e in files:
-                self._guard(e, lambda e: self._file(e, linked))
+            self._files(files)
         finally:
             self.source.close()
             shutil.rmtree(work, ignore_errors=True)
@@ -110,6 +112,21 @@ class Restorer:
             self._guard(e, self._dir_meta)
         sync_filesystem(self.target)
         return self.result
+
+    def _files(self, files: list[Any]) -> None:
+        """Rebuild and write the files in store order; large ones in the background."""
+        linked: dict[tuple[int, int], tuple[bytes, bytes]] = {}
+        self.background = Background(self._count_file, self._entry_failed)
+        try:
+            for e in files:
+                self._guard(e, lambda e: self._file(e, linked))
+                self.background.settle()
+            self.background.settle(wait_all=True)
+        except BaseException:
+            self.source.stop()  # a large file in flight fails at its next read
+            raise
+        finally:
+            self.background.close()
 
     def _plan(self, files: list[Any]) -> tuple[list[Any], dict[int, list[Piece]], list[int]]:
         """Order files by where their data lies in the store, and list the contents they read.
@@ -149,9 +166,19 @@ class Restorer:
     def _guard(self, entry: Any, action: Callable[[Any], None]) -> None:
         try:
             action(entry)
-        except (DeltagridError, OSError, OverflowError) as exc:  # Overflow: a mode, time or id
-            message = str(exc) if not isinstance(exc, OSError) else (exc.strerror or str(exc))
-            self.result.errors.append((entry.path, message))
+        except ENTRY_ERRORS as exc:
+            self._failed(entry, exc)
+
+    def _entry_failed(self, entry: Any, exc: BaseException) -> bool:
+        """Record an entry's error and go on; False for any other exception."""
+        if not isinstance(exc, ENTRY_ERRORS):
+            return False
+        self._failed(entry, exc)
+        return True
+
+    def _failed(self, entry: Any, exc: BaseException) -> None:
+        message = str(exc) if not isinstance(exc, OSError) else (exc.strerror or str(exc))
+        self.result.errors.append((entry.path, message))
 
     def _parts(self, path: bytes) -> list[bytes]:
         """The checked components of `path` below the target."""
@@ -240,22 +267,44 @@ class Restorer:
             self._install(tmp, dest)
             self.result.hardlinks += 1
             return
-        if self._link_previous(e, dest, parent):
+        if e.size > IN_MEMORY and e.nlink == 1 and e.content_id in self.chains:
+            self.background.submit(e, self._new_file, e, dest)
             return
-        rebuilt = rebuild_in_one_pass(
+        if self._link_previous(e, dest, parent):
+            self._count_file(e, linked=True)
+            return
+        self._install_rebuilt(self._rebuild(e, parent), parent, dest, e)
+        if e.nlink > 1:
+            linked[key] = (dest, e.content_hash)
+        self._count_file(e, linked=False)
+
+    def _new_file(self, e: Any, dest: bytes) -> bool:
+        """On the large files' thread: link the same file from link_dest (True), or rebuild it
+        and write it."""
+        parent = dest.rsplit(b"/", 1)[0]
+        if self._link_previous(e, dest, parent):
+            return True
+        self._install_rebuilt(self._rebuild(e, parent), parent, dest, e)
+        return False
+
+    def _rebuild(self, e: Any, parent: bytes) -> bytes | Path:
+        return rebuild_in_one_pass(
             self.conn,
             self.source,
             e.content_id,
             Path(os.fsdecode(parent)),
             self.chains.get(e.content_id),
         )
+
+    def _install_rebuilt(self, rebuilt: bytes | Path, parent: bytes, dest: bytes, e: Any) -> None:
         if isinstance(rebuilt, bytes):
             self._write_new(rebuilt, parent, dest, e)
         else:
             self._install_as(os.fsencode(rebuilt), dest, e, follow=True)
-        if e.nlink > 1:
-            linked[key] = (dest, e.content_hash)
+
+    def _count_file(self, e: Any, linked: bool) -> None:
         self.result.files += 1
+        self.result.linked += linked
         self.result.size += e.size
         self.on_progress(e.size)
 
@@ -304,10 +353,6 @@ class Restorer:
         tmp = parent + b"/.deltagrid-link-" + os.urandom(6).hex().encode()
         os.link(previous, tmp)
         self._install(tmp, dest)
-        self.result.files += 1
-        self.result.linked += 1
-        self.result.size += e.size
-        self.on_progress(e.size)
         return True
 
     def _symlink(self, e: Any) -> None:

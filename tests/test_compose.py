@@ -142,13 +142,16 @@ def test_restore_of_a_long_chain_is_exact_and_a_wrong_composition_is_caught(
     real, calls = restore.compose.write_version, []
 
     def wrong(segments, read_keyframe, write) -> None:  # the first byte written is flipped
+        flipped = False  # per call: a large file is composed on a thread of its own
+
         def flip(data) -> None:
-            if not calls[-1] and len(data):
-                data, calls[-1] = bytes([data[0] ^ 0xFF]) + bytes(data[1:]), True
+            nonlocal flipped
+            if not flipped and len(data):
+                data, flipped = bytes([data[0] ^ 0xFF]) + bytes(data[1:]), True
             write(data)
 
-        calls.append(False)
         real(segments, read_keyframe, flip)
+        calls.append(flipped)
 
     monkeypatch.setattr(restore.compose, "write_version", wrong)
     assert cli("restore", tmp_path / "r2").code == 0

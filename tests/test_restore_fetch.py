@@ -72,11 +72,17 @@ def read_tree(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
 
 
+@pytest.mark.parametrize(
+    "victim",
+    [
+        "d2/f058",  # a random file in the middle of the third window
+        "big/huge.bin",  # above the in-memory limit: rebuilt on the large files' thread
+    ],
+)
 def test_a_damaged_blob_names_its_file_and_every_other_file_restores(
-    tmp_path: Path, home: Path, cli, backed_up: tuple[Path, dict[str, bytes]]
+    tmp_path: Path, home: Path, cli, backed_up: tuple[Path, dict[str, bytes]], victim: str
 ) -> None:
     src, files = backed_up
-    victim = "d2/f058"  # a random file in the middle of the third window
     damage(home / "store", files[victim])
 
     target = tmp_path / "r"
@@ -110,8 +116,23 @@ def test_restore_into_a_fresh_tree_is_exact_and_leaves_no_work_files(
     assert sorted(p.name for p in into.iterdir()) == ["big"] + [f"d{i}" for i in range(7)]
 
 
+@pytest.fixture
+def spilled(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Where spans were spilled to a temporary file during the test (a spy: still written)."""
+    where: list[str] = []
+    real_mkstemp = restore.fetch.tempfile.mkstemp
+
+    def mkstemp(*args, **kwargs):
+        if kwargs.get("prefix") == "span-":
+            where.append(kwargs["dir"])
+        return real_mkstemp(*args, **kwargs)
+
+    monkeypatch.setattr(restore.fetch.tempfile, "mkstemp", mkstemp)
+    return where
+
+
 def test_spans_are_fetched_ahead_only_as_far_as_memory_holds_them(
-    tmp_path: Path, home: Path, cli, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, home: Path, cli, spilled: list[str]
 ) -> None:
     assert cli("init").code == 0
     with open(home / "config.toml", "a") as f:
@@ -121,19 +142,61 @@ def test_spans_are_fetched_ahead_only_as_far_as_memory_holds_them(
     files = {f"f{i:02d}": rng.randbytes(600_000) for i in range(24)}  # ~14 one-MiB packs
     write_tree(src, files)
     assert cli("backup", src).code == 0
-    spilled: list[str] = []
-    real_mkstemp = restore.fetch.tempfile.mkstemp
-
-    def mkstemp(*args, **kwargs):  # a spy: the span is still written to the file it makes
-        if kwargs.get("prefix") == "span-":
-            spilled.append(kwargs["dir"])
-        return real_mkstemp(*args, **kwargs)
-
-    monkeypatch.setattr(restore.fetch.tempfile, "mkstemp", mkstemp)
     run = cli("--json", "restore", tmp_path / "r")
-    monkeypatch.undo()
 
     assert run.code == 0, run.err
     assert read_tree(restored_root(tmp_path / "r", src)) == files
     assert len(list((home / "store" / "objects").rglob("*"))) > restore.fetch.AHEAD
     assert spilled == []
+
+
+def test_a_pack_read_early_for_a_delta_and_late_for_its_other_files_is_not_held_between(
+    tmp_path: Path, home: Path, cli, spilled: list[str]
+) -> None:
+    """Each night's pack holds a delta of an old file, restored early with its keyframe, and
+    new files, restored late: fetching that pack once for both would hold every night's pack
+    in memory across the restore, and spill them once they outgrow the budget."""
+    assert cli("init").code == 0
+    with open(home / "config.toml", "a") as f:
+        f.write(f"\n[upload]\npack_size = {MiB}\npiece_size = {MiB // 4}\n")
+    src = tmp_path / "src"
+    rng = random.Random(6)
+    files = {f"old/f{i:02d}": rng.randbytes(600_000) for i in range(24)}
+    write_tree(src, files)
+    assert cli("backup", src).code == 0
+    for night in range(8):
+        old = f"old/f{night:02d}"
+        at = rng.randrange(len(files[old]) - 100)
+        files[old] = files[old][:at] + rng.randbytes(100) + files[old][at + 100 :]
+        files.update({f"new{night}/g{i}": rng.randbytes(500_000) for i in range(2)})
+        write_tree(src, files)
+        os.utime(src / old, (1e9 + night, 1e9 + night))
+        run = cli("--json", "backup", src)
+        assert run.code == 0 and run.json["counts"]["deltas"] == 1, run.err
+    run = cli("--json", "restore", tmp_path / "r")
+
+    assert run.code == 0, run.err
+    assert read_tree(restored_root(tmp_path / "r", src)) == files
+    assert spilled == []
+
+
+def piece(ref: str, offset: int, length: int = 100) -> restore.fetch.Piece:
+    return restore.fetch.Piece(offset, ref, offset, length, length, b"")
+
+
+def test_spans_join_pieces_of_a_pack_read_together_and_split_those_read_apart() -> None:
+    early = [piece("a", 0), piece("a", 150), piece("b", 0)]
+    between = [piece("c", i * 1000, 1000) for i in range(20)]  # 20,000 bytes of other reading
+    late = [piece("a", 300), piece("a", 10_000_000)]
+    reads = early + between + late + [piece("a", 0)]  # the first piece read once more, at the end
+
+    spans, where = restore.fetch.plan_spans(reads, gap=1000, window=10_000)
+
+    a0, a150, b0 = (where[p] for p in early)
+    assert a0 is a150 and (a0.start, a0.end) == (0, 250)
+    assert b0 is not a0
+    assert len({id(where[p]) for p in between}) == 1  # read one after another: one span
+    assert where[late[0]] is not a0  # read long after: not held with the early pieces
+    assert where[late[1]] is not where[late[0]]  # more than a gap apart
+    assert where[reads[-1]] is a0  # a piece read again keeps its span
+    assert spans[0] is a0 and len(spans) == 5  # in the order first read
