@@ -9,6 +9,7 @@ no link restored in this run can redirect a later write.
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import stat
@@ -86,6 +87,9 @@ class Restorer:
         self.result = RestoreResult()
         self.made: set[bytes] = set()
         self.chains: dict[int, list[Any]] = {}  # content id -> its chain rows, from the plan
+        self.token = os.urandom(6).hex().encode()  # names this restore's temporary entries
+        self.names = itertools.count()
+        self.workdirs: dict[bytes, Path] = {}
         self.on_total = on_total or (lambda _n: None)
 
     def run(self, snapshot_id: int, prefixes: list[bytes]) -> RestoreResult:
@@ -250,11 +254,14 @@ class Restorer:
 
     def _install(self, tmp: bytes, dest: bytes) -> None:
         try:
-            if stat.S_ISDIR(os.lstat(dest).st_mode):
-                raise UnsafePath(f"{os.fsdecode(dest)} is a directory in the way")
-        except FileNotFoundError:
-            pass
-        os.rename(tmp, dest)
+            os.rename(tmp, dest)  # a file or symlink never replaces a directory: EISDIR
+        except IsADirectoryError:
+            raise UnsafePath(f"{os.fsdecode(dest)} is a directory in the way") from None
+
+    def _temporary(self, parent: bytes, kind: bytes) -> bytes:
+        """A new name in `parent` for an entry being made: created with O_EXCL (or link and
+        symlink, which never follow), so a name already taken fails, never redirects."""
+        return b"%s/.deltagrid-%s-%s-%d" % (parent, kind, self.token, next(self.names))
 
     def _file(self, e: Any, linked: dict[tuple[int, int], tuple[bytes, bytes]]) -> None:
         dest = self._leaf(e.path)
@@ -262,7 +269,7 @@ class Restorer:
         key = (e.dev, e.inode)
         first = linked.get(key) if e.nlink > 1 else None
         if first is not None and first[1] == e.content_hash:
-            tmp = parent + b"/.deltagrid-link-" + os.urandom(6).hex().encode()
+            tmp = self._temporary(parent, b"link")
             os.link(first[0], tmp)
             self._install(tmp, dest)
             self.result.hardlinks += 1
@@ -292,7 +299,7 @@ class Restorer:
             self.conn,
             self.source,
             e.content_id,
-            Path(os.fsdecode(parent)),
+            self._workdir(parent),
             self.chains.get(e.content_id),
         )
 
@@ -301,6 +308,13 @@ class Restorer:
             self._write_new(rebuilt, parent, dest, e)
         else:
             self._install_as(os.fsencode(rebuilt), dest, e, follow=True)
+
+    def _workdir(self, parent: bytes) -> Path:
+        """`parent` as the Path rebuild puts temporary files in: the same filesystem as the file."""
+        path = self.workdirs.get(parent)
+        if path is None:
+            path = self.workdirs[parent] = Path(os.fsdecode(parent))
+        return path
 
     def _count_file(self, e: Any, linked: bool) -> None:
         self.result.files += 1
@@ -311,7 +325,7 @@ class Restorer:
     def _write_new(self, data: bytes, parent: bytes, dest: bytes, e: Any) -> None:
         """Write a file rebuilt in memory to a new name beside `dest`, give it its metadata
         through the open descriptor, and rename it into place: a few syscalls per file."""
-        tmp = parent + b"/.deltagrid-file-" + os.urandom(6).hex().encode()
+        tmp = self._temporary(parent, b"file")
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         fd = os.open(tmp, flags, 0o600)
         try:
@@ -350,7 +364,7 @@ class Restorer:
             and digest_file(Path(os.fsdecode(previous))) == e.content_hash
         ):
             return False
-        tmp = parent + b"/.deltagrid-link-" + os.urandom(6).hex().encode()
+        tmp = self._temporary(parent, b"link")
         os.link(previous, tmp)
         self._install(tmp, dest)
         return True
@@ -358,7 +372,7 @@ class Restorer:
     def _symlink(self, e: Any) -> None:
         dest = self._leaf(e.path)
         parent = dest.rsplit(b"/", 1)[0]
-        tmp = parent + b"/.deltagrid-link-" + os.urandom(6).hex().encode()
+        tmp = self._temporary(parent, b"link")
         os.symlink(e.target, tmp)
         self._install_as(tmp, dest, e, follow=False)
         self.result.symlinks += 1

@@ -317,6 +317,22 @@ def test_restore_does_not_follow_a_symlink_already_in_the_target(
     assert_untouched(outside, before)
 
 
+def test_restore_leaves_a_directory_where_a_file_goes_and_names_it(
+    tmp_path: Path, cli, repo: Path
+) -> None:
+    target = tmp_path / "target"
+    in_the_way = restored_root(target, repo) / "a.txt" / "kept"
+    in_the_way.mkdir(parents=True)
+    run = cli("--json", "restore", target)
+    assert run.code == 1
+    assert [e["path"] for e in run.json["errors"]] == [str(repo / "a.txt")]
+    assert "is a directory in the way" in run.json["errors"][0]["error"]
+    assert in_the_way.is_dir()
+    restored = restored_root(target, repo)
+    assert (restored / "sub" / "b.bin").read_bytes() == (repo / "sub" / "b.bin").read_bytes()
+    assert list(target.rglob(".deltagrid-*")) == []
+
+
 def test_restore_does_not_follow_a_symlink_below_the_top(tmp_path: Path, cli, repo: Path) -> None:
     outside = tmp_path / "outside"
     outside.mkdir()
