@@ -4,6 +4,8 @@ A night's scan, upload and commit run on plain sqlite3 (nightly.py, uploading.py
 those queries other code needs too are called from here on the sqlite3 connection under
 SQLAlchemy's (`driver`), in its transaction. A version is live in snapshot S when valid_from <= S
 and it has no end, or ends after S. Readers only look at snapshots the root pointer has published.
+Restore's reads are in reading.py, on plain sqlite3; `ls` too, and `diff`, `verify` and maintenance
+on `driver`.
 """
 
 from __future__ import annotations
@@ -60,13 +62,6 @@ def _new_id(conn: Connection, statement: Any, params: dict[str, Any] | None = No
 _not_ended = ~exists().where(version_ends.c.version_id == versions.c.id)
 
 
-def under(column: Any, prefix: bytes) -> Any:
-    """SQL condition: `column` is `prefix` itself or a path below it."""
-    if prefix == b"/":
-        return column.like(b"/%")
-    return or_(column == prefix, and_(column > prefix + b"/", column < prefix + b"0"))
-
-
 def live_in(snapshot_id: int) -> Any:
     """SQL condition: the version is live in `snapshot_id`."""
     ended_by = (
@@ -100,28 +95,12 @@ def list_snapshots(conn: Connection, upto: int) -> list[Row[Any]]:
     )
 
 
-def snapshot(conn: Connection, snapshot_id: int) -> Row[Any] | None:
-    return conn.execute(
-        select(snapshots).where(snapshots.c.id == snapshot_id, _not_forgotten)
-    ).first()
-
-
 def forget(conn: Connection, snapshot_ids: Iterable[int]) -> None:
     """Mark snapshots forgotten: gone from listings at once, their data dropped by prune."""
     now = time.time_ns()
     rows = [{"snapshot_id": sid, "forgotten_ns": now} for sid in snapshot_ids]
     if rows:
         conn.execute(insert(forgotten), rows)
-
-
-def snapshot_at(conn: Connection, time_ns: int, upto: int) -> Row[Any] | None:
-    """The last snapshot committed at or before `time_ns`."""
-    return conn.execute(
-        select(snapshots)
-        .where(snapshots.c.committed_ns <= time_ns, snapshots.c.id <= upto, _not_forgotten)
-        .order_by(snapshots.c.id.desc())
-        .limit(1)
-    ).first()
 
 
 # --- paths and versions -----------------------------------------------------------------------
@@ -190,36 +169,12 @@ def add_version(
     conn.execute(insert(versions), row)
 
 
-def versions_at(
-    conn: Connection, snapshot_id: int, prefixes: Sequence[bytes] = ()
-) -> Iterator[Row[Any]]:
-    """Every entry live in a snapshot (optionally only below `prefixes`), in path order."""
-    query = (
-        _versions(contents.c.hash.label("content_hash"))
-        .outerjoin(contents, contents.c.id == versions.c.content_id)
-        .where(live_in(snapshot_id))
-        .order_by(paths.c.path)
-    )
-    if prefixes:
-        query = query.where(or_(*(under(paths.c.path, p) for p in prefixes)))
-    yield from conn.execute(query)
-
-
 def version_changes(conn: Connection, snapshot_id: int) -> Iterator[Row[Any]]:
     """Versions that begin in a snapshot."""
     yield from conn.execute(select(versions).where(versions.c.valid_from == snapshot_id))
 
 
 # --- contents, blobs, packs -------------------------------------------------------------------
-
-
-def content_by_id(conn: Connection, content_id: int) -> uploading.Content:
-    return uploading.content_by_id(driver(conn), content_id)
-
-
-def content_pieces(conn: Connection, content_id: int) -> list[Any]:
-    """The blobs of a content in order, with the pack each lives in."""
-    return pieces_of_contents(conn, [content_id]).get(content_id, [])
 
 
 def add_pack(conn: Connection, ref: str, size: int, snapshot_id: int) -> int:
@@ -300,40 +255,6 @@ T = TypeVar("T")
 def _chunks(ids: list[T], size: int = 900) -> Iterator[list[T]]:
     for i in range(0, len(ids), size):
         yield ids[i : i + size]
-
-
-def contents_by_ids(conn: Connection, content_ids: Iterable[int]) -> dict[int, Row[Any]]:
-    """Many contents at once, by id."""
-    found: dict[int, Row[Any]] = {}
-    for chunk in _chunks(sorted(set(content_ids))):
-        for row in conn.execute(select(contents).where(contents.c.id.in_(chunk))):
-            found[row.id] = row
-    return found
-
-
-def pieces_of_contents(conn: Connection, content_ids: Iterable[int]) -> dict[int, list[Any]]:
-    """The blobs of many contents at once, each content's in order, with their packs."""
-    found: dict[int, list[Any]] = {}
-    for chunk in _chunks(sorted(set(content_ids))):
-        rows = conn.execute(
-            select(
-                content_blobs.c.content_id,
-                blobs.c.id,
-                blobs.c.offset,
-                blobs.c.length,
-                blobs.c.raw_length,
-                blobs.c.hash,
-                packs.c.ref,
-            )
-            .select_from(content_blobs)
-            .join(blobs, blobs.c.id == content_blobs.c.blob_id)
-            .join(packs, packs.c.id == blobs.c.pack_id)
-            .where(content_blobs.c.content_id.in_(chunk))
-            .order_by(content_blobs.c.content_id, content_blobs.c.seq)
-        )
-        for row in rows:
-            found.setdefault(row.content_id, []).append(row)
-    return found
 
 
 def paths_using(conn: Connection, content_id: int) -> list[bytes]:

@@ -105,7 +105,8 @@ class Home:
         return db.open_db(self.db_path, writer, check=self._check_once())
 
     def connect(self) -> sqlite3.Connection:
-        """The backupdb on a plain sqlite3 connection: a quiet night's scan and commit."""
+        """The backupdb on a plain sqlite3 connection: a night's scan, upload and commit, and
+        restore's reads."""
         self.config()
         from backupdb import connection
 
@@ -190,15 +191,36 @@ class Home:
 
 @contextmanager
 def reading(home: Home) -> Iterator[tuple[Connection, Store, int]]:
-    """A read-only view for snapshots/ls/restore/verify: connection, store, published snapshot."""
-    from uploader.commit import published_snapshot
-
+    """A read-only view for snapshots/diff/verify: connection, store, published snapshot."""
     engine = home.engine(writer=False)
-    store = home.store()
     try:
-        published = published_snapshot(store)
-        with engine.connect() as conn:
+        with _published(home) as (store, published), engine.connect() as conn:
             yield conn, store, published
     finally:
-        store.close()
         engine.dispose()
+
+
+@contextmanager
+def plain_reading(home: Home) -> Iterator[tuple[sqlite3.Connection, Store, int]]:
+    """As `reading`, on a plain sqlite3 connection, for restore (which never imports SQLAlchemy)
+    and ls. Their reads share one transaction, as on SQLAlchemy's (a backup committing meanwhile
+    is not seen halfway); a read transaction takes no lock that a writer waits for."""
+    conn = home.connect()
+    try:
+        with _published(home) as (store, published):
+            conn.execute("BEGIN")
+            yield conn, store, published
+    finally:
+        conn.close()  # ends the read transaction
+
+
+@contextmanager
+def _published(home: Home) -> Iterator[tuple[Store, int]]:
+    """The store, and the snapshot its root pointer publishes."""
+    from uploader.commit import published_snapshot
+
+    store = home.store()
+    try:
+        yield store, published_snapshot(store)
+    finally:
+        store.close()

@@ -107,7 +107,7 @@ class Executor:
         self.writer, self.pending = None, []
 
     def _keyframe(self, conn: Connection, content_id: int, work: Path) -> None:
-        rebuilt = materialize(conn, DirectSource(self.store), content_id, work)
+        rebuilt = materialize(queries.driver(conn), DirectSource(self.store), content_id, work)
         try:
             with open(rebuilt, "rb") as f:
                 seq = 0
@@ -237,5 +237,5 @@ def needed_versions(spans: list[Any], kept: list[int]) -> set[int]:
 
 
 def chains_of(conn: Connection, content_ids: set[int]) -> dict[int, list[int]]:
-    rows = load_chains(conn, content_ids)
+    rows = load_chains(queries.driver(conn), content_ids)
     return {c: chain_ids(rows, c) for c in content_ids}

@@ -18,9 +18,8 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from sqlite3 import Connection
 from typing import Any
-
-from sqlalchemy import Connection
 
 from deltagrid.errors import DeltagridError
 from restore.rebuild import DirectSource

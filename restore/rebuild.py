@@ -4,7 +4,8 @@ Every step is checked: each blob against its hash, each intermediate version aga
 content hash recorded for it, so damage is named where it is, never passed on as a wrong file.
 A content that is one blob recorded with the content's own hash is checked once, as that blob.
 Restore takes the faster `rebuild_in_one_pass`, which composes the chain first and checks the
-result, and comes back here only when that check fails.
+result, and comes back here only when that check fails. The backupdb is read on a plain sqlite3
+connection (backupdb/reading.py); a caller holding a SQLAlchemy one passes `queries.driver(conn)`.
 """
 
 from __future__ import annotations
@@ -19,12 +20,12 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from sqlite3 import Connection
 from typing import Any, BinaryIO, Protocol
 
 import pyrsync
-from sqlalchemy import Connection
 
-from backupdb import queries
+from backupdb import reading, uploading
 from deltagrid.errors import CorruptData
 from restore import compose
 from store.base import Store
@@ -43,7 +44,7 @@ def load_chains(conn: Connection, content_ids: set[int]) -> dict[int, Any]:
     rows: dict[int, Any] = {}
     wanted = set(content_ids)
     while wanted:
-        found = queries.contents_by_ids(conn, wanted)
+        found = reading.contents_by_ids(conn, wanted)
         rows.update(found)
         wanted = {r.basis_id for r in found.values() if r.basis_id is not None} - rows.keys()
     return rows
@@ -67,7 +68,7 @@ def chain_of(conn: Connection, content_id: int) -> list[Any]:
     chain = []
     current: int | None = content_id
     while current is not None:
-        row = queries.content_by_id(conn, current)
+        row = uploading.content_by_id(conn, current)
         chain.append(row)
         current = row.basis_id
         if len(chain) > 10_000:
@@ -99,7 +100,7 @@ class DirectSource:
         return None  # unknown before the query: the content is hashed whole
 
     def blobs(self, conn: Connection, content_id: int, checked: bool = True) -> Iterator[bytes]:
-        pieces = queries.content_pieces(conn, content_id)
+        pieces = reading.content_pieces(conn, content_id)
         i = 0
         while i < len(pieces):
             j = i + 1

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import re
+import sqlite3
 import time
 from datetime import datetime
-from typing import Any
 
-from sqlalchemy import Connection
-
-from backupdb import queries
+from backupdb import reading
 from deltagrid.errors import DeltagridError, UsageError
 
 _RELATIVE = re.compile(r"^(\d+)([smhdw])$")
@@ -39,22 +37,22 @@ def parse_time(text: str, now: float | None = None) -> int:
 
 
 def resolve(
-    conn: Connection, published: int, snapshot_id: int | None = None, at: str | None = None
-) -> Any:
+    conn: sqlite3.Connection, published: int, snapshot_id: int | None = None, at: str | None = None
+) -> reading.Snapshot:
     """The snapshot row asked for; only snapshots the root pointer has published count."""
     if published == 0:
         raise DeltagridError("the repository has no snapshot yet")
     if snapshot_id is not None:
-        row = queries.snapshot(conn, snapshot_id) if snapshot_id <= published else None
+        row = reading.snapshot(conn, snapshot_id) if snapshot_id <= published else None
         if row is None:
             raise DeltagridError(f"no snapshot {snapshot_id}")
         return row
     if at is not None:
-        row = queries.snapshot_at(conn, parse_time(at), published)
+        row = reading.snapshot_at(conn, parse_time(at), published)
         if row is None:
             raise DeltagridError(f"no snapshot was committed at or before {at}")
         return row
-    row = queries.snapshot(conn, published)
+    row = reading.snapshot(conn, published)
     if row is None:
         raise DeltagridError(
             f"the store names snapshot {published}, which the local backupdb lacks; "

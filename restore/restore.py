@@ -17,11 +17,10 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from sqlite3 import Connection
 from typing import Any
 
-from sqlalchemy import Connection
-
-from backupdb import queries
+from backupdb import reading
 from backupdb.records import KIND_DIR, KIND_FILE, KIND_LINK
 from deltagrid.errors import DeltagridError
 from restore.background import Background
@@ -98,7 +97,7 @@ class Restorer:
         dirs: list[Any] = []
         files: list[Any] = []
         links: list[Any] = []
-        for e in queries.versions_at(self.conn, snapshot_id, prefixes):
+        for e in reading.versions_at(self.conn, snapshot_id, prefixes):
             {KIND_DIR: dirs, KIND_FILE: files, KIND_LINK: links}[e.kind].append(e)
         for e in dirs:
             self._guard(e, self._dir)
@@ -139,7 +138,7 @@ class Restorer:
         planned goes last and fails, named, when rebuilt.
         """
         contents = load_chains(self.conn, {e.content_id for e in files})
-        rows = queries.pieces_of_contents(self.conn, contents)
+        rows = reading.pieces_of_contents(self.conn, contents)
         plan = {c: [Piece.from_row(r) for r in rows.get(c, [])] for c in contents}
         seen_links: set[tuple[int, int, bytes]] = set()
         readers: list[tuple[int, Any, list[int]]] = []

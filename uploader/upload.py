@@ -397,17 +397,10 @@ class Uploader:
 
     def _rebuild(self, content_id: int) -> Path:
         """A content's bytes from the store, in a file under the workdir. Rare (a signature lost
-        or never made here), so restore's rebuild and SQLAlchemy are imported only then."""
-        from backupdb import db
+        or never made here), so restore's rebuild is imported only then."""
         from restore.rebuild import DirectSource, materialize
 
-        path = self.conn.execute("PRAGMA database_list").fetchone()[2]  # the main file's
-        engine = db.open_db(Path(path), writer=False, check=False)
-        try:
-            with engine.connect() as conn:
-                return materialize(conn, DirectSource(self.store), content_id, self.workdir)
-        finally:
-            engine.dispose()
+        return materialize(self.conn, DirectSource(self.store), content_id, self.workdir)
 
     def _delta(
         self, row: QueueRow, live: LiveEntry | None, source: Source

@@ -55,8 +55,8 @@ def changes(conn: Any, a: int, b: int) -> list[tuple[bytes, str]]:
 
 def run(args: argparse.Namespace, home: Home, out: Output) -> int:
     with reading(home) as (conn, _store, published):
-        a = resolve(conn, published, args.a).id
-        b = resolve(conn, published, args.b).id
+        a = resolve(queries.driver(conn), published, args.a).id
+        b = resolve(queries.driver(conn), published, args.b).id
         found = changes(conn, a, b)
     docs = []
     for path, m in found:

@@ -6,10 +6,10 @@ import argparse
 import os
 import stat
 
-from backupdb import queries
+from backupdb.reading import versions_at
 from deltagrid.commands.snapshots import iso
 from deltagrid.errors import UsageError
-from deltagrid.home import Home, reading
+from deltagrid.home import Home, plain_reading
 from deltagrid.output import Output
 from restore.resolve import resolve
 
@@ -38,14 +38,14 @@ def split_args(args: list[str]) -> tuple[int | None, bytes | None]:
 
 def run(args: argparse.Namespace, home: Home, out: Output) -> int:
     snapshot_id, path = split_args(args.args)
-    with reading(home) as (conn, _store, published):
+    with plain_reading(home) as (conn, _store, published):
         snap = resolve(conn, published, snapshot_id)
-        entries = list(queries.versions_at(conn, snap.id, [path] if path else []))
+        entries = list(versions_at(conn, snap.id, [path] if path else []))
     docs = []
     for e in entries:
         mode = stat.filemode(_TYPE[e.kind] | e.mode)
         name = os.fsdecode(e.path)
-        shown = f"{name} -> {os.fsdecode(e.target)}" if e.kind == "l" else name
+        shown = f"{name} -> {os.fsdecode(e.target or b'')}" if e.kind == "l" else name
         out.line(f"{mode} {e.uid:>5} {e.gid:>5} {e.size:>12} {iso(e.mtime_ns)} {shown}")
         doc = {
             "path": name,
@@ -57,7 +57,7 @@ def run(args: argparse.Namespace, home: Home, out: Output) -> int:
             "mtime_ns": e.mtime_ns,
         }
         if e.kind == "l":
-            doc["target"] = os.fsdecode(e.target)
+            doc["target"] = os.fsdecode(e.target or b"")
         if e.content_hash is not None:
             doc["hash"] = e.content_hash.hex()
         docs.append(doc)

@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 from deltagrid.errors import EXIT_ERROR, EXIT_OK, UsageError
-from deltagrid.home import Home, reading
+from deltagrid.home import Home, plain_reading
 from deltagrid.output import Output, human_bytes
 from restore.publish import publish, remove_tree, staging_for
 from restore.resolve import resolve
@@ -78,7 +78,7 @@ def run(args: argparse.Namespace, home: Home, out: Output) -> int:
     target = staging_for(args.into) if args.into is not None else args.target
     how = None
     try:
-        with reading(home) as (conn, store, published):
+        with plain_reading(home) as (conn, store, published):
             snap = resolve(conn, published, args.snapshot, args.at)
             with out.bar(desc="restore", unit="B", unit_scale=True) as bar:
                 restorer = Restorer(

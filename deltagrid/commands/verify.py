@@ -78,7 +78,7 @@ def run(args: argparse.Namespace, home: Home, out: Output) -> int:
             if fraction < 1:
                 contents = random.sample(contents, max(1, round(len(contents) * fraction)))
             home.spool.mkdir(parents=True, exist_ok=True)
-            source = DirectSource(store)
+            source, raw = DirectSource(store), queries.driver(conn)
             with (
                 tempfile.TemporaryDirectory(dir=home.spool) as work,
                 out.bar(desc="verify", total=len(contents), unit=" versions") as bar,
@@ -87,7 +87,7 @@ def run(args: argparse.Namespace, home: Home, out: Output) -> int:
                     checked += 1
                     bar.update(1)
                     try:
-                        materialize(conn, source, content.id, Path(work)).unlink()
+                        materialize(raw, source, content.id, Path(work)).unlink()
                     except DeltagridError as exc:
                         problems.append(
                             {
