@@ -196,12 +196,21 @@ class Deltagrid(Tool):
 
     @classmethod
     def version(cls) -> str:
+        """The commit: from git in a checkout, from bench/COMMIT in a `git archive` of one
+        (.gitattributes has git write the commit there when it makes the archive)."""
         out = subprocess.run(
             ["git", "-C", str(cls.root), "describe", "--always", "--dirty"],
             capture_output=True,
             text=True,
         )
-        return f"deltagrid {out.stdout.strip() or '?'} (from {cls.root})"
+        commit = out.stdout.strip()
+        if not commit:
+            try:
+                stamped = (cls.root / "bench" / "COMMIT").read_text().strip()
+            except OSError:
+                stamped = ""
+            commit = "" if "Format" in stamped else stamped
+        return f"deltagrid {commit or '?'} (from {cls.root})"
 
     def __init__(self, work: Path, src: Path) -> None:
         super().__init__(work, src)
