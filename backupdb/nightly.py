@@ -20,16 +20,21 @@ from backupdb.connection import transaction
 _CHUNK = 900  # values a statement takes at once, well under SQLite's limit on parameters
 
 
+def chunks(values: Iterable[Any]) -> Iterator[list[Any]]:
+    """`values`, without duplicates and sorted, a statement's worth at a time."""
+    ordered = sorted(set(values))
+    for i in range(0, len(ordered), _CHUNK):
+        yield ordered[i : i + _CHUNK]
+
+
 def rows_in(conn: sqlite3.Connection, query: str, values: Iterable[Any]) -> Iterator[Any]:
     """The rows of `query` for each of `values` (no duplicates), which its `IN ({})` takes a
     chunk at a time."""
-    ordered = sorted(set(values))
-    for i in range(0, len(ordered), _CHUNK):
-        chunk = ordered[i : i + _CHUNK]
+    for chunk in chunks(values):
         yield from conn.execute(query.format(", ".join("?" * len(chunk))), chunk)
 
 
-def _bounds(prefix: bytes) -> tuple[bytes, bytes]:
+def bounds(prefix: bytes) -> tuple[bytes, bytes]:
     """Paths strictly below `prefix` are those with lo < path < hi."""
     if prefix == b"/":
         return b"/", b"0"
@@ -110,7 +115,7 @@ def live_versions(conn: sqlite3.Connection, paths: Iterable[bytes]) -> dict[byte
 def live_entries_below(conn: sqlite3.Connection, path: bytes) -> list[LiveEntry]:
     """Live versions strictly below `path` (a directory that is going away), in path order."""
     query = f"{_ENTRIES} WHERE p.path > ? AND p.path < ? AND {LIVE} ORDER BY p.path"
-    return [LiveEntry._make(row) for row in conn.execute(query, _bounds(path))]
+    return [LiveEntry._make(row) for row in conn.execute(query, bounds(path))]
 
 
 # --- scans and the queue -------------------------------------------------------------------------
@@ -165,7 +170,7 @@ def finish_scan(
             conn.execute(
                 "DELETE FROM queue WHERE scan_id != ? AND done = 0 "
                 "AND (path = ? OR (path > ? AND path < ?))",
-                (scan_id, root, *_bounds(root)),
+                (scan_id, root, *bounds(root)),
             )
         conn.execute(
             "UPDATE scans SET finished_ns = ?, counts = ?, errors = ? WHERE id = ?",

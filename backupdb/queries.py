@@ -13,7 +13,7 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any, TypeVar
+from typing import Any
 
 from sqlalchemy import (
     Connection,
@@ -249,14 +249,6 @@ def only_in(conn: Connection, present: int, absent: int) -> dict[bytes, Row[Any]
     return {row.path: row for row in rows}
 
 
-T = TypeVar("T")
-
-
-def _chunks(ids: list[T], size: int = 900) -> Iterator[list[T]]:
-    for i in range(0, len(ids), size):
-        yield ids[i : i + size]
-
-
 def paths_using(conn: Connection, content_id: int) -> list[bytes]:
     """Every path that had a version with this content, in any snapshot."""
     return list(
@@ -306,7 +298,7 @@ def all_blobs(conn: Connection) -> list[Row[Any]]:
 
 def delete_ids(conn: Connection, column: Any, ids: Iterable[int]) -> None:
     """DELETE the rows whose `column` is one of `ids` (chunked)."""
-    for chunk in _chunks(sorted(set(ids))):
+    for chunk in nightly.chunks(ids):
         conn.execute(delete(column.table).where(column.in_(chunk)))
 
 

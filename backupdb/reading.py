@@ -13,7 +13,7 @@ import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from typing import NamedTuple
 
-from backupdb.nightly import _bounds, rows_in
+from backupdb.nightly import bounds, rows_in
 from backupdb.uploading import Content
 
 # --- snapshots -----------------------------------------------------------------------------------
@@ -96,7 +96,7 @@ def versions_at(
     params: dict[str, int | bytes] = {"s": snapshot_id}
     for i, prefix in enumerate(prefixes):
         params[f"p{i}"] = prefix
-        params[f"lo{i}"], params[f"hi{i}"] = _bounds(prefix)
+        params[f"lo{i}"], params[f"hi{i}"] = bounds(prefix)
     where = " OR ".join(_UNDER.format(i) for i in range(len(prefixes)))
     query = f"{_VERSIONS} AND ({where})" if where else _VERSIONS
     for row in conn.execute(f"{query} ORDER BY p.path", params):

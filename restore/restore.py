@@ -276,37 +276,29 @@ class Restorer:
         if e.size > IN_MEMORY and e.nlink == 1 and e.content_id in self.chains:
             self.background.submit(e, self._new_file, e, dest)
             return
-        if self._link_previous(e, dest, parent):
-            self._count_file(e, linked=True)
-            return
-        self._install_rebuilt(self._rebuild(e, parent), parent, dest, e)
-        if e.nlink > 1:
+        from_link_dest = self._new_file(e, dest)
+        if e.nlink > 1 and not from_link_dest:
             linked[key] = (dest, e.content_hash)
-        self._count_file(e, linked=False)
+        self._count_file(e, linked=from_link_dest)
 
     def _new_file(self, e: Any, dest: bytes) -> bool:
-        """On the large files' thread: link the same file from link_dest (True), or rebuild it
-        and write it."""
+        """Link the same file from link_dest (True), or rebuild it and write it; here or on the
+        large files' thread."""
         parent = dest.rsplit(b"/", 1)[0]
         if self._link_previous(e, dest, parent):
             return True
-        self._install_rebuilt(self._rebuild(e, parent), parent, dest, e)
-        return False
-
-    def _rebuild(self, e: Any, parent: bytes) -> bytes | Path:
-        return rebuild_in_one_pass(
+        rebuilt = rebuild_in_one_pass(
             self.conn,
             self.source,
             e.content_id,
             self._workdir(parent),
             self.chains.get(e.content_id),
         )
-
-    def _install_rebuilt(self, rebuilt: bytes | Path, parent: bytes, dest: bytes, e: Any) -> None:
         if isinstance(rebuilt, bytes):
             self._write_new(rebuilt, parent, dest, e)
         else:
             self._install_as(os.fsencode(rebuilt), dest, e, follow=True)
+        return False
 
     def _workdir(self, parent: bytes) -> Path:
         """`parent` as the Path rebuild puts temporary files in: the same filesystem as the file."""
