@@ -84,10 +84,10 @@ class Content(NamedTuple):
 _CONTENTS = f"SELECT {', '.join(Content._fields)} FROM contents"
 
 
-def content_by_hash(conn: sqlite3.Connection, digest: bytes) -> Content | None:
-    """The content with these bytes, if any: asked once a file."""
-    row = conn.execute(f"{_CONTENTS} WHERE hash = ?", (digest,)).fetchone()
-    return None if row is None else Content._make(row)
+def contents_by_hash(conn: sqlite3.Connection, digests: Iterable[bytes]) -> dict[bytes, Content]:
+    """The contents with these bytes, of those there are: asked for many files at once."""
+    rows = rows_in(conn, f"{_CONTENTS} WHERE hash IN ({{}})", digests)
+    return {content.hash: content for content in map(Content._make, rows)}
 
 
 def content_by_id(conn: sqlite3.Connection, content_id: int) -> Content:
@@ -135,10 +135,10 @@ def add_contents(conn: sqlite3.Connection, new: Sequence[NewContent]) -> list[in
     return ids
 
 
-def blob_by_hash(conn: sqlite3.Connection, digest: bytes) -> int | None:
-    """A stored blob with these raw bytes, if any: asked once a blob."""
-    row = conn.execute("SELECT id FROM blobs WHERE hash = ? LIMIT 1", (digest,)).fetchone()
-    return None if row is None else int(row[0])
+def blobs_by_hash(conn: sqlite3.Connection, digests: Iterable[bytes]) -> dict[bytes, int]:
+    """A stored blob for each of these raw bytes' hashes that has one: asked many at once."""
+    rows = rows_in(conn, "SELECT hash, id FROM blobs WHERE hash IN ({})", digests)
+    return {digest: int(blob_id) for digest, blob_id in rows}
 
 
 def add_pack(conn: sqlite3.Connection, ref: str, size: int, snapshot_id: int) -> int:

@@ -135,8 +135,8 @@ def test_raw_inserts_roll_back_with_the_transaction(tmp_path: Path) -> None:
         blob_ids = uploading.add_blobs(conn, 1, [(8, 10, 20, b"h" * 32)])
         uploading.add_contents(conn, [uploading.NewContent(b"c" * 32, 20, None, 0, 0, blob_ids)])
         uploading.ensure_paths(conn, [b"/a/b"])
-        assert uploading.content_by_hash(conn, b"c" * 32) is not None
-        assert uploading.blob_by_hash(conn, b"h" * 32) == blob_ids[0]
+        assert b"c" * 32 in uploading.contents_by_hash(conn, [b"c" * 32])
+        assert uploading.blobs_by_hash(conn, [b"h" * 32]) == {b"h" * 32: blob_ids[0]}
         raise RuntimeError("killed before the commit")
     with engine.connect() as conn:
         pack_id = queries.add_pack(conn, "ref", 30, 1)
@@ -145,5 +145,5 @@ def test_raw_inserts_roll_back_with_the_transaction(tmp_path: Path) -> None:
     with engine.connect() as conn:
         for table in (packs, blobs, contents, content_blobs, paths):
             assert conn.execute(select(func.count()).select_from(table)).scalar() == 0, table
-        assert uploading.content_by_hash(queries.driver(conn), b"c" * 32) is None
+        assert uploading.contents_by_hash(queries.driver(conn), [b"c" * 32]) == {}
     engine.dispose()

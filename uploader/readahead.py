@@ -51,6 +51,7 @@ class ReadAhead:
         self.waiting: deque[tuple[Any, bool]] = deque()  # (row, compress) not yet submitted
         self.submitted: deque[tuple[int, int, Future[Prepared]]] = deque()  # (qid, size, fut)
         self.buffered = 0
+        self.ready: deque[bytes] = deque()  # appended by the workers, drained by ready_digests
 
     def feed(self, rows: Iterable[Any], lives: dict[bytes, Any]) -> None:
         """Queue the rows worth preparing: small files. A file with no previous content is
@@ -76,6 +77,13 @@ class ReadAhead:
                 discard(future)
         self._fill()
         return found
+
+    def ready_digests(self) -> list[bytes]:
+        """The content hashes of the files prepared since the last call."""
+        ready = []
+        while self.ready:
+            ready.append(self.ready.popleft())
+        return ready
 
     def close(self) -> None:
         self.waiting.clear()
@@ -110,6 +118,7 @@ class ReadAhead:
         prepared.source = read_source(
             path, s.piece_size, prepared.signature, s.block_max, self.workdir
         )
+        self.ready.append(prepared.source.digest)
         data = prepared.source.data
         if compress and data:
             prepared.frame = self._compressor().compress(data)

@@ -117,6 +117,9 @@ class Uploader:
         self.ended: set[int] = set()  # versions this run ends: a version ends once
         self.gone_dirs: set[bytes] = set()  # directories the scan saw that this run found gone
         self.prepared: Future[Prepared] | None = None  # the current row's read-ahead
+        # What the catalog said of a hash (None: nothing), until the next record adds to it.
+        self.known_contents: dict[bytes, Content | None] = {}
+        self.known_blobs: dict[bytes, int | None] = {}
 
     # --- the drain -----------------------------------------------------------------------------
 
@@ -304,7 +307,7 @@ class Uploader:
             signature = sig.read()
         known = self.pending_contents.get(source.digest)
         if known is None:
-            found = uploading.content_by_hash(self.conn, source.digest)
+            found = self._catalog_content(source.digest)
             if found is not None:
                 if signature and self.sigcache.get(source.digest) is None:
                     self.sigcache.put(source.digest, signature)
@@ -462,7 +465,7 @@ class Uploader:
         known = self.blob_index.get(h)
         if known is not None:
             return known
-        found = uploading.blob_by_hash(self.conn, h)
+        found = self._catalog_blob(h)
         if found is not None:
             return int(found)
         if self.writer is None:
@@ -478,6 +481,28 @@ class Uploader:
         if self.writer.size >= self.settings.pack_size:
             self._flush_pack()
         return blob
+
+    def _catalog_content(self, digest: bytes) -> Content | None:
+        if digest not in self.known_contents:
+            self._look_up(digest)
+        return self.known_contents[digest]
+
+    def _catalog_blob(self, digest: bytes) -> int | None:
+        if digest not in self.known_blobs:
+            self._look_up(digest)
+        return self.known_blobs[digest]
+
+    def _look_up(self, digest: bytes) -> None:
+        """Ask the catalog about `digest` and the files the read-ahead has ready, in one query
+        for contents and one for blobs. A query a file cost ~0.2 ms, not 0.02: each hands the
+        GIL to the reader threads and waits to get it back."""
+        ready = {digest, *self.ahead.ready_digests()}
+        asked = ready - self.known_contents.keys()
+        contents = uploading.contents_by_hash(self.conn, asked)
+        self.known_contents.update((d, contents.get(d)) for d in asked)
+        asked = ready - self.known_blobs.keys()
+        blobs = uploading.blobs_by_hash(self.conn, asked)
+        self.known_blobs.update((d, blobs.get(d)) for d in asked)
 
     def _flush_pack(self) -> None:
         """Put the spool pack to the store, then record it and every finished entry."""
@@ -526,6 +551,8 @@ class Uploader:
             uploading.add_versions(conn, new_versions)
             uploading.mark_done(conn, [(rec.qid, rec.outcome) for rec in self.records])
         self.records = []
+        self.known_contents.clear()  # what was missing may be there now
+        self.known_blobs.clear()
         if pack is not None:
             self.spool_blobs = []
             self.blob_index = {}
