@@ -3,14 +3,15 @@
 pysqlite's own transaction handling starts transactions lazily and lets reads escape them; the
 connect/begin hooks below hand transaction control to SQLAlchemy (with connection.configure), so
 `engine.begin()` is a real SQLite transaction that a kill -9 either keeps whole or rolls back.
-Opening checks the file first (connection.open_checked).
+Opening checks the file first (connection.open_checked); a new backupdb is made without
+SQLAlchemy (connection.create).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event, insert, update
+from sqlalchemy import Engine, create_engine, event, update
 
 from backupdb import connection, schema
 
@@ -27,15 +28,6 @@ def _engine(path: Path, writer: bool = True, busy_ms: int = 30000) -> Engine:
     def _on_begin(conn):
         conn.exec_driver_sql(begin)
 
-    return engine
-
-
-def create(path: Path) -> Engine:
-    """Create a new, empty backupdb at `path`."""
-    engine = _engine(path)
-    with engine.begin() as conn:
-        schema.metadata.create_all(conn)
-        conn.execute(insert(schema.schema_version).values(version=schema.SCHEMA_VERSION))
     return engine
 
 

@@ -13,13 +13,9 @@ import sqlite3
 from collections.abc import Iterable
 from contextlib import closing
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from backupdb import connection
 from deltagrid.errors import CorruptData
-
-if TYPE_CHECKING:
-    from sqlalchemy import Engine
 
 # Tables newer than schema version 1, which an older export may lack.
 ADDED_IN = {"forgotten": 2}
@@ -42,8 +38,9 @@ def write(db_path: Path, dest: Path) -> None:
         os.fsync(f.fileno())
 
 
-def load(export: Path, dest: Path) -> Engine:
-    """Build a full backupdb at `dest` (which must not exist) from an export file."""
+def load(export: Path, dest: Path) -> None:
+    """Build a full backupdb at `dest` (which must not exist) from an export file, on plain
+    sqlite3: attach never imports SQLAlchemy."""
     try:
         with closing(sqlite3.connect(f"file:{export}?mode=ro", uri=True)) as check:
             names = {
@@ -57,20 +54,13 @@ def load(export: Path, dest: Path) -> Engine:
     missing = {name for name in connection.CATALOG if name not in ADDED_IN} - names
     if missing:
         raise CorruptData(f"the backupdb export lacks tables {sorted(missing)}")
-    from backupdb import db
-
-    engine = db.create(dest)
-    raw = engine.raw_connection()
-    try:  # an older export lacks tables added since: they stay empty, the version is current
-        # (the new backupdb has its own schema_version row)
-        wanted = [n for n in connection.CATALOG if n in names and n != "schema_version"]
-        assert isinstance(raw.driver_connection, sqlite3.Connection)
-        _copy_catalog(raw.driver_connection, export, to_export=False, names=wanted)
-    except (sqlite3.DatabaseError, UnicodeDecodeError) as exc:
-        raise CorruptData(f"the backupdb export is damaged: {exc}") from None
-    finally:
-        raw.close()
-    return engine
+    with closing(connection.create(dest)) as conn:
+        try:  # an older export lacks tables added since: they stay empty, the version is current
+            # (the new backupdb has its own schema_version row)
+            wanted = [n for n in connection.CATALOG if n in names and n != "schema_version"]
+            _copy_catalog(conn, export, to_export=False, names=wanted)
+        except (sqlite3.DatabaseError, UnicodeDecodeError) as exc:
+            raise CorruptData(f"the backupdb export is damaged: {exc}") from None
 
 
 def _copy_catalog(

@@ -93,10 +93,11 @@ class Home:
         text = set_top_level(text, {"store": store_url, "store_cap": cap})
         atomic_write(self.config_path, text.encode(), 0o600)
 
-    def create_db(self) -> Engine:
-        from backupdb import db
+    def create_db(self) -> sqlite3.Connection:
+        """A new, empty backupdb, made on plain sqlite3 (the first backup imports no SQLAlchemy)."""
+        from backupdb import connection
 
-        return db.create(self.db_path)
+        return connection.create(self.db_path)
 
     def engine(self, writer: bool = True) -> Engine:
         self.config()

@@ -34,7 +34,7 @@ def attach(store: Store, db_path: Path, state: Path) -> int:
         exported = Path(tmp) / "export.sqlite"
         fetch_export(store, root, exported)
         rebuilt = Path(tmp) / "backupdb.sqlite"
-        export.load(exported, rebuilt).dispose()
+        export.load(exported, rebuilt)
         with open(rebuilt, "rb+") as f:
             os.fsync(f.fileno())
         _set_aside(db_path)

@@ -126,7 +126,8 @@ def test_raw_inserts_roll_back_with_the_transaction(tmp_path: Path) -> None:
     SQLAlchemy's: the raw inserts must roll back with either, or a kill would leave half a pack
     recorded."""
     path = tmp_path / "b.sqlite"
-    engine = db.create(path)
+    connection.create(path).close()
+    engine = db.open_db(path)
     with (
         closing(connection.connect(path)) as conn,
         pytest.raises(RuntimeError),

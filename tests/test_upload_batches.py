@@ -11,14 +11,15 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from backupdb import db, queries, uploading
+from backupdb import connection, db, queries, uploading
 from backupdb.schema import blobs, content_blobs, contents, paths
 from tests.helpers import describe, dg, restored_root
 from uploader.sigcache import SigCache
 
 
 def test_ensure_paths_adds_missing_ancestors_parents_first(tmp_path: Path) -> None:
-    engine = db.create(tmp_path / "b.sqlite")
+    connection.create(tmp_path / "b.sqlite").close()
+    engine = db.open_db(tmp_path / "b.sqlite")
     with engine.begin() as conn:
         raw = queries.driver(conn)  # inside this transaction, as the uploader's own
         known = uploading.ensure_paths(raw, [b"/a/b"])
@@ -33,7 +34,8 @@ def test_ensure_paths_adds_missing_ancestors_parents_first(tmp_path: Path) -> No
 
 
 def test_batched_contents_and_blobs_keep_their_order(tmp_path: Path) -> None:
-    engine = db.create(tmp_path / "b.sqlite")
+    connection.create(tmp_path / "b.sqlite").close()
+    engine = db.open_db(tmp_path / "b.sqlite")
     with engine.begin() as conn:
         raw = queries.driver(conn)
         pack = uploading.add_pack(raw, "ref", 100, 1)

@@ -41,7 +41,7 @@ def initialise(home: Home, store_url: str | None) -> tuple[str, str | None, str 
         store.close()
     home.path.mkdir(parents=True, exist_ok=True, mode=0o700)
     home.db_path.unlink(missing_ok=True)
-    home.create_db().dispose()
+    home.create_db().close()
     home.write_config(url, writecap)
     return url, writecap, readcap
 
