@@ -1,47 +1,119 @@
-"""Local cache of librsync signatures, by content hash.
+"""Local cache of librsync signatures by content hash, in one SQLite file: sigs/signatures.sqlite.
 
-Signatures are what a delta is computed against; they never go to the store (a 256 MB file's
-signature would cost megabytes a night). A missing or damaged one is rebuilt from the store.
-Each file ends with the BLAKE2b of the signature, so a torn or rotten file is never used.
+Signatures are what deltas are computed against; they never go to the store (a 256 MB file's is
+megabytes a night). A missing one is rebuilt from the store, so this is only a cache: WAL with
+synchronous=NORMAL (no fsync per commit), and a file that is damaged or not SQLite is moved aside
+and started again empty, silently. A row keeps its signature's BLAKE2b, and one that fails the
+check reads as missing: a wrong signature would silently give a wrong delta.
 
-Because of that check, and because a lost signature only costs a rebuild, a signature is written
-straight to its name *without* fsync: two fsyncs per file were a third of an initial backup (about
-10 ms each here), and a crash can only leave a file the check rejects, so neither a temporary name
-nor a rename buys anything. Only the uploader, under the home's lock, writes here.
+One database and buffered puts, because a file per signature cost the uploader's main thread an
+inode and a GIL round trip per syscall: `put` buffers, `flush` (after each uploader record) writes
+the buffer in one transaction. The database opens at first use, not in the constructor (every
+command builds a Home), so only the uploader, under the home's lock, opens it and imports the old
+layout: an `xx/<hex hash>` file per signature, ending with its BLAKE2b.
 """
 
 from __future__ import annotations
 
+import shutil
+import sqlite3
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 from store.pack import digest
+
+FLUSH_BYTES = 64 << 20  # a huge run's buffer is written before it grows past this
+_T = TypeVar("_T")
+_SETUP = """
+    PRAGMA busy_timeout=10000;
+    PRAGMA journal_mode=WAL;
+    PRAGMA synchronous=NORMAL;
+    CREATE TABLE IF NOT EXISTS sig (hash BLOB PRIMARY KEY, sig BLOB NOT NULL, digest BLOB NOT NULL);
+"""
 
 
 class SigCache:
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.made: set[Path] = set()  # fan-out directories known to exist: one mkdir each
-
-    def _path(self, content_hash: bytes) -> Path:
-        name = content_hash.hex()
-        return self.root / name[:2] / name
+        self.path = root / "signatures.sqlite"
+        self.buffer: dict[bytes, bytes] = {}
+        self.buffered = 0  # bytes in `buffer`
+        self.conn: sqlite3.Connection | None = None
 
     def get(self, content_hash: bytes) -> bytes | None:
-        try:
-            data = self._path(content_hash).read_bytes()
-        except OSError:
-            return None
-        sig, check = data[:-32], data[-32:]
-        return sig if len(data) >= 32 and digest(sig) == check else None
+        if content_hash in self.buffer:
+            return self.buffer[content_hash]
+        query = "SELECT sig, digest FROM sig WHERE hash = ?"
+        row = self._use(lambda conn: conn.execute(query, (content_hash,)).fetchone())
+        return row[0] if row is not None and digest(row[0]) == row[1] else None
 
     def put(self, content_hash: bytes, sig: bytes) -> None:
-        path = self._path(content_hash)
-        if path.parent not in self.made:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self.made.add(path.parent)
-        with open(path, "wb") as f:
-            f.write(sig)
-            f.write(digest(sig))
+        self.buffered += len(sig) - len(self.buffer.get(content_hash, b""))
+        self.buffer[content_hash] = sig
+        if self.buffered > FLUSH_BYTES:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write every buffered put in one transaction."""
+        if not self.buffer:
+            return
+        rows = [(h, s, digest(s)) for h, s in self.buffer.items()]
+        self._use(lambda conn: _write(conn, "INSERT OR REPLACE INTO sig VALUES (?, ?, ?)", rows))
+        self.buffer.clear()
+        self.buffered = 0
 
     def discard(self, content_hash: bytes) -> None:
-        self._path(content_hash).unlink(missing_ok=True)
+        self.buffered -= len(self.buffer.pop(content_hash, b""))
+        self._use(lambda conn: _write(conn, "DELETE FROM sig WHERE hash = ?", [(content_hash,)]))
+
+    def close(self) -> None:
+        self.flush()
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+    def _use(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
+        """`work` on the database; once more on a fresh one if this one is damaged."""
+        try:
+            return work(self._open())
+        except sqlite3.DatabaseError as exc:
+            if type(exc) is not sqlite3.DatabaseError:  # busy, full disk, I/O...: not damage
+                raise
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+        self.path.replace(self.path.with_name(self.path.name + ".damaged"))
+        for extra in ("-wal", "-shm"):  # a stale WAL must not be replayed into the new file
+            self.path.with_name(self.path.name + extra).unlink(missing_ok=True)
+        return work(self._open())
+
+    def _open(self) -> sqlite3.Connection:
+        """The connection, opened at first use."""
+        if self.conn is None:
+            self.root.mkdir(parents=True, exist_ok=True)
+            self.conn = sqlite3.connect(self.path)
+            self.conn.executescript(_SETUP)
+            old = [d for d in self.root.iterdir() if len(d.name) == 2 and d.is_dir()]
+            if old:
+                _write(self.conn, "INSERT OR REPLACE INTO sig VALUES (?, ?, ?)", _read_old(old))
+                for d in old:
+                    shutil.rmtree(d)
+        return self.conn
+
+
+def _write(conn: sqlite3.Connection, statement: str, rows: Iterable[tuple[bytes, ...]]) -> None:
+    with conn:
+        conn.executemany(statement, rows)
+
+
+def _read_old(dirs: list[Path]) -> Iterator[tuple[bytes, bytes, bytes]]:
+    """The valid signatures of the old layout: files named by hash, each ending with its BLAKE2b."""
+    for path in (p for d in dirs for p in d.iterdir()):
+        try:
+            content_hash, data = bytes.fromhex(path.name), path.read_bytes()
+        except (ValueError, OSError):
+            continue
+        sig, check = data[:-32], data[-32:]
+        if len(content_hash) == 32 and len(data) >= 32 and digest(sig) == check:
+            yield content_hash, sig, check

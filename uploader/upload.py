@@ -553,6 +553,7 @@ class Uploader:
         self.records = []
         self.known_contents.clear()  # what was missing may be there now
         self.known_blobs.clear()
+        self.sigcache.flush()
         if pack is not None:
             self.spool_blobs = []
             self.blob_index = {}

@@ -1,0 +1,140 @@
+"""The signature cache: one SQLite file, puts buffered until a flush, damage read as missing,
+an unopenable file replaced, the old file-per-signature layout imported."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from store.pack import digest
+from uploader import sigcache
+from uploader.sigcache import SigCache
+
+
+def _key(n: int) -> bytes:
+    return digest(b"content %d" % n)
+
+
+def _rows(root: Path) -> int:
+    with sqlite3.connect(root / "signatures.sqlite") as conn:
+        return conn.execute("SELECT count(*) FROM sig").fetchone()[0]
+
+
+def test_puts_stay_in_memory_until_a_flush(tmp_path: Path) -> None:
+    root = tmp_path / "sigs"
+    cache = SigCache(root)
+    cache.put(_key(1), b"first")
+    cache.put(_key(1), b"first, again")
+    assert cache.get(_key(1)) == b"first, again"
+    assert not root.exists()  # nothing touched the disk yet
+    assert cache.get(_key(2)) is None
+    assert _rows(root) == 0
+
+    cache.flush()
+    assert _rows(root) == 1
+    assert cache.get(_key(1)) == b"first, again"
+    other = SigCache(root)  # while the first is still open, as after a crash
+    assert other.get(_key(1)) == b"first, again"
+    other.close()
+    cache.close()
+
+
+def test_close_writes_what_is_buffered(tmp_path: Path) -> None:
+    cache = SigCache(tmp_path / "sigs")
+    cache.put(_key(1), b"sig")
+    cache.close()
+    assert SigCache(tmp_path / "sigs").get(_key(1)) == b"sig"
+
+
+def test_a_big_buffer_is_written_without_waiting_for_a_flush(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sigcache, "FLUSH_BYTES", 100)
+    root = tmp_path / "sigs"
+    cache = SigCache(root)
+    cache.put(_key(1), os.urandom(60))
+    cache.put(_key(1), os.urandom(60))  # replaces: still 60 bytes buffered
+    assert not root.exists()
+    cache.put(_key(2), os.urandom(60))
+    assert _rows(root) == 2
+    assert cache.buffer == {} and cache.buffered == 0
+
+
+def test_a_damaged_row_reads_as_missing(tmp_path: Path) -> None:
+    root = tmp_path / "sigs"
+    cache = SigCache(root)
+    cache.put(_key(1), b"a signature")
+    cache.put(_key(2), b"another one")
+    cache.flush()
+    with sqlite3.connect(root / "signatures.sqlite") as conn:
+        conn.execute("UPDATE sig SET sig = ? WHERE hash = ?", (b"a signaturE", _key(1)))
+    assert cache.get(_key(1)) is None
+    assert cache.get(_key(2)) == b"another one"
+    cache.put(_key(1), b"rebuilt")  # what the uploader does next
+    cache.flush()
+    assert SigCache(root).get(_key(1)) == b"rebuilt"
+
+
+def test_discard_drops_the_row_and_the_buffered_put(tmp_path: Path) -> None:
+    root = tmp_path / "sigs"
+    cache = SigCache(root)
+    cache.put(_key(1), b"stored")
+    cache.flush()
+    cache.put(_key(2), b"buffered")
+    cache.discard(_key(1))
+    cache.discard(_key(2))
+    cache.discard(_key(3))  # never there: no error
+    assert cache.get(_key(1)) is None and cache.get(_key(2)) is None
+    assert cache.buffered == 0
+    cache.flush()
+    assert _rows(root) == 0
+
+
+def test_the_old_layout_is_imported_and_removed(tmp_path: Path) -> None:
+    root = tmp_path / "sigs"
+    sigs = {_key(n): os.urandom(100 + n) for n in range(5)}
+    for key, sig in sigs.items():
+        path = root / key.hex()[:2] / key.hex()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(sig + digest(sig))
+    torn = root / _key(0).hex()[:2] / _key(0).hex()
+    torn.write_bytes(torn.read_bytes()[:-5])  # what a crash could leave
+    (root / "ab").mkdir(exist_ok=True)
+    (root / "ab" / ".tmp-123").write_bytes(b"left over")
+
+    cache = SigCache(root)
+    assert cache.get(_key(0)) is None
+    for n in range(1, 5):
+        assert cache.get(_key(n)) == sigs[_key(n)]
+    assert sorted(p.name for p in root.iterdir()) == [
+        "signatures.sqlite",
+        "signatures.sqlite-shm",
+        "signatures.sqlite-wal",
+    ]
+    assert _rows(root) == 4
+
+
+@pytest.mark.parametrize("damage", ["garbage", "pages"])
+def test_a_database_that_does_not_open_is_replaced(tmp_path: Path, damage: str) -> None:
+    root = tmp_path / "sigs"
+    db = root / "signatures.sqlite"
+    cache = SigCache(root)
+    cache.put(_key(1), b"old signature")
+    cache.close()
+    if damage == "garbage":
+        db.write_bytes(b"not a database at all\n" * 100)
+    else:  # a valid header, then every page overwritten
+        with open(db, "r+b") as f:
+            f.seek(100)
+            f.write(os.urandom(db.stat().st_size - 100))
+    bad = db.read_bytes()
+
+    cache = SigCache(root)
+    assert cache.get(_key(1)) is None
+    cache.put(_key(2), b"new signature")
+    cache.flush()
+    assert SigCache(root).get(_key(2)) == b"new signature"
+    assert (root / "signatures.sqlite.damaged").read_bytes() == bad
