@@ -28,6 +28,9 @@ class QueueRow(NamedTuple):
     reason: str
     kind: str
     size: int
+    mtime_ns: int  # these three as the scan saw them: where a new file may have moved from
+    inode: int
+    dev: int
 
 
 _PENDING = (

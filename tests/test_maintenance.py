@@ -200,10 +200,13 @@ class Tree:
         smalls = sorted((src / "small").iterdir())
         smalls[rng.randrange(len(smalls))].unlink()
         self._write(src / "small" / f"n{k:03}", rng.randbytes(rng.randrange(50, 20_000)), k)
-        self._write(src / "tmp" / f"t{k:03}.bin", rng.randbytes(150_000), k)  # lives 3 nights
-        gone = src / "tmp" / f"t{k - 3:03}.bin"
-        if gone.exists():
-            gone.unlink()
+        # Both live 3 nights. The one below a piece shares a pack with what lives on (a bigger
+        # file fills packs of its own, which die whole), so prune has packs to repack.
+        self._write(src / "tmp" / f"t{k:03}.bin", rng.randbytes(150_000), k)
+        self._write(src / "tmp" / f"u{k:03}.bin", rng.randbytes(20_000), k)
+        for gone in (src / "tmp" / f"t{k - 3:03}.bin", src / "tmp" / f"u{k - 3:03}.bin"):
+            if gone.exists():
+                gone.unlink()
         if k % 6 == 0:  # a rename: the content is reused, the next edit a delta on it
             i = (k // 6) % len(self.bigs)
             new = self.bigs[i].with_name(f"b{i}-renamed-{k}.bin")

@@ -18,13 +18,14 @@ from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import zstandard
 
 from backupdb.records import KIND_FILE
 from uploader.reader import Source, SourceError, read_source
 from uploader.settings import UploadSettings
+from uploader.spool import PendingBlob
 
 _WORKERS = 2
 _WINDOW_BYTES = 64 << 20
@@ -38,8 +39,9 @@ class Prepared:
     st: os.stat_result
     start_ns: int = 0
     source: Source | None = None
-    signature: io.BytesIO | None = None
+    signature: BinaryIO | None = None
     frame: bytes | None = None  # the whole file as one compressed blob, if it is likely needed
+    spooled: list[PendingBlob] | None = None  # a big file's pieces, in side packs (bigfiles.py)
 
 
 class ReadAhead:
@@ -104,14 +106,9 @@ class ReadAhead:
             self.buffered += row.size
 
     def _prepare(self, path: bytes, size: int, compress: bool) -> Prepared:
-        try:
-            st = os.lstat(path)
-        except OSError as exc:
-            raise SourceError(exc) from exc
-        prepared = Prepared(st)
-        if not stat.S_ISREG(st.st_mode):
-            return prepared  # the main thread handles what it became
-        prepared.start_ns = time.time_ns()
+        prepared, regular = begin(path)
+        if not regular:
+            return prepared
         if self.settings.takes_deltas(size):
             prepared.signature = io.BytesIO()
         s = self.settings
@@ -132,13 +129,25 @@ class ReadAhead:
         return compressor
 
 
+def begin(path: bytes) -> tuple[Prepared, bool]:
+    """An entry as a worker finds it before reading, and whether it is a regular file to read
+    (if not, the main thread handles what it became)."""
+    try:
+        st = os.lstat(path)
+    except OSError as exc:
+        raise SourceError(exc) from exc
+    return Prepared(st, time.time_ns()), stat.S_ISREG(st.st_mode)
+
+
 def discard(future: Future[Prepared]) -> None:
     """Drop a prepared entry nobody will use: remove its private copy once it is done."""
 
     def cleanup(done: Future[Prepared]) -> None:
         if not done.cancelled() and done.exception() is None:
-            source = done.result().source
-            if source is not None:
-                source.cleanup()
+            prepared = done.result()
+            if prepared.source is not None:
+                prepared.source.cleanup()
+            if prepared.signature is not None:
+                prepared.signature.close()
 
     future.add_done_callback(cleanup)

@@ -14,10 +14,12 @@ import io
 import os
 import stat
 import tempfile
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import pyrsync
 
@@ -45,14 +47,50 @@ def _read(f: BinaryIO, n: int) -> bytes:
         raise SourceError(exc) from exc
 
 
+class BackgroundHash:
+    """BLAKE2b fed a run at a time to a one-thread executor, in order: a big file's hash is
+    computed beside its librsync signature instead of before it (both release the GIL)."""
+
+    def __init__(self, executor: Executor) -> None:
+        self.executor = executor
+        self.hash = hashlib.blake2b(digest_size=32)
+        self.run = bytearray()
+        self.running: deque[Future[None]] = deque()
+
+    def update(self, data: bytes) -> None:
+        self.run += data
+        if len(self.run) >= _CHUNK:
+            self._hand_over()
+
+    def digest(self) -> bytes:
+        self._hand_over()
+        while self.running:
+            self.running.popleft().result()
+        return self.hash.digest()
+
+    def _hand_over(self) -> None:
+        if self.run:
+            run, self.run = self.run, bytearray()  # not touched again: no copy needed
+            self.running.append(self.executor.submit(self.hash.update, run))
+        while len(self.running) > 2:
+            self.running.popleft().result()
+
+
 class HashingReader(io.RawIOBase):
     """A file wrapper that hashes each byte once, even when librsync seeks back, and hands each
-    byte once, in order, to `on_bytes` if given."""
+    byte once, in order, to `on_bytes` if given. `hash_on`: where to hash (BackgroundHash)."""
 
-    def __init__(self, f: BinaryIO, on_bytes: Callable[[bytes], None] | None = None) -> None:
+    def __init__(
+        self,
+        f: BinaryIO,
+        on_bytes: Callable[[bytes], None] | None = None,
+        hash_on: Executor | None = None,
+    ) -> None:
         self.f = f
         self.on_bytes = on_bytes
-        self.hash = hashlib.blake2b(digest_size=32)
+        self.hash: Any = (
+            hashlib.blake2b(digest_size=32) if hash_on is None else BackgroundHash(hash_on)
+        )
         self.pos = 0
         self.hashed = 0
 
@@ -93,6 +131,12 @@ def stat_key(st: os.stat_result) -> tuple[int, int, int, int]:
 def signature_args(size: int, block_max: int) -> tuple[int, int, int]:
     magic, block, strong = pyrsync.get_signature_args(size)
     return magic, min(block, block_max), strong
+
+
+def sign(f: BinaryIO | io.RawIOBase, out: BinaryIO, size: int, block_max: int) -> None:
+    """Write the librsync signature of `f`, a file of `size` bytes, to `out`."""
+    magic, block, strong = signature_args(size, block_max)
+    pyrsync.signature(f, out, strong, magic, block)
 
 
 @dataclass
@@ -161,10 +205,12 @@ def read_source(
     block_max: int,
     workdir: Path,
     on_bytes: Callable[[bytes], None] | None = None,
+    hash_on: Executor | None = None,
 ) -> Source:
     """Read `path` once, hashing it and, when `sig_out` is given, writing its signature there.
     A file above `memory_limit` is also handed to `on_bytes` as read; if it moved on meanwhile,
-    the Source returned is a temporary copy and those bytes are not its own."""
+    the Source returned is a temporary copy and those bytes are not its own. Such a file is
+    hashed on `hash_on` if given (BackgroundHash)."""
     fd = open_source(path)
     with os.fdopen(fd, "rb", buffering=0) as f:
         before = _fstat(fd)
@@ -181,10 +227,9 @@ def read_source(
                 data=data,
             )
         else:
-            reader = HashingReader(f, on_bytes)
+            reader = HashingReader(f, on_bytes, hash_on)
             if sig_out is not None:
-                magic, block, strong = signature_args(before.st_size, block_max)
-                pyrsync.signature(reader, sig_out, strong, magic, block)
+                sign(reader, sig_out, before.st_size, block_max)
             else:
                 while reader.read(_CHUNK):
                     pass
@@ -195,8 +240,7 @@ def read_source(
                 )
             return copy_source(path, f, sig_out, block_max, workdir)
     if sig_out is not None and source.data is not None:
-        magic, block, strong = signature_args(len(source.data), block_max)
-        pyrsync.signature(io.BytesIO(source.data), sig_out, strong, magic, block)
+        sign(io.BytesIO(source.data), sig_out, len(source.data), block_max)
     return source
 
 
@@ -228,6 +272,5 @@ def copy_source(
     source = Source(meta, h.digest(), True, path=copy, temporary=True)
     if sig_out is not None:
         with open(copy, "rb") as src:
-            magic, block, strong = signature_args(meta.size, block_max)
-            pyrsync.signature(src, sig_out, strong, magic, block)
+            sign(src, sig_out, meta.size, block_max)
     return source

@@ -7,8 +7,13 @@ work directory (verify --read-data rebuilds versions in one) has another prefix 
 
 from __future__ import annotations
 
+import os
 import shutil
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+
+from store.pack import IndexEntry, PackWriter
 
 PACK_PREFIX = "pack-"  # a pack being filled, by an upload or a maintenance run
 WORK_PREFIX = "work-"  # an upload's private directory: signatures, deltas, copies of changing files
@@ -23,3 +28,18 @@ def clear_leftovers(spool: Path) -> None:
             shutil.rmtree(leftover, ignore_errors=True)
         elif leftover.name.startswith(PACK_PREFIX) and leftover.is_file():
             leftover.unlink(missing_ok=True)
+
+
+def new_pack(spool: Path, level: int) -> PackWriter:
+    """An empty pack to fill, under a name the next writer's `clear_leftovers` knows."""
+    fd, name = tempfile.mkstemp(dir=spool, prefix=PACK_PREFIX)
+    os.close(fd)
+    return PackWriter(Path(name), level)
+
+
+@dataclass(eq=False)
+class PendingBlob:
+    """A blob in a spool pack; it gets its id when the pack is recorded."""
+
+    entry: IndexEntry
+    id: int | None = None

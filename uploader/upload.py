@@ -17,8 +17,9 @@ import shutil
 import sqlite3
 import tempfile
 import time
-from collections.abc import Callable
-from concurrent.futures import Future
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, wait
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +34,8 @@ from backupdb.records import KIND_DIR, KIND_FILE, KIND_LINK, Meta, kind_of
 from backupdb.uploading import Content, QueueRow
 from deltagrid.errors import CorruptData, StoreError
 from store.base import Store, check_stored
-from store.pack import IndexEntry, PackWriter, digest
+from store.pack import PackWriter, digest
+from uploader.bigfiles import BigReader
 from uploader.readahead import Prepared, ReadAhead, discard
 from uploader.reader import (
     ChangedWhileReading,
@@ -42,25 +44,18 @@ from uploader.reader import (
     SourceError,
     copy_source,
     read_source,
-    signature_args,
+    sign,
 )
 from uploader.result import UploadResult
 from uploader.settings import UploadSettings
 from uploader.sigcache import SigCache
-from uploader.spool import PACK_PREFIX, WORK_PREFIX, clear_leftovers
-from uploader.squeeze import Cutter, Squeezer
+from uploader.spool import WORK_PREFIX, PendingBlob, clear_leftovers, new_pack
+from uploader.squeeze import Squeezer
 
 _VANISHED = {errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.ENXIO}
 _BATCH = 256
 _PACK_ENTRIES = 20_000  # a pack of tiny files is put early: each entry waiting costs ~2 KB
-
-
-@dataclass(eq=False)
-class PendingBlob:
-    """A blob in the spool pack; it gets its id when the pack is recorded."""
-
-    entry: IndexEntry
-    id: int | None = None
+_DEFERRED = 64  # big files read ahead of the main thread, at most
 
 
 @dataclass(eq=False)
@@ -117,6 +112,8 @@ class Uploader:
         self.ended: set[int] = set()  # versions this run ends: a version ends once
         self.gone_dirs: set[bytes] = set()  # directories the scan saw that this run found gone
         self.prepared: Future[Prepared] | None = None  # the current row's read-ahead
+        self.big_reads: dict[int, Future[Prepared]] = {}  # by queue row, until the row comes
+        self.deferred: deque[tuple[QueueRow, LiveEntry | None, Future[Prepared]]] = deque()
         # What the catalog said of a hash (None: nothing), until the next record adds to it.
         self.known_contents: dict[bytes, Content | None] = {}
         self.known_blobs: dict[bytes, int | None] = {}
@@ -128,6 +125,7 @@ class Uploader:
         self.workdir = Path(tempfile.mkdtemp(dir=self.spool, prefix=WORK_PREFIX))
         self.ahead = ReadAhead(self.settings, self.workdir)
         self.squeezer = Squeezer(self.settings.zstd_level)
+        self.big = BigReader(self.settings, self.squeezer, self.spool, self.workdir)
         try:
             conn = self.conn
             self.result = UploadResult(nightly.last_snapshot_id(conn) + 1)
@@ -135,26 +133,83 @@ class Uploader:
             while rows := uploading.pending(conn, after, _BATCH):
                 lives = nightly.live_versions(conn, [row.path for row in rows])
                 self.ahead.feed(rows, lives)
+                self._feed_big(rows, lives)
                 for row in rows:
-                    self.prepared = self.ahead.take(row.id)
-                    self._process(row, lives.get(row.path))
-                    if self.prepared is not None:  # not used: the entry went another way
-                        discard(self.prepared)
+                    self._settle()
+                    big = self.big_reads.pop(row.id, None)
+                    if big is not None:
+                        self.deferred.append((row, lives.get(row.path), big))
+                    else:
+                        self.prepared = self.ahead.take(row.id)
+                        self._process_prepared(row, lives.get(row.path))
                     after = row.id
                 if self.writer is None and len(self.records) >= 1000:
-                    self._record(None)
+                    self._record()
                 elif len(self.records) >= _PACK_ENTRIES:
                     self._flush_pack()
+            self._settle(everything=True)
             self._flush_pack()
             for unused in uploading.unused_contents(conn, self.ended_contents):
                 self.sigcache.discard(unused)
         finally:
+            self.big.close()
             self.ahead.close()
             self.squeezer.close()
             if self.writer is not None:
                 self.writer.discard()
             shutil.rmtree(self.workdir, ignore_errors=True)
         return self.result
+
+    def _process_prepared(self, row: QueueRow, live: LiveEntry | None) -> None:
+        self._process(row, live)
+        if self.prepared is not None:  # not used: the entry went another way
+            discard(self.prepared)
+            self.prepared = None
+
+    # --- big files, read on their own thread ---------------------------------------------------
+
+    def _feed_big(self, rows: list[QueueRow], lives: dict[bytes, LiveEntry]) -> None:
+        """Start reading the files too large for the read-ahead; those with nothing to delta
+        against (new, not moved here: as the scan saw them) are cut into pieces as read."""
+        big = self.settings.piece_size
+        for row in rows:
+            if row.reason != "deleted" and row.kind == KIND_FILE and row.size > big:
+                live = lives.get(row.path)
+                cut = _previous_content(live) is None and self._moved_from(row.scan_id, row) is None
+                self.big_reads[row.id] = self.big.submit(row.path, cut)
+
+    def _settle(self, everything: bool = False) -> None:
+        """Take up the big files whose pass is done, in queue order; wait for all of them, or
+        for the oldest while too many wait. Out of queue order is safe: a path has at most one
+        pending row (a finished scan supersedes older ones below its roots), and nothing below
+        a file is queued after it."""
+        while self.deferred:
+            row, live, future = self.deferred[0]
+            if not (everything or future.done() or len(self.deferred) > _DEFERRED):
+                break
+            self.deferred.popleft()
+            self._adopt_side_packs(future)
+            self.prepared = future
+            self._process_prepared(row, live)
+        self._adopt_side_packs(None)
+
+    def _adopt_side_packs(self, wanted: Future[Prepared] | None) -> None:
+        """Put and record the side packs finished so far: all of `wanted`'s, once it is done."""
+        if wanted is not None:
+            wait([wanted])
+        for pack in self.big.side_packs():
+            hashes = [blob.entry.hash for blob in pack.blobs]
+            stored = uploading.blobs_by_hash(self.conn, hashes)
+            if len(stored) == len(set(hashes)):  # a copy of what the store has: not put again
+                pack.writer.path.unlink()
+                for blob in pack.blobs:
+                    blob.id = stored[blob.entry.hash]
+                continue
+            try:
+                self._put_pack(pack.writer, pack.size, pack.blobs, with_entries=False)
+            except BaseException:
+                pack.writer.discard()
+                raise
 
     def _process(self, row: QueueRow, live: LiveEntry | None) -> None:
         if live is not None and live.id in self.ended:
@@ -258,23 +313,29 @@ class Uploader:
     def _file(
         self, row: QueueRow, live: LiveEntry | None, prepared: Prepared | None, st: os.stat_result
     ) -> tuple[Meta, PendingContent | int, bool]:
-        want_sig = self.settings.takes_deltas(row.size)
-        frame = None
-        spooled: list[PendingBlob | int] | None = None
+        frame = spooled = None
         with ExitStack() as stack:
             sig_out: BinaryIO | None
             if prepared is not None and prepared.source is not None:
                 start_ns, source, sig_out = prepared.start_ns, prepared.source, prepared.signature
-                frame = prepared.frame
-            else:
+                frame, spooled = prepared.frame, prepared.spooled
+                if sig_out is not None:
+                    stack.enter_context(sig_out)
+            else:  # not read ahead: it was no regular file when scanned
                 start_ns = time.time_ns()
                 # No temporary file for a small file's (unwanted) signature: one a file adds up.
                 sig_out = (
                     stack.enter_context(tempfile.TemporaryFile(dir=self.workdir))
-                    if want_sig
+                    if self.settings.takes_deltas(st.st_size)
                     else None
                 )
-                source, spooled = self._read(row, live, st, sig_out)
+                source = read_source(
+                    row.path,
+                    self.settings.piece_size,
+                    sig_out,
+                    self.settings.block_max,
+                    self.workdir,
+                )
             try:
                 self.result.bytes_read += source.meta.size
                 try:
@@ -297,7 +358,7 @@ class Uploader:
         source: Source,
         sig: BinaryIO | None,
         frame: bytes | None = None,
-        spooled: list[PendingBlob | int] | None = None,
+        spooled: Sequence[PendingBlob] | None = None,
     ) -> PendingContent | int:
         """Find or store the content `source` describes; `spooled`: its pieces, already in the
         spool pack from the pass that read it."""
@@ -322,62 +383,19 @@ class Uploader:
         self.pending_contents[source.digest] = content
         return content
 
-    def _read(
-        self, row: QueueRow, live: LiveEntry | None, st: os.stat_result, sig_out: BinaryIO | None
-    ) -> tuple[Source, list[PendingBlob | int] | None]:
-        """Read a file the read-ahead did not. A big one with nothing to delta against has its
-        pieces spooled in that same pass (returned), so it is read once, not twice."""
-        args = (row.path, self.settings.piece_size, sig_out, self.settings.block_max, self.workdir)
-        if not self._nothing_to_delta_against(row, live, st):
-            return read_source(*args), None
-        pieces: list[PendingBlob | int] = []
-        cutter = Cutter(
-            self.squeezer,
-            self.settings.piece_size,
-            lambda raw, done: pieces.append(self._blob(raw, done)),
+    def _moved_from(self, scan_id: int, seen: QueueRow | Meta) -> int | None:
+        """The content of a file deleted in the same scan that a new one seen so likely came
+        from (rename, then edit)."""
+        return uploading.move_basis(
+            self.conn, scan_id, seen.inode, seen.dev, seen.size, seen.mtime_ns
         )
-        try:
-            source = read_source(*args, cutter.add)
-        except BaseException:
-            cutter.cancel()
-            raise
-        if source.temporary or source.data is not None:  # moved on, or shrank, meanwhile
-            cutter.cancel()
-            return source, None
-        cutter.finish()
-        return source, pieces
-
-    def _nothing_to_delta_against(
-        self, row: QueueRow, live: LiveEntry | None, st: os.stat_result
-    ) -> bool:
-        """A big file with no previous version and not moved here: it will be stored whole, so
-        its pieces go to the spool in the same pass that hashes and signs it, not in a second."""
-        if st.st_size <= self.settings.piece_size:
-            return False
-        if live is not None and live.kind == KIND_FILE and live.content_id is not None:
-            return False
-        moved = uploading.move_basis(
-            self.conn, row.scan_id, st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns
-        )
-        return moved is None
 
     def _basis(self, row: QueueRow, live: LiveEntry | None, source: Source) -> Content | None:
         """The content to delta against: the path's previous version, or where it moved from."""
-        if live is not None and live.kind == KIND_FILE and live.content_id is not None:
-            basis_id = live.content_id
-        else:
-            moved = uploading.move_basis(
-                self.conn,
-                row.scan_id,
-                source.meta.inode,
-                source.meta.dev,
-                source.meta.size,
-                source.meta.mtime_ns,
-            )
-            if moved is None:
-                return None
-            basis_id = moved
-        return uploading.content_by_id(self.conn, basis_id)
+        basis_id = _previous_content(live)
+        if basis_id is None:
+            basis_id = self._moved_from(row.scan_id, source.meta)
+        return None if basis_id is None else uploading.content_by_id(self.conn, basis_id)
 
     def _basis_signature(self, basis: Content) -> bytes | None:
         cached = self.sigcache.get(basis.hash)
@@ -391,8 +409,7 @@ class Uploader:
         try:
             out = io.BytesIO()
             with open(rebuilt, "rb") as f:
-                magic, block, strong = signature_args(basis.size, self.settings.block_max)
-                pyrsync.signature(f, out, strong, magic, block)
+                sign(f, out, basis.size, self.settings.block_max)
         finally:
             rebuilt.unlink()
         self.sigcache.put(basis.hash, out.getvalue())
@@ -436,13 +453,13 @@ class Uploader:
         )
 
     def _keyframe(
-        self, source: Source, frame: bytes | None, spooled: list[PendingBlob | int] | None
+        self, source: Source, frame: bytes | None, spooled: Sequence[PendingBlob] | None
     ) -> PendingContent:
         """Store `source` whole; `frame` is its bytes already compressed as one blob."""
         data = source.data
         blobs: list[PendingBlob | int]
         if spooled is not None:
-            blobs = spooled
+            blobs = list(spooled)
         elif frame is not None and data and len(data) <= self.settings.piece_size:
             blobs = [self._blob(data, (source.digest, frame))]
         else:
@@ -469,9 +486,7 @@ class Uploader:
         if found is not None:
             return int(found)
         if self.writer is None:
-            fd, name = tempfile.mkstemp(dir=self.spool, prefix=PACK_PREFIX)
-            os.close(fd)
-            self.writer = PackWriter(Path(name), self.settings.zstd_level)
+            self.writer = new_pack(self.spool, self.settings.zstd_level)
         if done is None:
             blob = PendingBlob(self.writer.add(raw, h))
         else:
@@ -506,58 +521,70 @@ class Uploader:
 
     def _flush_pack(self) -> None:
         """Put the spool pack to the store, then record it and every finished entry."""
-        if self.writer is None:
-            self._record(None)
-            return
         writer = self.writer
-        size = writer.finish()
+        if writer is None:
+            self._record()
+            return
+        self._put_pack(writer, writer.finish(), self.spool_blobs, with_entries=True)
+        self.writer = None  # not before: if the put fails, the run's end discards the file
+        self.spool_blobs = []
+        self.blob_index = {}
+
+    def _put_pack(
+        self, writer: PackWriter, size: int, blobs: list[PendingBlob], with_entries: bool
+    ) -> None:
+        """Put a finished pack to the store, then record it and its blobs, and with them every
+        finished entry if `with_entries`."""
         ref = check_stored(self.store, self.store.move_file(writer.path, writer.digest()), size)
-        self._record((ref, size))
-        self.writer = None
+        self._record((ref, size, blobs), with_entries)
         self.result.packs += 1
         self.result.bytes_uploaded += size
 
-    def _record(self, pack: tuple[str, int] | None) -> None:
+    def _record(
+        self, pack: tuple[str, int, list[PendingBlob]] | None = None, with_entries: bool = True
+    ) -> None:
         """Record the pack put (if any) and every finished entry: one transaction."""
         with transaction(self.conn) as conn:
             snapshot_id = self.result.snapshot_id
             if pack is not None:
-                pack_id = uploading.add_pack(conn, pack[0], pack[1], snapshot_id)
+                ref, size, blobs = pack
+                pack_id = uploading.add_pack(conn, ref, size, snapshot_id)
                 entries = [
-                    (e.offset, e.length, e.raw_length, e.hash)
-                    for e in (blob.entry for blob in self.spool_blobs)
+                    (e.offset, e.length, e.raw_length, e.hash) for e in (b.entry for b in blobs)
                 ]
                 ids = uploading.add_blobs(conn, pack_id, entries)
-                for blob, blob_id in zip(self.spool_blobs, ids, strict=True):
+                for blob, blob_id in zip(blobs, ids, strict=True):
                     blob.id = blob_id
-            self._add_contents()
-            stored = [r.path for r in self.records if r.meta is not None]
-            path_ids = uploading.ensure_paths(conn, stored)
-            new_versions = []
-            for rec in self.records:
-                if rec.meta is not None:
-                    content = rec.content
-                    content_id = content.id if isinstance(content, PendingContent) else content
-                    columns = rec.meta.columns()
-                    new_versions.append(
-                        uploading.version_row(
-                            path_ids[rec.path], snapshot_id, columns, content_id, rec.recheck
-                        )
+            if with_entries:
+                self._record_entries(conn, snapshot_id)
+        if with_entries:
+            self.records = []
+            self.known_contents.clear()  # what was missing may be there now
+            self.known_blobs.clear()
+            self.sigcache.flush()
+            self.pending_contents = {h: c for h, c in self.pending_contents.items() if c.id is None}
+
+    def _record_entries(self, conn: sqlite3.Connection, snapshot_id: int) -> None:
+        self._add_contents()
+        stored = [r.path for r in self.records if r.meta is not None]
+        path_ids = uploading.ensure_paths(conn, stored)
+        new_versions = []
+        for rec in self.records:
+            if rec.meta is not None:
+                content = rec.content
+                content_id = content.id if isinstance(content, PendingContent) else content
+                columns = rec.meta.columns()
+                new_versions.append(
+                    uploading.version_row(
+                        path_ids[rec.path], snapshot_id, columns, content_id, rec.recheck
                     )
-            ends = [r.end for r in self.records if r.end is not None]
-            uploading.end_versions(
-                conn, ends + [v for r in self.records for v in r.end_below], snapshot_id
-            )
-            uploading.add_versions(conn, new_versions)
-            uploading.mark_done(conn, [(rec.qid, rec.outcome) for rec in self.records])
-        self.records = []
-        self.known_contents.clear()  # what was missing may be there now
-        self.known_blobs.clear()
-        self.sigcache.flush()
-        if pack is not None:
-            self.spool_blobs = []
-            self.blob_index = {}
-        self.pending_contents = {h: c for h, c in self.pending_contents.items() if c.id is None}
+                )
+        ends = [r.end for r in self.records if r.end is not None]
+        uploading.end_versions(
+            conn, ends + [v for r in self.records for v in r.end_below], snapshot_id
+        )
+        uploading.add_versions(conn, new_versions)
+        uploading.mark_done(conn, [(rec.qid, rec.outcome) for rec in self.records])
 
     def _add_contents(self) -> None:
         """Insert the new contents the finished entries use; their blobs all have ids now."""
@@ -585,6 +612,11 @@ class Uploader:
             )
         for content, content_id in zip(new, uploading.add_contents(self.conn, rows), strict=True):
             content.id = content_id
+
+
+def _previous_content(live: LiveEntry | None) -> int | None:
+    """The content of the path's previous version, if that was a file."""
+    return live.content_id if live is not None and live.kind == KIND_FILE else None
 
 
 def _unrecorded(content: PendingContent | int | None) -> TypeGuard[PendingContent]:

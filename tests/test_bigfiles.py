@@ -1,0 +1,118 @@
+"""Files larger than a piece are read on a thread of their own (uploader/bigfiles.py) while the
+main thread records small files, and are taken up out of queue order when their pass is done.
+What that must not change: the last scan's view of a path wins, a copy of a stored big
+file puts nothing, a big file gone or replaced before its pass is reported for itself, and every
+file restores to its own bytes."""
+
+from __future__ import annotations
+
+import io
+import os
+import random
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import describe, restored_root
+from uploader.bigfiles import PieceSigner
+from uploader.reader import sign, signature_args
+
+PIECE_SIZE = 64 << 10
+PACK_SIZE = 256 << 10
+
+
+@pytest.fixture
+def src(tmp_path: Path, cli) -> Path:
+    """Small files around three big ones (each several side packs), in small pieces and packs."""
+    assert cli("init").code == 0
+    with open(tmp_path / "home" / "config.toml", "a") as f:
+        f.write(f"\n[upload]\npiece_size = {PIECE_SIZE}\npack_size = {PACK_SIZE}\n")
+    rng = random.Random(5)
+    root = tmp_path / "src"
+    for d in "abc":
+        (root / d).mkdir(parents=True)
+        (root / d / "big.bin").write_bytes(rng.randbytes(900_000))
+        for i in range(40):
+            (root / d / f"small{i:02d}").write_bytes(rng.randbytes(rng.randrange(0, 9_000)))
+    return root
+
+
+def restores_exactly(cli, target: Path, src: Path) -> None:
+    assert cli("restore", target).code == 0
+    assert describe(restored_root(target, src)) == describe(src)
+
+
+def test_a_big_file_scanned_twice_before_an_upload_is_stored_as_last_scanned(
+    tmp_path: Path, cli, src: Path
+) -> None:
+    assert cli("backup", src).code == 0
+    big = src / "b" / "big.bin"
+    with open(big, "r+b") as f:
+        f.write(b"first edit")
+    assert cli("scan", src).code == 0
+    big.write_bytes(b"small now")  # the second scan supersedes the first one's row
+    assert cli("scan", src).code == 0
+
+    upload = cli("--json", "upload")
+    assert upload.code == 0, upload.err
+    restores_exactly(cli, tmp_path / "r", src)
+    listed = [e for e in cli("--json", "ls").json["entries"] if e["path"] == str(big)]
+    assert [e["size"] for e in listed] == [len(b"small now")]
+    assert cli("verify", "--read-data").code == 0
+
+
+def test_a_copy_of_a_stored_big_file_puts_nothing(tmp_path: Path, cli, src: Path) -> None:
+    first = cli("--json", "backup", src)
+    assert first.code == 0, first.err
+    assert first.json["packs"] >= 3 * 3  # each big file fills side packs of its own
+    shutil.copy2(src / "a" / "big.bin", src / "c" / "copy.bin")
+
+    second = cli("--json", "backup", src)
+    assert second.code == 0, second.err
+    assert second.json["counts"]["deduplicated"] == 1
+    assert (second.json["packs"], second.json["bytes_uploaded"]) == (0, 0)
+    restores_exactly(cli, tmp_path / "r", src)
+
+
+def test_big_files_gone_or_replaced_before_their_pass_are_reported_for_themselves(
+    tmp_path: Path, cli, src: Path
+) -> None:
+    assert cli("backup", src).code == 0
+    for d in "abc":
+        with open(src / d / "big.bin", "r+b") as f:
+            f.write(b"edited")
+    (src / "c" / "new.bin").write_bytes(os.urandom(500_000))
+    assert cli("scan", src).code == 0
+    (src / "a" / "big.bin").unlink()
+    (src / "c" / "new.bin").unlink()
+    (src / "b" / "big.bin").unlink()
+    (src / "b" / "big.bin").symlink_to("small00")
+
+    upload = cli("--json", "upload")
+    assert upload.code == 24, upload.err
+    assert sorted(upload.json["vanished"]) == [
+        str(src / "a" / "big.bin"),
+        str(src / "c" / "new.bin"),
+    ]
+    listed = {e["path"]: e for e in cli("--json", "ls").json["entries"]}
+    assert str(src / "a" / "big.bin") not in listed
+    assert listed[str(src / "b" / "big.bin")]["type"] == "l"
+
+    assert cli("backup", src).code == 0
+    restores_exactly(cli, tmp_path / "r", src)
+
+
+@pytest.mark.parametrize("size", [2 * 65_536, 5_000_000, (8 << 20) + 123])
+def test_a_signature_made_piece_by_piece_is_the_whole_files(size: int) -> None:
+    """What PieceSigner relies on: librsync signs each block on its own."""
+    data = random.Random(size).randbytes(size)
+    whole = io.BytesIO()
+    sign(io.BytesIO(data), whole, size, 2048)
+    pieced = io.BytesIO()
+    signer = PieceSigner(ThreadPoolExecutor(2), pieced, signature_args(size, 2048))
+    for i in range(0, size, 65_536):
+        signer.add(data[i : i + 65_536])
+    signer.finish()
+    assert pieced.getvalue() == whole.getvalue()

@@ -1,0 +1,218 @@
+"""Files too large for the read-ahead, read on a thread of their own while small files go on.
+
+A big file takes one pass: its hash and librsync signature and, when it has nothing to delta
+against (new, not moved here), its pieces, hashed and compressed on the way into packs of its
+own ("side packs"). Until this thread, that pass ran on the uploader's main thread, and about
+half of an initial backup of a tree with one 256 MiB file was small files waiting for it.
+
+The main thread keeps the store and the backupdb to itself: it puts and records each side pack
+it is handed (`side_packs`), and takes up a big file's queue row once its pass is done. A file's
+last side pack is handed over before its pass reports done, so by then every piece has an id.
+A kill loses only what is in the spool, as before.
+"""
+
+from __future__ import annotations
+
+import io
+import tempfile
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from pathlib import Path
+from queue import Empty, SimpleQueue
+from typing import BinaryIO, NamedTuple
+
+import pyrsync
+
+from store.pack import PackWriter
+from uploader.readahead import Prepared, begin
+from uploader.reader import read_source, sign, signature_args
+from uploader.settings import UploadSettings
+from uploader.spool import PendingBlob, new_pack
+from uploader.squeeze import Cutter, Squeezer
+
+_SIGNING = 2  # pieces being signed at a time, beyond the one awaited
+_SIG_HEADER = 12  # a librsync signature's magic, block length and strong sum length
+
+
+class SidePack(NamedTuple):
+    """A finished pack of big files' pieces, for the main thread to put and record."""
+
+    writer: PackWriter
+    size: int
+    blobs: list[PendingBlob]
+
+
+class Stopped(Exception):
+    """The upload is ending (an error or Ctrl-C on the main thread): drop the file under way."""
+
+
+class BigReader:
+    def __init__(
+        self, settings: UploadSettings, squeezer: Squeezer, spool: Path, workdir: Path
+    ) -> None:
+        self.settings = settings
+        self.squeezer = squeezer
+        self.spool = spool
+        self.workdir = workdir
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="dg-big")
+        self.hashing = ThreadPoolExecutor(1, thread_name_prefix="dg-big-hash")
+        self.finished: SimpleQueue[SidePack] = SimpleQueue()
+        self.stopping = False
+        self.writer: PackWriter | None = None  # only this thread's pass touches the two
+        self.blobs: list[PendingBlob] = []
+
+    def submit(self, path: bytes, cut: bool) -> Future[Prepared]:
+        """Read `path` in one pass; `cut`: into pieces too, as it will be stored whole."""
+        return self.pool.submit(self._prepare, path, cut)
+
+    def side_packs(self) -> list[SidePack]:
+        """The side packs finished since the last call."""
+        packs = []
+        while True:
+            try:
+                packs.append(self.finished.get_nowait())
+            except Empty:
+                return packs
+
+    def close(self) -> None:
+        self.stopping = True
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        self.hashing.shutdown(wait=True)
+        self._drop_writer()
+        for pack in self.side_packs():
+            pack.writer.path.unlink(missing_ok=True)
+
+    def _prepare(self, path: bytes, cut: bool) -> Prepared:
+        prepared, regular = begin(path)
+        if not regular:
+            return prepared
+        st = prepared.st
+        s = self.settings
+        sig = None
+        if s.takes_deltas(st.st_size):
+            sig = prepared.signature = tempfile.TemporaryFile(dir=self.workdir)  # noqa: SIM115 - the uploader closes it
+        pieces: list[PendingBlob] = []
+        signer = None
+        args = signature_args(st.st_size, s.block_max)
+        if cut and sig is not None and s.piece_size % args[1] == 0:
+            signer = PieceSigner(self.squeezer.pool, sig, args)
+        cutter = Cutter(self.squeezer, s.piece_size, self._taker(pieces, signer)) if cut else None
+
+        def on_bytes(data: bytes) -> None:
+            if self.stopping:
+                raise Stopped
+            if cutter is not None:
+                cutter.add(data)
+
+        try:
+            source = read_source(
+                path,
+                s.piece_size,
+                None if signer is not None else sig,
+                s.block_max,
+                self.workdir,
+                on_bytes,
+                self.hashing,
+            )
+        except BaseException:
+            if cutter is not None:
+                cutter.cancel()
+            if signer is not None:
+                signer.cancel()
+            self._drop_writer()
+            if sig is not None:
+                sig.close()
+            raise
+        prepared.source = source
+        if cutter is None:
+            return prepared
+        if source.temporary or source.data is not None:  # moved on, or shrank, meanwhile
+            cutter.cancel()
+            self._drop_writer()  # pieces handed over before are left unused
+            if signer is not None and sig is not None:  # what was signed is not this source
+                signer.cancel()
+                sig.seek(0)
+                sig.truncate()
+                with source.open() as f:
+                    sign(f, sig, source.meta.size, s.block_max)
+            return prepared
+        cutter.finish()
+        if signer is not None:
+            signer.finish()
+        self._hand_over()
+        prepared.spooled = pieces
+        return prepared
+
+    def _taker(
+        self, pieces: list[PendingBlob], signer: PieceSigner | None
+    ) -> Callable[[bytes, tuple[bytes, bytes]], None]:
+        """Where the cutter puts a file's pieces (and, with `signer`, has them signed): a piece
+        seen before in this file is reused."""
+        seen: dict[bytes, PendingBlob] = {}
+
+        def take(raw: bytes, done: tuple[bytes, bytes]) -> None:
+            if signer is not None:
+                signer.add(raw)
+            blob = seen.get(done[0])
+            if blob is None:
+                if self.writer is None:
+                    self.writer = new_pack(self.spool, self.settings.zstd_level)
+                blob = seen[done[0]] = PendingBlob(
+                    self.writer.add_frame(done[1], len(raw), done[0])
+                )
+                self.blobs.append(blob)
+                if self.writer.size >= self.settings.pack_size:
+                    self._hand_over()
+            pieces.append(blob)
+
+        return take
+
+    def _hand_over(self) -> None:
+        writer, self.writer = self.writer, None
+        if writer is not None:
+            self.finished.put(SidePack(writer, writer.finish(), self.blobs))
+            self.blobs = []
+
+    def _drop_writer(self) -> None:
+        if self.writer is not None:
+            self.writer.discard()
+            self.writer = None
+            self.blobs = []
+
+
+class PieceSigner:
+    """A big file's librsync signature made a piece at a time on the squeezer's threads, so the
+    reading thread does not compute it alone. librsync signs each block on its own: the
+    signatures of block-aligned pieces, less the header of all but the first, are the file's
+    (tests/test_bigfiles.py checks it)."""
+
+    def __init__(self, pool: Executor, out: BinaryIO, args: tuple[int, int, int]) -> None:
+        self.pool = pool
+        self.out = out
+        self.magic, self.block, self.strong = args
+        self.waiting: deque[Future[bytes]] = deque()
+        self.header = True
+
+    def add(self, piece: bytes) -> None:
+        self.waiting.append(self.pool.submit(self._sign, piece))
+        while len(self.waiting) > _SIGNING:
+            self._write(self.waiting.popleft().result())
+
+    def finish(self) -> None:
+        while self.waiting:
+            self._write(self.waiting.popleft().result())
+
+    def cancel(self) -> None:
+        for future in self.waiting:
+            future.cancel()
+        self.waiting.clear()
+
+    def _sign(self, piece: bytes) -> bytes:
+        out = io.BytesIO()
+        pyrsync.signature(io.BytesIO(piece), out, self.strong, self.magic, self.block)
+        return out.getvalue()
+
+    def _write(self, signature: bytes) -> None:
+        self.out.write(signature if self.header else signature[_SIG_HEADER:])
+        self.header = False
