@@ -258,7 +258,12 @@ class Bench:
 
 
 def restore_rows(bench: Bench, tools: list[Tool], base: Path, src: Path, k: int, runs: int):
-    """Each tool restores backup k `runs` times; its first restore is checked against src."""
+    """Each tool restores backup k `runs` times; its first restore is checked against src.
+
+    The restored trees are removed only once all are timed: a restore right after deleting a
+    tree of as many files is slower, whichever tool it is (on ext4 without a journal, inode
+    allocation skips inodes freed in the last minute, `recently_deleted`), so deleting each one
+    at once slowed whichever tool came next."""
     source = snapshot(src)
     landed: dict[str, Path] = {}
 
@@ -274,9 +279,9 @@ def restore_rows(bench: Bench, tools: list[Tool], base: Path, src: Path, k: int,
                 t.verdict, mtimes = compare(source, snapshot(landed[t.name]))
                 if mtimes:
                     bench.notes.append(f"{t.name}: {mtimes}")
-            shutil.rmtree(target, ignore_errors=True)
         got = ", ".join(f"{t.name} {t.restores[-1].seconds:.1f}s" for t in tools)
         bench.log(f"  restore run {r}: {got}")
+    shutil.rmtree(base / "restore", ignore_errors=True)
 
 
 def one_run(
