@@ -17,7 +17,7 @@ import os
 import sqlite3
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -55,9 +55,26 @@ class Home:
         self.checked = False  # the backupdb passed its page-level check in this process
 
     def initialised(self) -> bool:
-        """A repository exists: a backupdb, or a config naming a store. A config.toml written by
-        hand (sources, retention...) before the first backup is not one yet."""
-        return self.db_path.exists() or bool(self.settings().store)
+        """A repository exists: a config naming a store, or a backupdb holding anything. A
+        config.toml written by hand (sources, retention...) before the first backup is not one
+        yet, nor is the empty backupdb a kill during `init` leaves before the config names the
+        store: `init` (or a first `backup`) starts again."""
+        return bool(self.settings().store) or self._db_holds_anything()
+
+    def _db_holds_anything(self) -> bool:
+        """Whether the backupdb has a snapshot, a pack or a scan; one that does not open as an
+        empty backupdb counts as holding something, so nothing replaces it."""
+        if not self.db_path.exists():
+            return False
+        try:
+            with closing(sqlite3.connect(self.db_path)) as conn:
+                row = conn.execute(
+                    "SELECT EXISTS (SELECT 1 FROM snapshots) OR EXISTS (SELECT 1 FROM packs) "
+                    "OR EXISTS (SELECT 1 FROM scans)"
+                ).fetchone()
+        except sqlite3.Error:
+            return True
+        return bool(row[0])
 
     def default_store_url(self) -> str:
         return "file://" + str(self.path / "store")

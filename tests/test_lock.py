@@ -8,11 +8,12 @@ import fcntl
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from pathlib import Path
 
 import pytest
@@ -174,3 +175,52 @@ def test_two_backups_started_together_one_runs_the_other_exits_75(
     target = tmp_path / "restored"
     assert cli("restore", target).code == 0
     assert describe(restored_root(target, src)) == describe(src)
+
+
+def test_a_backup_after_init_was_killed_before_its_config_starts_again(
+    tmp_path: Path, home: Path
+) -> None:
+    """A kill between creating the backupdb and writing config.toml leaves an empty backupdb (and
+    maybe its WAL) and no store: the next backup must initialise, not refuse or fail."""
+    kill = (
+        "import os, sys\n"
+        "from backupdb import connection\n"
+        "conn = connection.create(__import__('pathlib').Path(sys.argv[1]))\n"
+        "os._exit(9)\n"  # killed with the backupdb open: its WAL may stay behind
+    )
+    home.mkdir(parents=True)
+    run = subprocess.run([sys.executable, "-c", kill, str(home / "backupdb.sqlite")])
+    assert run.returncode == 9 and (home / "backupdb.sqlite").exists()
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_text("a\n")
+
+    assert dg(home, "backup", src).code == 0
+    assert dg(home, "restore", tmp_path / "r").code == 0
+    assert describe(restored_root(tmp_path / "r", src)) == describe(src)
+
+
+def test_a_backupdb_with_snapshots_but_no_store_in_the_config_is_never_replaced(
+    tmp_path: Path, home: Path
+) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_text("a\n")
+    assert dg(home, "backup", src).code == 0
+    config = home / "config.toml"
+    kept = [line for line in config.read_text().splitlines() if not line.startswith("store")]
+    config.write_text("\n".join(kept) + "\n")
+    db = home / "backupdb.sqlite"
+    before = db.stat().st_ino, snapshot_rows(db)
+    assert before[1] == [(1,)]
+
+    for args in (("backup", src), ("init",)):
+        run = dg(home, *args)
+        assert run.code != 0 and run.err.count("\n") == 1, run.err
+        assert "deltagrid: error:" in run.err and "Traceback" not in run.err
+    assert (db.stat().st_ino, snapshot_rows(db)) == before  # the failed runs only logged
+
+
+def snapshot_rows(db: Path) -> list[tuple[int]]:
+    with closing(sqlite3.connect(db)) as conn:
+        return conn.execute("SELECT id FROM snapshots").fetchall()

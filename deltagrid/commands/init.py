@@ -40,7 +40,8 @@ def initialise(home: Home, store_url: str | None) -> tuple[str, str | None, str 
     finally:
         store.close()
     home.path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    home.db_path.unlink(missing_ok=True)
+    for leftover in ("", "-wal", "-shm"):  # an empty backupdb a killed init left, with its WAL
+        home.db_path.with_name(home.db_path.name + leftover).unlink(missing_ok=True)
     home.create_db().close()
     home.write_config(url, writecap)
     return url, writecap, readcap
