@@ -14,7 +14,6 @@ Until step 3 the store's root still names the old catalog, whose packs all still
 from __future__ import annotations
 
 import bisect
-import os
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,7 +27,7 @@ from restore.rebuild import DirectSource, chain_ids, load_chains, materialize
 from store.base import Store, check_stored
 from store.pack import PackWriter, digest
 from uploader.commit import Publisher, parse_root
-from uploader.spool import MAINTENANCE_PREFIX, PACK_PREFIX, clear_leftovers
+from uploader.spool import MAINTENANCE_PREFIX, clear_leftovers, new_pack
 
 
 @dataclass
@@ -83,9 +82,7 @@ class Executor:
 
     def _add(self, what: Any, frame: bytes | None, raw: bytes | None, meta: Any = None) -> None:
         if self.writer is None:
-            fd, name = tempfile.mkstemp(dir=self.spool, prefix=PACK_PREFIX)
-            os.close(fd)
-            self.writer = PackWriter(Path(name))
+            self.writer = new_pack(self.spool)
         if frame is not None:
             entry = self.writer.add_frame(frame, meta.raw_length, meta.hash)
         else:

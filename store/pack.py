@@ -30,6 +30,7 @@ TRAILER_MAGIC = b"DGPKIDX1"
 _ENTRY = struct.Struct("<QIQ32s")
 _TRAILER = struct.Struct("<QI8s")
 _RUN = 1 << 20  # bytes a pack is hashed and written in at a time
+LEVEL = 3  # zstd level of a pack whose writer names none (maintenance's rebuilt keyframes)
 
 
 def digest(data: bytes) -> bytes:
@@ -58,7 +59,7 @@ class PackWriter:
     and write release the GIL on such buffers), so the uploader's thread only appends.
     """
 
-    def __init__(self, path: Path, level: int = 3) -> None:
+    def __init__(self, path: Path, level: int = LEVEL) -> None:
         self.path = path
         self.file = open(path, "wb", buffering=0)  # noqa: SIM115 - lives until finish()
         self.hash = hashlib.blake2b(digest_size=32)  # the pack's own: the store need not re-read

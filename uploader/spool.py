@@ -13,7 +13,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from store.pack import IndexEntry, PackWriter
+from store.pack import LEVEL, IndexEntry, PackWriter
 
 PACK_PREFIX = "pack-"  # a pack being filled, by an upload or a maintenance run
 WORK_PREFIX = "work-"  # an upload's private directory: signatures, deltas, copies of changing files
@@ -30,7 +30,7 @@ def clear_leftovers(spool: Path) -> None:
             leftover.unlink(missing_ok=True)
 
 
-def new_pack(spool: Path, level: int) -> PackWriter:
+def new_pack(spool: Path, level: int = LEVEL) -> PackWriter:
     """An empty pack to fill, under a name the next writer's `clear_leftovers` knows."""
     fd, name = tempfile.mkstemp(dir=spool, prefix=PACK_PREFIX)
     os.close(fd)
