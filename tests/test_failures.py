@@ -142,16 +142,36 @@ def baseline(tmp_path_factory: pytest.TempPathFactory) -> dict[str, int]:
     return {"pack_bytes": grown, "packs": second.json["packs"]}
 
 
-def kill_after_packs(home: Path, before: set[str], packs: int) -> subprocess.Popen[str]:
-    """Start `upload`, SIGKILL it as soon as `packs` new objects are in the store."""
-    proc = spawn(home, "upload")
-    deadline = time.monotonic() + 120
-    while len(store_objects(home) - before) < packs:
-        assert proc.poll() is None, f"upload finished before {packs} packs were put: {proc.stderr}"
-        assert time.monotonic() < deadline
-        time.sleep(0.001)
-    proc.send_signal(signal.SIGKILL)
-    proc.communicate()
+# SIGKILL right after the upload's Nth put returns: deterministic, where polling the store from
+# outside would land a fast upload's kill late (after its last pack, with the queue drained).
+_KILL_AFTER_PUTS = """
+import os, signal, sys
+from store.filestore import FileStore
+left = [int(sys.argv[1])]
+def counted(real):
+    def put(self, *args):
+        ref = real(self, *args)
+        left[0] -= 1
+        if left[0] == 0:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return ref
+    return put
+for name in ("put_bytes", "put_file", "move_file"):
+    setattr(FileStore, name, counted(getattr(FileStore, name)))
+from deltagrid.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def kill_after_packs(home: Path, packs: int) -> subprocess.Popen[str]:
+    """Run `upload`, SIGKILL it as soon as its `packs`th object is in the store."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _KILL_AFTER_PUTS, str(packs), "--home", str(home), "upload"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    proc.communicate(timeout=120)
     return proc
 
 
@@ -201,7 +221,7 @@ def test_upload_killed_then_run_again_commits_exactly(
         killed = kill_in_commit(home, moment)
     else:
         packs = {"first-pack": 1, "half-the-packs": baseline["packs"] // 2}
-        killed = kill_after_packs(home, before, packs.get(moment, baseline["packs"] - 2))
+        killed = kill_after_packs(home, packs.get(moment, baseline["packs"] - 2))
     assert killed.returncode == -signal.SIGKILL
     put_before_kill = pack_bytes(home, store_objects(home) - before)
 
