@@ -93,6 +93,14 @@ def contents_by_hash(conn: sqlite3.Connection, digests: Iterable[bytes]) -> dict
     return {content.hash: content for content in map(Content._make, rows)}
 
 
+def holds_no_contents(conn: sqlite3.Connection) -> bool:
+    """Whether the catalog has no contents and no blobs at all (before a first backup)."""
+    row = conn.execute(
+        "SELECT NOT EXISTS (SELECT 1 FROM contents) AND NOT EXISTS (SELECT 1 FROM blobs)"
+    ).fetchone()
+    return bool(row[0])
+
+
 def content_by_id(conn: sqlite3.Connection, content_id: int) -> Content:
     row = conn.execute(f"{_CONTENTS} WHERE id = ?", (content_id,)).fetchone()
     if row is None:

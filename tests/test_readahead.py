@@ -10,10 +10,13 @@ import errno
 import io
 import os
 import random
+import shutil
+import sqlite3
 from pathlib import Path
 
 import pytest
 
+import uploader.catalog
 import uploader.reader
 from tests.helpers import fail_reading, restored_root
 
@@ -49,6 +52,45 @@ def tree(tmp_path: Path, cli) -> tuple[Path, dict[str, bytes]]:
         f.write(f"\n[upload]\npiece_size = {PIECE_SIZE}\n")
     src = tmp_path / "src"
     return src, make_tree(src)
+
+
+def catalog_size(home: Path) -> tuple[int, int]:
+    """(contents, blobs) in the home's backupdb, which holds no blob twice."""
+    with sqlite3.connect(home / "backupdb.sqlite") as conn:
+        contents = conn.execute("SELECT count(*) FROM contents").fetchone()[0]
+        blobs, distinct = conn.execute(
+            "SELECT count(*), count(DISTINCT hash) FROM blobs"
+        ).fetchone()
+    assert blobs == distinct
+    return contents, blobs
+
+
+@pytest.mark.parametrize("bound", [None, 40])
+def test_copies_across_records_and_runs_are_stored_once(
+    tmp_path: Path, cli, tree, monkeypatch: pytest.MonkeyPatch, bound: int | None
+) -> None:
+    """The uploader's catalog cache keeps its answers, "not there" included, across its records
+    and is never asked on a first backup: a copy met in a later batch, or in a later run, must
+    reuse the content stored before. Small packs: many records a run. With `bound`, the cache
+    is dropped every 40 hashes."""
+    if bound is not None:
+        monkeypatch.setattr(uploader.catalog, "_MAX", bound)
+    with open(tmp_path / "home" / "config.toml", "a") as f:
+        f.write(f"pack_size = {PIECE_SIZE}\n")
+    src, files = tree
+    files["d5/piece"] = files["d0/f0049"][:PIECE_SIZE]  # a small file: one blob stored before
+    (src / "d5/piece").write_bytes(files["d5/piece"])
+    assert cli("backup", src).code == 0
+    contents, blobs = catalog_size(tmp_path / "home")
+    assert contents == len(set(files.values()))
+
+    shutil.copytree(src / "d1", src / "copy")  # nothing new: no pack, no content
+    again = cli("--json", "backup", src)
+    assert again.code == 0, again.err
+    assert again.json["bytes_uploaded"] == 0
+    assert catalog_size(tmp_path / "home") == (contents, blobs)
+    expected = files | {f"copy/{r[3:]}": d for r, d in files.items() if r.startswith("d1/")}
+    assert restored(cli, tmp_path / "r", src) == expected
 
 
 def test_unreadable_files_read_ahead_are_reported_for_themselves(
