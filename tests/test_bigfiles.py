@@ -76,6 +76,25 @@ def test_a_copy_of_a_stored_big_file_puts_nothing(tmp_path: Path, cli, src: Path
     restores_exactly(cli, tmp_path / "r", src)
 
 
+def test_a_copy_of_a_stored_big_file_edited_in_place_puts_only_the_edited_piece(
+    tmp_path: Path, cli, src: Path
+) -> None:
+    """A new big file is cut into side packs as it is read: a piece the catalog has (here, all
+    but one) must not go into them again."""
+    assert cli("backup", src).code == 0
+    edited = src / "c" / "edited.bin"
+    shutil.copy2(src / "a" / "big.bin", edited)
+    with open(edited, "r+b") as f:
+        f.seek(5 * PIECE_SIZE + 100)
+        f.write(b"an edit in the sixth piece")
+
+    second = cli("--json", "backup", src)
+    assert second.code == 0, second.err
+    assert second.json["packs"] == 1
+    assert PIECE_SIZE < second.json["bytes_uploaded"] < PIECE_SIZE + 4096
+    restores_exactly(cli, tmp_path / "r", src)
+
+
 def test_big_files_gone_or_replaced_before_their_pass_are_reported_for_themselves(
     tmp_path: Path, cli, src: Path
 ) -> None:

@@ -5,15 +5,18 @@ against (new, not moved here), its pieces, hashed and compressed on the way into
 own ("side packs"). Until this thread, that pass ran on the uploader's main thread, and about
 half of an initial backup of a tree with one 256 MiB file was small files waiting for it.
 
-The main thread keeps the store and the backupdb to itself: it puts and records each side pack
-it is handed (`side_packs`), and takes up a big file's queue row once its pass is done. A file's
-last side pack is handed over before its pass reports done, so by then every piece has an id.
-A kill loses only what is in the spool, as before.
+The main thread keeps the store and the backupdb's writes to itself: it puts and records each side
+pack it is handed (`side_packs`), and takes up a big file's queue row once its pass is done. A
+file's last side pack is handed over before its pass reports done, so by then every piece has an
+id. A kill loses only what is in the spool, as before. This thread only reads the backupdb, on a
+read-only connection of its own: a piece the catalog has a blob for (a copy of a stored file,
+edited) is not put into a side pack again.
 """
 
 from __future__ import annotations
 
 import io
+import sqlite3
 import tempfile
 from collections import deque
 from collections.abc import Callable
@@ -24,6 +27,7 @@ from typing import BinaryIO, NamedTuple
 
 import pyrsync
 
+from backupdb import uploading
 from store.pack import PackWriter
 from uploader.readahead import Prepared, begin
 from uploader.reader import read_source, sign, signature_args
@@ -49,9 +53,12 @@ class Stopped(Exception):
 
 class BigReader:
     def __init__(
-        self, settings: UploadSettings, squeezer: Squeezer, spool: Path, workdir: Path
+        self, settings: UploadSettings, squeezer: Squeezer, spool: Path, workdir: Path, db: str
     ) -> None:
+        """`db`: the backupdb's file, read on this thread."""
         self.settings = settings
+        self.db = db
+        self.conn: sqlite3.Connection | None = None  # opened by the first big file's pass
         self.squeezer = squeezer
         self.spool = spool
         self.workdir = workdir
@@ -79,6 +86,8 @@ class BigReader:
         self.stopping = True
         self.pool.shutdown(wait=True, cancel_futures=True)
         self.hashing.shutdown(wait=True)
+        if self.conn is not None:
+            self.conn.close()
         self._drop_writer()
         for pack in self.side_packs():
             pack.writer.path.unlink(missing_ok=True)
@@ -92,7 +101,7 @@ class BigReader:
         sig = None
         if s.takes_deltas(st.st_size):
             sig = prepared.signature = tempfile.TemporaryFile(dir=self.workdir)  # noqa: SIM115 - the uploader closes it
-        pieces: list[PendingBlob] = []
+        pieces: list[PendingBlob | int] = []
         signer = None
         args = signature_args(st.st_size, s.block_max)
         if cut and sig is not None and s.piece_size % args[1] == 0:
@@ -145,28 +154,36 @@ class BigReader:
         return prepared
 
     def _taker(
-        self, pieces: list[PendingBlob], signer: PieceSigner | None
+        self, pieces: list[PendingBlob | int], signer: PieceSigner | None
     ) -> Callable[[bytes, tuple[bytes, bytes]], None]:
         """Where the cutter puts a file's pieces (and, with `signer`, has them signed): a piece
-        seen before in this file is reused."""
-        seen: dict[bytes, PendingBlob] = {}
+        seen before in this file, or stored before, is reused."""
+        seen: dict[bytes, PendingBlob | int] = {}
 
         def take(raw: bytes, done: tuple[bytes, bytes]) -> None:
             if signer is not None:
                 signer.add(raw)
             blob = seen.get(done[0])
             if blob is None:
+                blob = self._stored_blob(done[0])
+            if blob is None:
                 if self.writer is None:
                     self.writer = new_pack(self.spool, self.settings.zstd_level)
-                blob = seen[done[0]] = PendingBlob(
-                    self.writer.add_frame(done[1], len(raw), done[0])
-                )
+                blob = PendingBlob(self.writer.add_frame(done[1], len(raw), done[0]))
                 self.blobs.append(blob)
                 if self.writer.size >= self.settings.pack_size:
                     self._hand_over()
+            seen[done[0]] = blob
             pieces.append(blob)
 
         return take
+
+    def _stored_blob(self, digest: bytes) -> int | None:
+        if self.conn is None:
+            self.conn = sqlite3.connect(
+                Path(self.db).as_uri() + "?mode=ro", uri=True, check_same_thread=False
+            )
+        return uploading.blobs_by_hash(self.conn, [digest]).get(digest)
 
     def _hand_over(self) -> None:
         writer, self.writer = self.writer, None

@@ -41,7 +41,7 @@ class Prepared:
     source: Source | None = None
     signature: BinaryIO | None = None
     frame: bytes | None = None  # the whole file as one compressed blob, if it is likely needed
-    spooled: list[PendingBlob] | None = None  # a big file's pieces, in side packs (bigfiles.py)
+    spooled: list[PendingBlob | int] | None = None  # a big file's pieces: in side packs, or stored
 
 
 class ReadAhead:

@@ -123,7 +123,8 @@ class Uploader:
         self.workdir = Path(tempfile.mkdtemp(dir=self.spool, prefix=WORK_PREFIX))
         self.ahead = ReadAhead(self.settings, self.workdir)
         self.squeezer = Squeezer(self.settings.zstd_level)
-        self.big = BigReader(self.settings, self.squeezer, self.spool, self.workdir)
+        db = self.conn.execute("PRAGMA database_list").fetchone()[2]
+        self.big = BigReader(self.settings, self.squeezer, self.spool, self.workdir, db)
         self.catalog = CatalogCache(self.conn, self.ahead.ready_digests)
         try:
             conn = self.conn
@@ -357,7 +358,7 @@ class Uploader:
         source: Source,
         sig: BinaryIO | None,
         frame: bytes | None = None,
-        spooled: Sequence[PendingBlob] | None = None,
+        spooled: Sequence[PendingBlob | int] | None = None,
     ) -> PendingContent | int:
         """Find or store the content `source` describes; `spooled`: its pieces, already in the
         spool pack from the pass that read it."""
@@ -452,7 +453,7 @@ class Uploader:
         )
 
     def _keyframe(
-        self, source: Source, frame: bytes | None, spooled: Sequence[PendingBlob] | None
+        self, source: Source, frame: bytes | None, spooled: Sequence[PendingBlob | int] | None
     ) -> PendingContent:
         """Store `source` whole; `frame` is its bytes already compressed as one blob."""
         data = source.data
