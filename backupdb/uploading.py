@@ -51,13 +51,22 @@ def mark_done(conn: sqlite3.Connection, outcomes: Iterable[tuple[int, str]]) -> 
     )
 
 
-_MOVE_BASIS = """
-SELECT prev.content_id FROM queue q JOIN versions prev ON prev.id = q.prev_version_id
+_DELETED_FILES = """
+FROM queue q JOIN versions prev ON prev.id = q.prev_version_id
 WHERE q.scan_id = :scan_id AND q.reason = 'deleted' AND prev.kind = 'f'
   AND prev.content_id IS NOT NULL
+"""
+_MOVE_BASIS = f"""
+SELECT prev.content_id {_DELETED_FILES}
   AND ((prev.inode = :inode AND prev.dev = :dev) OR (prev.size = :size AND prev.mtime_ns = :mtime))
 ORDER BY prev.inode = :inode DESC LIMIT 1
 """
+
+
+def deletes_files(conn: sqlite3.Connection, scan_id: int) -> bool:
+    """Whether the scan found files gone: without, no new file of it can have moved."""
+    row = conn.execute(f"SELECT EXISTS (SELECT 1 {_DELETED_FILES})", {"scan_id": scan_id})
+    return bool(row.fetchone()[0])
 
 
 def move_basis(

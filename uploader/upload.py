@@ -113,6 +113,7 @@ class Uploader:
         self.ended: set[int] = set()  # versions this run ends: a version ends once
         self.gone_dirs: set[bytes] = set()  # directories the scan saw that this run found gone
         self.prepared: Future[Prepared] | None = None  # the current row's read-ahead
+        self.deleting_scans: dict[int, bool] = {}  # scan: did it find files gone?
         self.big_reads: dict[int, Future[Prepared]] = {}  # by queue row, until the row comes
         self.deferred: deque[tuple[QueueRow, LiveEntry | None, Future[Prepared]]] = deque()
 
@@ -385,7 +386,12 @@ class Uploader:
 
     def _moved_from(self, scan_id: int, seen: QueueRow | Meta) -> int | None:
         """The content of a file deleted in the same scan that a new one seen so likely came
-        from (rename, then edit)."""
+        from (rename, then edit). Asked only of a scan that found files gone: a query a file
+        costs a GIL handover, 0.1 ms, on a first backup."""
+        if scan_id not in self.deleting_scans:
+            self.deleting_scans[scan_id] = uploading.deletes_files(self.conn, scan_id)
+        if not self.deleting_scans[scan_id]:
+            return None
         return uploading.move_basis(
             self.conn, scan_id, seen.inode, seen.dev, seen.size, seen.mtime_ns
         )
