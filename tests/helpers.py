@@ -108,7 +108,7 @@ def fail_reading(monkeypatch: pytest.MonkeyPatch, paths: set[bytes]) -> None:
     root, no chmod makes a file unreadable. `monkeypatch.undo()` ends it."""
     real_open = uploader.reader.open_source
 
-    def open_source(path: bytes) -> int:
+    def open_source(path: bytes) -> tuple[int, os.stat_result]:
         if path in paths:
             raise SourceError(OSError(errno.EIO, os.strerror(errno.EIO), path))
         return real_open(path)

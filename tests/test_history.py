@@ -87,7 +87,7 @@ def test_a_partial_run_records_its_paths_and_reasons(
     failing = {os.fsencode(src / "sub" / "b.bin"), os.fsencode(src / "new.txt")}
     real_open = uploader.reader.open_source
 
-    def open_source(path: bytes) -> int:
+    def open_source(path: bytes) -> tuple[int, os.stat_result]:
         if path in failing:
             raise SourceError(OSError(err, os.strerror(err), path))
         return real_open(path)

@@ -122,7 +122,7 @@ def test_files_vanishing_as_they_are_opened_are_reported_for_themselves(
     vanishing = {os.fsencode(src / rel) for rel in gone}
     real_open = uploader.reader.open_source
 
-    def open_source(path: bytes) -> int:
+    def open_source(path: bytes) -> tuple[int, os.stat_result]:
         if path in vanishing and os.path.exists(path):
             os.unlink(path)
         return real_open(path)
@@ -152,11 +152,11 @@ def test_a_new_big_file_is_read_once_and_a_changed_one_from_its_copy(
     fds: dict[int, str] = {}
     real_open, real_read = uploader.reader.open_source, uploader.reader._read
 
-    def open_source(path: bytes) -> int:
-        fd = real_open(path)
-        fds[fd] = os.path.relpath(os.fsdecode(path), src)
-        opened.append(fds[fd])
-        return fd
+    def open_source(path: bytes) -> tuple[int, os.stat_result]:
+        opening = real_open(path)
+        fds[opening[0]] = os.path.relpath(os.fsdecode(path), src)
+        opened.append(fds[opening[0]])
+        return opening
 
     def read(f, n: int) -> bytes:
         data = real_read(f, n)

@@ -104,14 +104,19 @@ class HashingReader(io.RawIOBase):
         data = _read(self.f, len(buffer))
         n = len(data)
         buffer[:n] = data
+        self.took(data)
+        return n
+
+    def took(self, data: bytes) -> None:
+        """`data` was read at the current position: hash and hand on what is new."""
+        n = len(data)
         if self.pos + n > self.hashed:
-            new = data[self.hashed - self.pos :]
+            new = data[self.hashed - self.pos :] if self.hashed > self.pos else data
             self.hash.update(new)
             if self.on_bytes is not None:
                 self.on_bytes(new)
             self.hashed = self.pos + n
         self.pos += n
-        return n
 
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
         self.pos = self.f.seek(offset, whence)
@@ -156,7 +161,7 @@ class Source:
         assert self.path is not None
         if self.temporary:
             return open(self.path, "rb", buffering=_CHUNK)  # noqa: SIM115 - caller closes
-        return os.fdopen(open_source(os.fsencode(self.path)), "rb", buffering=_CHUNK)
+        return os.fdopen(open_source(os.fsencode(self.path))[0], "rb", buffering=_CHUNK)
 
     def check(self, reader: HashingReader) -> None:
         """After a full pass through `reader`: were these the bytes of the first pass?"""
@@ -168,10 +173,10 @@ class Source:
             self.path.unlink(missing_ok=True)
 
 
-def open_source(path: bytes) -> int:
-    """Open a source file for reading without following a symlink put in its place. A directory
-    put in its place opens too; it is refused here, as no longer a regular file (os.fdopen
-    would refuse it later with an error that is not a SourceError)."""
+def open_source(path: bytes) -> tuple[int, os.stat_result]:
+    """Open a source file for reading without following a symlink put in its place; the fd and
+    its fstat. A directory put in its place opens too; it is refused here, as no longer a
+    regular file (os.fdopen would refuse it later with an error that is not a SourceError)."""
     flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK
     try:
         try:
@@ -181,11 +186,10 @@ def open_source(path: bytes) -> int:
     except OSError as exc:
         raise SourceError(exc) from exc
     try:
-        _fstat(fd)
+        return fd, _fstat(fd)
     except SourceError:
         os.close(fd)
         raise
-    return fd
 
 
 def _fstat(fd: int) -> os.stat_result:
@@ -211,13 +215,15 @@ def read_source(
     A file above `memory_limit` is also handed to `on_bytes` as read; if it moved on meanwhile,
     the Source returned is a temporary copy and those bytes are not its own. Such a file is
     hashed on `hash_on` if given (BackgroundHash)."""
-    fd = open_source(path)
+    fd, before = open_source(path)
     with os.fdopen(fd, "rb", buffering=0) as f:
-        before = _fstat(fd)
         if before.st_size <= memory_limit:
-            chunks = []
-            while chunk := _read(f, _CHUNK):
-                chunks.append(chunk)
+            # Most files take one read, where reading to EOF takes two; a larger one, or one
+            # grown or shrunk since the fstat, is read on to the end.
+            chunks = [_read(f, min(before.st_size + 1, _CHUNK))]
+            if len(chunks[0]) != before.st_size:
+                while chunk := _read(f, _CHUNK):
+                    chunks.append(chunk)
             data = b"".join(chunks)
             after = _fstat(fd)
             source = Source(
@@ -230,9 +236,9 @@ def read_source(
             reader = HashingReader(f, on_bytes, hash_on)
             if sig_out is not None:
                 sign(reader, sig_out, before.st_size, block_max)
-            else:
-                while reader.read(_CHUNK):
-                    pass
+            else:  # in pieces, which a Cutter takes as they are (no copy into its buffer)
+                while chunk := _read(f, memory_limit):
+                    reader.took(chunk)
             after = _fstat(fd)
             if stat_key(before) == stat_key(after):
                 return Source(
@@ -253,7 +259,7 @@ def copy_source(
         sig_out.truncate()
     own = f is None
     if f is None:
-        f = os.fdopen(open_source(path), "rb", buffering=0)
+        f = os.fdopen(open_source(path)[0], "rb", buffering=0)
     try:
         f.seek(0)
         fd, name = tempfile.mkstemp(dir=workdir, prefix="copy-")

@@ -99,6 +99,9 @@ class Cutter:
         self.buffer = bytearray()
 
     def add(self, data: bytes) -> None:
+        if not self.buffer and len(data) == self.size:
+            self._push(data)
+            return
         self.buffer += data
         while len(self.buffer) >= self.size:
             self._push(bytes(self.buffer[: self.size]))

@@ -202,11 +202,11 @@ def test_file_truncated_while_read_is_stored_as_it_ended(
     opened = [0]
     real_open, real_read = uploader.reader.open_source, uploader.reader._read
 
-    def open_source(path: bytes) -> int:
-        fd = real_open(path)
-        if os.fstat(fd).st_ino == inode:
+    def open_source(path: bytes) -> tuple[int, os.stat_result]:
+        opening = real_open(path)
+        if opening[1].st_ino == inode:
             opened[0] += 1
-        return fd
+        return opening
 
     def _read(f, n: int) -> bytes:
         if (
@@ -299,7 +299,7 @@ def test_file_replaced_by_a_directory_just_before_it_is_opened_has_vanished(
     swapped.write_bytes(os.urandom(200_000))
     real_open = uploader.reader.open_source
 
-    def open_source(path: bytes) -> int:
+    def open_source(path: bytes) -> tuple[int, os.stat_result]:
         if path == os.fsencode(swapped) and swapped.is_file():
             swapped.unlink()
             swapped.mkdir()
