@@ -33,9 +33,9 @@ def test_puts_stay_in_memory_until_a_flush(tmp_path: Path) -> None:
     assert cache.get(_key(2)) is None
     assert _rows(root) == 0
 
-    cache.flush()
-    assert _rows(root) == 1
+    cache.flush()  # written on the cache's thread: a get waits for it
     assert cache.get(_key(1)) == b"first, again"
+    assert _rows(root) == 1
     other = SigCache(root)  # while the first is still open, as after a crash
     assert other.get(_key(1)) == b"first, again"
     other.close()
@@ -59,8 +59,29 @@ def test_a_big_buffer_is_written_without_waiting_for_a_flush(
     cache.put(_key(1), os.urandom(60))  # replaces: still 60 bytes buffered
     assert not root.exists()
     cache.put(_key(2), os.urandom(60))
-    assert _rows(root) == 2
     assert cache.buffer == {} and cache.buffered == 0
+    cache.wait()
+    assert _rows(root) == 2
+
+
+def test_a_failed_write_is_raised_by_the_next_wait(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The writes run on a thread of their own: what one raises (a full disk) must reach the
+    uploader, which waits for the last one before it commits."""
+    cache = SigCache(tmp_path / "sigs")
+    cache.put(_key(1), b"a signature")
+
+    def full(conn: sqlite3.Connection, statement: str, rows) -> None:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(sigcache, "_write", full)
+    cache.flush()
+    with pytest.raises(sqlite3.OperationalError, match="disk is full"):
+        cache.wait()
+    monkeypatch.undo()
+    cache.wait()  # raised once
+    cache.close()
 
 
 def test_a_damaged_row_reads_as_missing(tmp_path: Path) -> None:
@@ -69,12 +90,14 @@ def test_a_damaged_row_reads_as_missing(tmp_path: Path) -> None:
     cache.put(_key(1), b"a signature")
     cache.put(_key(2), b"another one")
     cache.flush()
+    cache.wait()
     with sqlite3.connect(root / "signatures.sqlite") as conn:
         conn.execute("UPDATE sig SET sig = ? WHERE hash = ?", (b"a signaturE", _key(1)))
     assert cache.get(_key(1)) is None
     assert cache.get(_key(2)) == b"another one"
     cache.put(_key(1), b"rebuilt")  # what the uploader does next
     cache.flush()
+    cache.wait()
     assert SigCache(root).get(_key(1)) == b"rebuilt"
 
 
@@ -90,6 +113,7 @@ def test_discard_drops_the_row_and_the_buffered_put(tmp_path: Path) -> None:
     assert cache.get(_key(1)) is None and cache.get(_key(2)) is None
     assert cache.buffered == 0
     cache.flush()
+    cache.wait()
     assert _rows(root) == 0
 
 

@@ -7,8 +7,12 @@ and started again empty, silently. A row keeps its signature's BLAKE2b, and one 
 check reads as missing: a wrong signature would silently give a wrong delta.
 
 One database and buffered puts, because a file per signature cost the uploader's main thread an
-inode and a GIL round trip per syscall: `put` buffers, `flush` (after each uploader record) writes
-the buffer in one transaction. The database opens at first use, not in the constructor (every
+inode and a GIL round trip per syscall: `put` buffers, `flush` (after each uploader record) hands
+the buffer to a thread of its own that writes it in one transaction while the upload goes on (on
+the main thread, those writes were 6% of an initial backup's time). One write is in flight at a
+time, and every other use of the database waits for it first, so the connection is never used
+by two threads at once and a `get` sees every `put`; `wait` raises what the write raised. The
+database opens at first use, not in the constructor (every
 command builds a Home), so only the uploader, under the home's lock, opens it and imports the old
 layout: an `xx/<hex hash>` file per signature, ending with its BLAKE2b.
 """
@@ -18,6 +22,7 @@ from __future__ import annotations
 import shutil
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
@@ -40,10 +45,13 @@ class SigCache:
         self.buffer: dict[bytes, bytes] = {}
         self.buffered = 0  # bytes in `buffer`
         self.conn: sqlite3.Connection | None = None
+        self.writer: ThreadPoolExecutor | None = None  # made at the first flush
+        self.writing: Future[None] | None = None
 
     def get(self, content_hash: bytes) -> bytes | None:
         if content_hash in self.buffer:
             return self.buffer[content_hash]
+        self.wait()
         query = "SELECT sig, digest FROM sig WHERE hash = ?"
         row = self._use(lambda conn: conn.execute(query, (content_hash,)).fetchone())
         return row[0] if row is not None and digest(row[0]) == row[1] else None
@@ -55,23 +63,39 @@ class SigCache:
             self.flush()
 
     def flush(self) -> None:
-        """Write every buffered put in one transaction."""
+        """Start writing every buffered put, in one transaction, on the writer thread."""
         if not self.buffer:
             return
-        rows = [(h, s, digest(s)) for h, s in self.buffer.items()]
-        self._use(lambda conn: _write(conn, "INSERT OR REPLACE INTO sig VALUES (?, ?, ?)", rows))
-        self.buffer.clear()
-        self.buffered = 0
+        self.wait()
+        puts, self.buffer, self.buffered = self.buffer, {}, 0
+        if self.writer is None:
+            self.writer = ThreadPoolExecutor(1, thread_name_prefix="dg-sigcache")
+        self.writing = self.writer.submit(self._write_puts, puts)
+
+    def wait(self) -> None:
+        """Wait for the write under way, if any; raise what it raised."""
+        writing, self.writing = self.writing, None
+        if writing is not None:
+            writing.result()
 
     def discard(self, content_hash: bytes) -> None:
         self.buffered -= len(self.buffer.pop(content_hash, b""))
+        self.wait()
         self._use(lambda conn: _write(conn, "DELETE FROM sig WHERE hash = ?", [(content_hash,)]))
 
     def close(self) -> None:
         self.flush()
+        self.wait()
+        if self.writer is not None:
+            self.writer.shutdown()
+            self.writer = None
         if self.conn is not None:
             self.conn.close()
             self.conn = None
+
+    def _write_puts(self, puts: dict[bytes, bytes]) -> None:
+        rows = [(h, s, digest(s)) for h, s in puts.items()]
+        self._use(lambda conn: _write(conn, "INSERT OR REPLACE INTO sig VALUES (?, ?, ?)", rows))
 
     def _use(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
         """`work` on the database; once more on a fresh one if this one is damaged."""
@@ -92,7 +116,7 @@ class SigCache:
         """The connection, opened at first use."""
         if self.conn is None:
             self.root.mkdir(parents=True, exist_ok=True)
-            self.conn = sqlite3.connect(self.path)
+            self.conn = sqlite3.connect(self.path, check_same_thread=False)  # one at a time
             self.conn.executescript(_SETUP)
             old = [d for d in self.root.iterdir() if len(d.name) == 2 and d.is_dir()]
             if old:

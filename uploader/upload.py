@@ -152,6 +152,7 @@ class Uploader:
             self._flush_pack()
             for unused in uploading.unused_contents(conn, self.ended_contents):
                 self.sigcache.discard(unused)
+            self.sigcache.wait()
         finally:
             self.big.close()
             self.ahead.close()
