@@ -160,5 +160,6 @@ def test_a_database_that_does_not_open_is_replaced(tmp_path: Path, damage: str) 
     assert cache.get(_key(1)) is None
     cache.put(_key(2), b"new signature")
     cache.flush()
+    cache.wait()
     assert SigCache(root).get(_key(2)) == b"new signature"
     assert (root / "signatures.sqlite.damaged").read_bytes() == bad
