@@ -13,7 +13,7 @@ import sqlite3
 from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
-from backupdb.nightly import LIVE, rows_in
+from backupdb.nightly import LIVE, chunks, insert_many, next_id, rows_in
 from deltagrid.errors import CorruptData
 
 # --- the queue -----------------------------------------------------------------------------------
@@ -44,11 +44,17 @@ def pending(conn: sqlite3.Connection, after_id: int, limit: int) -> list[QueueRo
 
 
 def mark_done(conn: sqlite3.Connection, outcomes: Iterable[tuple[int, str]]) -> None:
-    """Mark queue rows done, each with its outcome (stored, unchanged, vanished...)."""
-    conn.executemany(
-        "UPDATE queue SET done = 1, outcome = ? WHERE id = ?",
-        ((outcome, qid) for qid, outcome in outcomes),
-    )
+    """Mark queue rows done, each with its outcome (stored, unchanged, vanished...): a
+    statement for many rows of one outcome (insert_many says why)."""
+    by_outcome: dict[str, list[int]] = {}
+    for qid, outcome in outcomes:
+        by_outcome.setdefault(outcome, []).append(qid)
+    for outcome, qids in by_outcome.items():
+        for chunk in chunks(qids):
+            marks = ", ".join("?" * len(chunk))
+            conn.execute(
+                f"UPDATE queue SET done = 1, outcome = ? WHERE id IN ({marks})", [outcome, *chunk]
+            )
 
 
 _DELETED_FILES = """
@@ -137,21 +143,14 @@ class NewContent(NamedTuple):
     blob_ids: Sequence[int]
 
 
-_ADD_CONTENT = "INSERT INTO contents (hash, size, basis_id, depth, chain_bytes) VALUES (?,?,?,?,?)"
-
-
 def add_contents(conn: sqlite3.Connection, new: Sequence[NewContent]) -> list[int]:
-    """Insert many contents and their blob lists; their ids, in order."""
-    cursor = conn.cursor()
-    ids = [_insert(cursor, _ADD_CONTENT, *c[:5]) for c in new]
-    cursor.executemany(
-        "INSERT INTO content_blobs (content_id, seq, blob_id) VALUES (?, ?, ?)",
-        (
-            (content_id, i, b)
-            for content_id, c in zip(ids, new, strict=True)
-            for i, b in enumerate(c.blob_ids)
-        ),
-    )
+    """Insert many contents and their blob lists (in a write transaction); their ids, in order."""
+    first = next_id(conn, "contents")
+    ids = list(range(first, first + len(new)))
+    columns = ("id", "hash", "size", "basis_id", "depth", "chain_bytes")
+    insert_many(conn, "contents", columns, [(i, *c[:5]) for i, c in zip(ids, new, strict=True)])
+    listed = [(i, n, b) for i, c in zip(ids, new, strict=True) for n, b in enumerate(c.blob_ids)]
+    insert_many(conn, "content_blobs", ("content_id", "seq", "blob_id"), listed)
     return ids
 
 
@@ -171,21 +170,21 @@ def add_pack(conn: sqlite3.Connection, ref: str, size: int, snapshot_id: int) ->
     )
 
 
-_ADD_BLOB = "INSERT INTO blobs (pack_id, offset, length, raw_length, hash) VALUES (?,?,?,?,?)"
-
-
 def add_blobs(
     conn: sqlite3.Connection, pack_id: int, entries: Sequence[tuple[int, int, int, bytes]]
 ) -> list[int]:
-    """Record a pack's blobs (offset, stored length, raw length, hash); their ids, in order."""
-    cursor = conn.cursor()
-    return [_insert(cursor, _ADD_BLOB, pack_id, *entry) for entry in entries]
+    """Record a pack's blobs (offset, stored length, raw length, hash), in a write transaction;
+    their ids, in order."""
+    first = next_id(conn, "blobs")
+    ids = list(range(first, first + len(entries)))
+    columns = ("id", "pack_id", "offset", "length", "raw_length", "hash")
+    insert_many(
+        conn, "blobs", columns, [(i, pack_id, *e) for i, e in zip(ids, entries, strict=True)]
+    )
+    return ids
 
 
 # --- paths and versions --------------------------------------------------------------------------
-
-
-_ADD_PATH = "INSERT INTO paths (parent_id, path) VALUES (?, ?)"
 
 
 def ensure_paths(conn: sqlite3.Connection, wanted: Iterable[bytes]) -> dict[bytes, int]:
@@ -202,11 +201,13 @@ def ensure_paths(conn: sqlite3.Connection, wanted: Iterable[bytes]) -> dict[byte
     levels: dict[int, list[bytes]] = {}
     for p in missing:
         levels.setdefault(0 if p == b"/" else p.count(b"/"), []).append(p)
-    cursor = conn.cursor()
     for level in sorted(levels):  # parents first: each row needs its parent's id
-        for p in sorted(levels[level]):
-            parent_id = None if p == b"/" else ids[_parent(p)]
-            ids[p] = _insert(cursor, _ADD_PATH, parent_id, p)
+        first = next_id(conn, "paths")
+        rows = []
+        for n, p in enumerate(sorted(levels[level])):
+            ids[p] = first + n
+            rows.append((first + n, None if p == b"/" else ids[_parent(p)], p))
+        insert_many(conn, "paths", ("id", "parent_id", "path"), rows)
     return ids
 
 
@@ -223,25 +224,22 @@ def version_row(
     }
 
 
-_ADD_VERSION = """
-INSERT INTO versions (path_id, valid_from, kind, mode, uid, gid, size, mtime_ns, ctime_ns, inode,
-                      dev, nlink, target, content_id, recheck)
-VALUES (:path_id, :valid_from, :kind, :mode, :uid, :gid, :size, :mtime_ns, :ctime_ns, :inode,
-        :dev, :nlink, :target, :content_id, :recheck)
-"""
+_VERSION_COLUMNS = (
+    "path_id", "valid_from", "kind", "mode", "uid", "gid", "size", "mtime_ns", "ctime_ns", "inode",
+    "dev", "nlink", "target", "content_id", "recheck",
+)  # fmt: skip
 
 
 def add_versions(conn: sqlite3.Connection, rows: list[dict[str, Any]]) -> None:
     """Insert many versions (rows of `version_row`) at once; their ids are not needed."""
-    conn.executemany(_ADD_VERSION, rows)
+    values = [tuple(row[c] for c in _VERSION_COLUMNS) for row in rows]
+    insert_many(conn, "versions", _VERSION_COLUMNS, values)
 
 
 def end_versions(conn: sqlite3.Connection, version_ids: Iterable[int], valid_until: int) -> None:
     """The versions are gone from snapshot `valid_until` on."""
-    conn.executemany(
-        "INSERT INTO version_ends (version_id, valid_until) VALUES (?, ?)",
-        ((v, valid_until) for v in version_ids),
-    )
+    rows = [(v, valid_until) for v in version_ids]
+    insert_many(conn, "version_ends", ("version_id", "valid_until"), rows)
 
 
 def _insert(cursor: sqlite3.Cursor, sql: str, *values: Any) -> int:
