@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -78,6 +79,11 @@ class NoBar:
 
     def update(self, _n: float = 1) -> None:
         return None
+
+
+def iso(ns: int) -> str:
+    """A timestamp in nanoseconds as local ISO 8601, to the second."""
+    return datetime.fromtimestamp(ns / 1e9).astimezone().isoformat(timespec="seconds")
 
 
 def human_bytes(n: float) -> str:

@@ -49,6 +49,10 @@ def test_quiet_night_is_a_whole_snapshot_without_sqlalchemy(tmp_path: Path) -> N
     assert "sqlalchemy" not in proc.stderr and "tqdm" not in proc.stderr  # ...and these are not
     assert not leftover.exists()
 
+    listed = _traced(home, "ls", src)  # a quick look at the catalog: no SQLAlchemy either
+    assert listed.returncode == 0, listed.stderr
+    assert "backupdb.reading\n" in listed.stderr and "sqlalchemy" not in listed.stderr
+
     snaps = dg(home, "--json", "snapshots").json["snapshots"]
     assert [s["id"] for s in snaps] == [1, 2]
     assert snaps[-1]["files"] == 2 and snaps[-1]["sources"] == [str(src)]
@@ -110,6 +114,10 @@ def test_churn_night_is_a_whole_snapshot_without_sqlalchemy(tmp_path: Path) -> N
     assert doc["counts"]["deleted"] > 0
     assert not _has_signature(home, old_big)  # its content is no longer live
     assert _has_signature(home, big.read_bytes())
+
+    listed = _traced(home, "ls", src)  # a quick look at the catalog: no SQLAlchemy either
+    assert listed.returncode == 0, listed.stderr
+    assert "backupdb.reading\n" in listed.stderr and "sqlalchemy" not in listed.stderr
 
     snaps = dg(home, "--json", "snapshots").json["snapshots"]
     assert [s["id"] for s in snaps] == [1, 2]

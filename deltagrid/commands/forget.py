@@ -9,11 +9,10 @@ from __future__ import annotations
 import argparse
 
 from backupdb import queries
-from deltagrid.commands.snapshots import iso
 from deltagrid.config import BUCKETS, Retention
 from deltagrid.errors import UsageError
 from deltagrid.home import Home
-from deltagrid.output import Output
+from deltagrid.output import Output, iso
 from maintenance.retention import Policy, keep
 from maintenance.session import maintaining
 from uploader.commit import published_snapshot

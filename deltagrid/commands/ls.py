@@ -7,10 +7,9 @@ import os
 import stat
 
 from backupdb.reading import versions_at
-from deltagrid.commands.snapshots import iso
 from deltagrid.errors import UsageError
 from deltagrid.home import Home, plain_reading
-from deltagrid.output import Output
+from deltagrid.output import Output, iso
 from restore.resolve import resolve
 
 _TYPE = {"f": stat.S_IFREG, "d": stat.S_IFDIR, "l": stat.S_IFLNK}

@@ -4,20 +4,15 @@ from __future__ import annotations
 
 import argparse
 import json
-from datetime import datetime
 
 from backupdb import queries
 from deltagrid.home import Home, reading
-from deltagrid.output import Output, human_bytes
+from deltagrid.output import Output, human_bytes, iso
 
 
 def add(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("snapshots", parents=[common], help="list snapshots")
     p.set_defaults(run=run)
-
-
-def iso(ns: int) -> str:
-    return datetime.fromtimestamp(ns / 1e9).astimezone().isoformat(timespec="seconds")
 
 
 def run(args: argparse.Namespace, home: Home, out: Output) -> int:

@@ -5,9 +5,8 @@ from __future__ import annotations
 import argparse
 
 from backupdb import nightly, queries
-from deltagrid.commands.snapshots import iso
 from deltagrid.home import Home, reading
-from deltagrid.output import Output, human_bytes
+from deltagrid.output import Output, human_bytes, iso
 from uploader.spool import PACK_PREFIX
 
 
