@@ -2,8 +2,11 @@
 
 For trying deltagrid on a grid and for the tests. Nodes are created with `tahoe create-introducer`,
 `create-node` and `create-client` (shares needed/happy/total default 2/3/4) and run with
-`tahoe run --allow-stdin-close`, each in its own session so it can be stopped alone. DIR/grid.json
-records each node's pid and the client's web port.
+`tahoe run`, each in its own session so it can be stopped alone. DIR/grid.json records each node's
+pid and the client's web port. A grid for `deltagrid grid` outlives the command
+(`--allow-stdin-close`); a `tied` one (the tests') has its nodes read a pipe from this process, so
+they exit with it however it ends: a test run stopped by SIGTERM or SIGKILL leaves no nodes
+holding ports and directories.
 """
 
 from __future__ import annotations
@@ -87,9 +90,11 @@ def _force_foolscap(node: Path) -> None:
 
 
 class LocalGrid:
-    def __init__(self, base: Path) -> None:
+    def __init__(self, base: Path, tied: bool = False) -> None:
         self.base = base.absolute()
         self.state = self.base / "grid.json"
+        self.tied = tied
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}  # a tied grid's: they hold the pipes
 
     def _load(self) -> dict[str, Any]:
         try:
@@ -158,14 +163,19 @@ class LocalGrid:
         if pid and _alive(pid):
             return
         log = open(self.base / f"{name}.log", "ab")  # noqa: SIM115 - handed to the child
+        run = [tahoe_executable(), "run", str(self.base / name)]
+        if not self.tied:
+            run.insert(2, "--allow-stdin-close")
         with log:
             proc = subprocess.Popen(
-                [tahoe_executable(), "run", "--allow-stdin-close", str(self.base / name)],
-                stdin=subprocess.DEVNULL,
+                run,
+                stdin=subprocess.PIPE if self.tied else subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
+        if self.tied:
+            self.procs[name] = proc
         doc["pids"][name] = proc.pid
         self._save(doc)
 
@@ -173,6 +183,9 @@ class LocalGrid:
         doc = self._load()
         pid = doc["pids"].pop(name, None)
         self._save(doc)
+        proc = self.procs.pop(name, None)
+        if proc is not None and proc.stdin is not None:
+            proc.stdin.close()  # the pipe's end: a tied node exits by itself
         if not pid:
             return
         for sig in (signal.SIGTERM, signal.SIGKILL):

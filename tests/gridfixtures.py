@@ -30,7 +30,7 @@ def grid(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalGrid]:
     if _running:
         yield _running[0]
         return
-    g = LocalGrid(tmp_path_factory.mktemp("grid"))
+    g = LocalGrid(tmp_path_factory.mktemp("grid"), tied=True)  # its nodes end with this run
     g.create(servers=4)
     g.start()
     _running.append(g)

@@ -183,3 +183,43 @@ def test_client_node_stopped_mid_upload_then_resume_completes(
     target = tmp_path / "r"
     assert cli("restore", target).code == 0
     assert describe(restored_root(target, src)) == describe(src)
+
+
+_TIED_GRID = """
+import sys, time
+from pathlib import Path
+from store.tahoe_grid import LocalGrid
+grid = LocalGrid(Path(sys.argv[1]), tied=True)
+grid.create(servers=1, needed=1, happy=1, total=1)
+grid.start_node("introducer")
+print(grid._load()["pids"]["introducer"], flush=True)
+time.sleep(600)
+"""
+
+
+def running(pid: int) -> bool:
+    """Whether `pid` is a live process (a zombie left to be reaped is not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] != "Z"
+
+
+def test_a_tied_grids_nodes_end_with_the_process_that_started_them(tmp_path: Path) -> None:
+    """The test grid's nodes read a pipe from the test run: a run killed outright (SIGKILL
+    runs no cleanup) must not leave them holding ports and directories for the next one."""
+    starter = subprocess.Popen(
+        [sys.executable, "-c", _TIED_GRID, str(tmp_path / "grid")],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert starter.stdout is not None
+    node = int(starter.stdout.readline())
+    assert running(node)
+    starter.kill()
+    starter.wait()
+    deadline = time.monotonic() + 60
+    while running(node) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not running(node)
