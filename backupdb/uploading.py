@@ -43,6 +43,21 @@ def pending(conn: sqlite3.Connection, after_id: int, limit: int) -> list[QueueRo
     return [QueueRow._make(row) for row in conn.execute(_PENDING, (after_id, limit))]
 
 
+_PENDING_BIG = f"""
+SELECT {", ".join(QueueRow._fields)} FROM queue
+WHERE done = 0 AND id > ? AND id <= ? AND kind = 'f' AND reason != 'deleted' AND size > ?
+ORDER BY id LIMIT ?
+"""
+
+
+def pending_big(
+    conn: sqlite3.Connection, after_id: int, upto_id: int, size: int, limit: int
+) -> list[QueueRow]:
+    """The next `limit` rows to upload among those after `after_id` up to `upto_id` that are
+    files larger than `size`, in queue order."""
+    return [QueueRow._make(r) for r in conn.execute(_PENDING_BIG, (after_id, upto_id, size, limit))]
+
+
 def mark_done(conn: sqlite3.Connection, outcomes: Iterable[tuple[int, str]]) -> None:
     """Mark queue rows done, each with its outcome (stored, unchanged, vanished...): a
     statement for many rows of one outcome (insert_many says why)."""

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
+import uploader.upload
 from tests.helpers import describe, restored_root
-from uploader.bigfiles import PieceSigner
+from uploader.bigfiles import BigReader, PieceSigner
 from uploader.reader import sign, signature_args
 
 PIECE_SIZE = 64 << 10
@@ -76,6 +77,7 @@ def test_a_copy_of_a_stored_big_file_puts_nothing(tmp_path: Path, cli, src: Path
     restores_exactly(cli, tmp_path / "r", src)
 
 
+@pytest.mark.usefixtures("batches")
 def test_a_copy_of_a_stored_big_file_edited_in_place_puts_only_the_edited_piece(
     tmp_path: Path, cli, src: Path
 ) -> None:
@@ -95,6 +97,35 @@ def test_a_copy_of_a_stored_big_file_edited_in_place_puts_only_the_edited_piece(
     restores_exactly(cli, tmp_path / "r", src)
 
 
+@pytest.fixture(params=["one batch", "small batches"])
+def batches(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The uploader's queue batches: all rows in one, or 8 rows each, so that big files are
+    started by the look-ahead, batches before the main thread reaches their rows."""
+    if request.param == "small batches":
+        monkeypatch.setattr(uploader.upload, "_BATCH", 8)
+        monkeypatch.setattr(uploader.upload, "_BIG_AHEAD", 2)
+
+
+@pytest.mark.usefixtures("batches")
+def test_each_big_file_is_read_once_whichever_batch_starts_it(
+    tmp_path: Path, cli, src: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In small batches the look-ahead starts big files before their batch: the batch must not
+    start them again (a second pass would cut and put their pieces twice)."""
+    started: list[bytes] = []
+    real = BigReader.submit
+
+    def submit(self: BigReader, path: bytes, cut: bool):
+        started.append(path)
+        return real(self, path, cut)
+
+    monkeypatch.setattr(BigReader, "submit", submit)
+    assert cli("backup", src).code == 0
+    assert sorted(started) == [os.fsencode(src / d / "big.bin") for d in "abc"]
+    restores_exactly(cli, tmp_path / "r", src)
+
+
+@pytest.mark.usefixtures("batches")
 def test_big_files_gone_or_replaced_before_their_pass_are_reported_for_themselves(
     tmp_path: Path, cli, src: Path
 ) -> None:

@@ -57,6 +57,8 @@ _VANISHED = {errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.ENXIO}
 _BATCH = 256
 _PACK_ENTRIES = 20_000  # a pack of tiny files is put early: each entry waiting costs ~2 KB
 _DEFERRED = 64  # big files read ahead of the main thread, at most
+_BIG_AHEAD = 4  # big files started beyond the batch at hand, at most...
+_LOOK_AHEAD = 4096  # ...among this many queue rows beyond it
 
 
 @dataclass(eq=False)
@@ -115,6 +117,7 @@ class Uploader:
         self.prepared: Future[Prepared] | None = None  # the current row's read-ahead
         self.deleting_scans: dict[int, bool] = {}  # scan: did it find files gone?
         self.big_reads: dict[int, Future[Prepared]] = {}  # by queue row, until the row comes
+        self.big_seen = 0  # queue rows up to this one were looked at for big files
         self.deferred: deque[tuple[QueueRow, LiveEntry | None, Future[Prepared]]] = deque()
 
     # --- the drain -----------------------------------------------------------------------------
@@ -135,6 +138,7 @@ class Uploader:
                 lives = nightly.live_versions(conn, [row.path for row in rows])
                 self.ahead.feed(rows, lives)
                 self._feed_big(rows, lives)
+                self._look_ahead_big(rows[-1].id)
                 for row in rows:
                     self._settle()
                     big = self.big_reads.pop(row.id, None)
@@ -175,10 +179,25 @@ class Uploader:
         against (new, not moved here: as the scan saw them) are cut into pieces as read."""
         big = self.settings.piece_size
         for row in rows:
+            if row.id in self.big_reads:  # started by the look-ahead
+                continue
             if row.reason != "deleted" and row.kind == KIND_FILE and row.size > big:
                 live = lives.get(row.path)
                 cut = _previous_content(live) is None and self._moved_from(row.scan_id, row) is None
                 self.big_reads[row.id] = self.big.submit(row.path, cut)
+
+    def _look_ahead_big(self, after: int) -> None:
+        """Start a few big files of the queue rows beyond this batch too: the big-file thread
+        then goes from one to the next instead of waiting for the main thread to reach each
+        one's batch, while the second core has room (the stdlib's 45 MiB libpython.a was read
+        a second and a half after the 256 MiB file, alone)."""
+        room = _BIG_AHEAD - len(self.big_reads)
+        start, horizon = max(after, self.big_seen), after + _LOOK_AHEAD
+        if room <= 0 or start >= horizon:
+            return
+        rows = uploading.pending_big(self.conn, start, horizon, self.settings.piece_size, room)
+        self.big_seen = rows[-1].id if len(rows) == room else horizon
+        self._feed_big(rows, nightly.live_versions(self.conn, [row.path for row in rows]))
 
     def _settle(self, everything: bool = False) -> None:
         """Take up the big files whose pass is done, in queue order; wait for all of them, or
