@@ -50,10 +50,15 @@ def insert_many(
         conn.execute(head + ", ".join([one] * len(chunk)), [v for row in chunk for v in row])
 
 
-def next_id(conn: sqlite3.Connection, table: str) -> int:
-    """The id SQLite would give the next row of `table` (the largest plus one): inside a write
-    transaction, rows inserted with ids from here need no lastrowid each."""
-    return int(conn.execute(f"SELECT coalesce(max(id), 0) + 1 FROM {table}").fetchone()[0])
+def insert_numbered(
+    conn: sqlite3.Connection, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
+) -> list[int]:
+    """insert_many with ids: each row gets the id SQLite would give it (the largest plus one, in
+    order), so no row needs a statement of its own for its lastrowid. Inside a write
+    transaction only. Their ids, in order."""
+    first = int(conn.execute(f"SELECT coalesce(max(id), 0) + 1 FROM {table}").fetchone()[0])
+    insert_many(conn, table, ("id", *columns), [(first + n, *row) for n, row in enumerate(rows)])
+    return list(range(first, first + len(rows)))
 
 
 def bounds(prefix: bytes) -> tuple[bytes, bytes]:

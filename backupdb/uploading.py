@@ -13,7 +13,7 @@ import sqlite3
 from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
-from backupdb.nightly import LIVE, chunks, insert_many, next_id, rows_in
+from backupdb.nightly import LIVE, chunks, insert_many, insert_numbered, rows_in
 from deltagrid.errors import CorruptData
 
 # --- the queue -----------------------------------------------------------------------------------
@@ -160,10 +160,8 @@ class NewContent(NamedTuple):
 
 def add_contents(conn: sqlite3.Connection, new: Sequence[NewContent]) -> list[int]:
     """Insert many contents and their blob lists (in a write transaction); their ids, in order."""
-    first = next_id(conn, "contents")
-    ids = list(range(first, first + len(new)))
-    columns = ("id", "hash", "size", "basis_id", "depth", "chain_bytes")
-    insert_many(conn, "contents", columns, [(i, *c[:5]) for i, c in zip(ids, new, strict=True)])
+    columns = ("hash", "size", "basis_id", "depth", "chain_bytes")
+    ids = insert_numbered(conn, "contents", columns, [c[:5] for c in new])
     listed = [(i, n, b) for i, c in zip(ids, new, strict=True) for n, b in enumerate(c.blob_ids)]
     insert_many(conn, "content_blobs", ("content_id", "seq", "blob_id"), listed)
     return ids
@@ -190,13 +188,8 @@ def add_blobs(
 ) -> list[int]:
     """Record a pack's blobs (offset, stored length, raw length, hash), in a write transaction;
     their ids, in order."""
-    first = next_id(conn, "blobs")
-    ids = list(range(first, first + len(entries)))
-    columns = ("id", "pack_id", "offset", "length", "raw_length", "hash")
-    insert_many(
-        conn, "blobs", columns, [(i, pack_id, *e) for i, e in zip(ids, entries, strict=True)]
-    )
-    return ids
+    columns = ("pack_id", "offset", "length", "raw_length", "hash")
+    return insert_numbered(conn, "blobs", columns, [(pack_id, *e) for e in entries])
 
 
 # --- paths and versions --------------------------------------------------------------------------
@@ -217,12 +210,10 @@ def ensure_paths(conn: sqlite3.Connection, wanted: Iterable[bytes]) -> dict[byte
     for p in missing:
         levels.setdefault(0 if p == b"/" else p.count(b"/"), []).append(p)
     for level in sorted(levels):  # parents first: each row needs its parent's id
-        first = next_id(conn, "paths")
-        rows = []
-        for n, p in enumerate(sorted(levels[level])):
-            ids[p] = first + n
-            rows.append((first + n, None if p == b"/" else ids[_parent(p)], p))
-        insert_many(conn, "paths", ("id", "parent_id", "path"), rows)
+        level_paths = sorted(levels[level])
+        rows = [(None if p == b"/" else ids[_parent(p)], p) for p in level_paths]
+        new_ids = insert_numbered(conn, "paths", ("parent_id", "path"), rows)
+        ids.update(zip(level_paths, new_ids, strict=True))
     return ids
 
 

@@ -111,7 +111,7 @@ class HashingReader(io.RawIOBase):
         """`data` was read at the current position: hash and hand on what is new."""
         n = len(data)
         if self.pos + n > self.hashed:
-            new = data[self.hashed - self.pos :] if self.hashed > self.pos else data
+            new = data[self.hashed - self.pos :]  # all of it: the same object, no copy
             self.hash.update(new)
             if self.on_bytes is not None:
                 self.on_bytes(new)

@@ -12,9 +12,9 @@ the buffer to a thread of its own that writes it in one transaction while the up
 the main thread, those writes were 6% of an initial backup's time). One write is in flight at a
 time, and every other use of the database waits for it first, so the connection is never used
 by two threads at once and a `get` sees every `put`; `wait` raises what the write raised. The
-database opens at first use, not in the constructor (every
-command builds a Home), so only the uploader, under the home's lock, opens it and imports the old
-layout: an `xx/<hex hash>` file per signature, ending with its BLAKE2b.
+database opens at first use, not in the constructor (every command builds a Home), so only the
+uploader, under the home's lock, opens it and imports the old layout: an `xx/<hex hash>` file per
+signature, ending with its BLAKE2b.
 """
 
 from __future__ import annotations
