@@ -16,6 +16,7 @@ edited) is not put into a side pack again.
 from __future__ import annotations
 
 import io
+import os
 import sqlite3
 import tempfile
 from collections import deque
@@ -30,7 +31,7 @@ import pyrsync
 from backupdb import uploading
 from store.pack import PackWriter
 from uploader.readahead import Prepared, begin
-from uploader.reader import read_source, sign, signature_args
+from uploader.reader import read_opened, sign, signature_args
 from uploader.settings import UploadSettings
 from uploader.spool import PendingBlob, new_pack
 from uploader.squeeze import Cutter, Squeezer
@@ -93,14 +94,18 @@ class BigReader:
             pack.writer.path.unlink(missing_ok=True)
 
     def _prepare(self, path: bytes, cut: bool) -> Prepared:
-        prepared, regular = begin(path)
-        if not regular:
+        prepared, fd = begin(path)
+        if fd is None:
             return prepared
         st = prepared.st
         s = self.settings
         sig = None
         if s.takes_deltas(st.st_size):
-            sig = prepared.signature = tempfile.TemporaryFile(dir=self.workdir)  # noqa: SIM115 - the uploader closes it
+            try:
+                sig = prepared.signature = tempfile.TemporaryFile(dir=self.workdir)  # noqa: SIM115 - the uploader closes it
+            except BaseException:
+                os.close(fd)
+                raise
         pieces: list[PendingBlob | int] = []
         signer = None
         args = signature_args(st.st_size, s.block_max)
@@ -115,7 +120,9 @@ class BigReader:
                 cutter.add(data)
 
         try:
-            source = read_source(
+            source = read_opened(
+                fd,
+                st,
                 path,
                 s.piece_size,
                 None if signer is not None else sig,

@@ -47,6 +47,13 @@ def _read(f: BinaryIO, n: int) -> bytes:
         raise SourceError(exc) from exc
 
 
+def _read_fd(fd: int, n: int) -> bytes:
+    try:
+        return os.read(fd, n)
+    except OSError as exc:
+        raise SourceError(exc) from exc
+
+
 class BackgroundHash:
     """BLAKE2b fed a run at a time to a one-thread executor, in order: a big file's hash is
     computed beside its librsync signature instead of before it (both release the GIL)."""
@@ -208,31 +215,29 @@ def read_source(
     sig_out: BinaryIO | None,
     block_max: int,
     workdir: Path,
+) -> Source:
+    """`read_opened` of `path`, opened here."""
+    fd, before = open_source(path)
+    return read_opened(fd, before, path, memory_limit, sig_out, block_max, workdir)
+
+
+def read_opened(
+    fd: int,
+    before: os.stat_result,
+    path: bytes,
+    memory_limit: int,
+    sig_out: BinaryIO | None,
+    block_max: int,
+    workdir: Path,
     on_bytes: Callable[[bytes], None] | None = None,
     hash_on: Executor | None = None,
 ) -> Source:
-    """Read `path` once, hashing it and, when `sig_out` is given, writing its signature there.
-    A file above `memory_limit` is also handed to `on_bytes` as read; if it moved on meanwhile,
-    the Source returned is a temporary copy and those bytes are not its own. Such a file is
-    hashed on `hash_on` if given (BackgroundHash)."""
-    fd, before = open_source(path)
-    with os.fdopen(fd, "rb", buffering=0) as f:
-        if before.st_size <= memory_limit:
-            # Most files take one read, where reading to EOF takes two; a larger one, or one
-            # grown or shrunk since the fstat, is read on to the end.
-            chunks = [_read(f, min(before.st_size + 1, _CHUNK))]
-            if len(chunks[0]) != before.st_size:
-                while chunk := _read(f, _CHUNK):
-                    chunks.append(chunk)
-            data = b"".join(chunks)
-            after = _fstat(fd)
-            source = Source(
-                meta=replace(Meta.from_stat(after), size=len(data)),
-                digest=hashlib.blake2b(data, digest_size=32).digest(),
-                changed=stat_key(before) != stat_key(after),
-                data=data,
-            )
-        else:
+    """Read `path`, open as `fd` (closed here) with fstat `before`, once, hashing it and, when
+    `sig_out` is given, writing its signature there. A file above `memory_limit` is also handed
+    to `on_bytes` as read; if it moved on meanwhile, the Source returned is a temporary copy and
+    those bytes are not its own. Such a file is hashed on `hash_on` if given (BackgroundHash)."""
+    if before.st_size > memory_limit:
+        with os.fdopen(fd, "rb", buffering=0) as f:
             reader = HashingReader(f, on_bytes, hash_on)
             if sig_out is not None:
                 sign(reader, sig_out, before.st_size, block_max)
@@ -245,9 +250,27 @@ def read_source(
                     Meta.from_stat(after), reader.digest(), False, path=Path(os.fsdecode(path))
                 )
             return copy_source(path, f, sig_out, block_max, workdir)
-    if sig_out is not None and source.data is not None:
-        sign(io.BytesIO(source.data), sig_out, len(source.data), block_max)
-    return source
+    # A small file is read on the bare fd: each system call hands the GIL over and waits to
+    # take it back, and a file object adds an fstat of its own. Most files take one read, where
+    # reading to EOF takes two; a larger one, or one grown or shrunk since the fstat, is read
+    # on to the end.
+    try:
+        chunks = [_read_fd(fd, min(before.st_size + 1, _CHUNK))]
+        if len(chunks[0]) != before.st_size:
+            while chunk := _read_fd(fd, _CHUNK):
+                chunks.append(chunk)
+        after = _fstat(fd)
+    finally:
+        os.close(fd)
+    data = b"".join(chunks)
+    if sig_out is not None:
+        sign(io.BytesIO(data), sig_out, len(data), block_max)
+    return Source(
+        meta=replace(Meta.from_stat(after), size=len(data)),
+        digest=hashlib.blake2b(data, digest_size=32).digest(),
+        changed=stat_key(before) != stat_key(after),
+        data=data,
+    )
 
 
 def copy_source(

@@ -7,9 +7,9 @@ scan and upload); every file version it stored restores to bytes whose hash and 
 ones the catalog (versions JOIN contents) records; `verify --read-data` agrees; and the next run
 picks up the final state exactly. Writers are real threads; a race that must happen at one
 moment is forced where test_failures.py forces its own: at the one function that opens source
-files (`uploader.reader.open_source`), the one that reads them (`uploader.reader._read`), or the
-scanner's `os.scandir`. (test_failures.py has vanished and unreadable entries and a file
-rewritten in place while read; they are not repeated here.)
+files (`uploader.reader.open_source`), the two that read them (`uploader.reader._read` in
+passes, `_read_fd` into memory), or the scanner's `os.scandir`. (test_failures.py has vanished
+and unreadable entries and a file rewritten in place while read; they are not repeated here.)
 """
 
 from __future__ import annotations
@@ -200,7 +200,8 @@ def test_file_truncated_while_read_is_stored_as_it_ended(
     inode = victim.stat().st_ino
     passes = {"first pass": 1, "second pass": 2}[when]
     opened = [0]
-    real_open, real_read = uploader.reader.open_source, uploader.reader._read
+    real_open = uploader.reader.open_source
+    real_read, real_read_fd = uploader.reader._read, uploader.reader._read_fd
 
     def open_source(path: bytes) -> tuple[int, os.stat_result]:
         opening = real_open(path)
@@ -208,19 +209,27 @@ def test_file_truncated_while_read_is_stored_as_it_ended(
             opened[0] += 1
         return opening
 
-    def _read(f, n: int) -> bytes:
+    def truncate_past_first_mib(fd: int) -> None:
         if (
             opened[0] == passes
-            and not isinstance(f, io.BytesIO)  # a small file's later passes read its bytes
-            and os.fstat(f.fileno()).st_ino == inode
-            and f.tell() >= MiB
+            and os.fstat(fd).st_ino == inode
+            and os.lseek(fd, 0, os.SEEK_CUR) >= MiB
             and victim.stat().st_size > keep
         ):
             os.truncate(victim, keep)
+
+    def _read(f, n: int) -> bytes:  # a file read in passes
+        if not isinstance(f, io.BytesIO):  # a small file's later passes read its bytes
+            truncate_past_first_mib(f.fileno())
         return real_read(f, n)
+
+    def _read_fd(fd: int, n: int) -> bytes:  # a file read into memory
+        truncate_past_first_mib(fd)
+        return real_read_fd(fd, n)
 
     monkeypatch.setattr(uploader.reader, "open_source", open_source)
     monkeypatch.setattr(uploader.reader, "_read", _read)
+    monkeypatch.setattr(uploader.reader, "_read_fd", _read_fd)
     during = cli("--json", "backup", src)
     monkeypatch.undo()
     assert during.code == 0, during.err
@@ -284,11 +293,12 @@ def test_file_and_directory_swapped_between_scan_and_upload(
     converges(cli, src, tmp_path / "r3")
 
 
-def test_file_replaced_by_a_directory_just_before_it_is_opened_has_vanished(
+def test_file_replaced_by_a_directory_just_before_it_is_opened_is_that_directory(
     tmp_path: Path, home: Path, cli, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """After the uploader's lstat saw a file and before it opens it: opening the directory now
-    at that path succeeds, so only the fstat of what was opened can tell it is no file."""
+    """Between the scan and the open: opening the directory now at that path succeeds, so only
+    the fstat of what was opened can tell it is no file. Nothing of it is read as a file; the
+    entry is stored as what it became, as when the swap came before the upload started."""
     src = tmp_path / "src"
     src.mkdir()
     swapped = src / "swapped.bin"
@@ -298,21 +308,24 @@ def test_file_replaced_by_a_directory_just_before_it_is_opened_has_vanished(
     first = catalog(home, 1)[os.fsencode(swapped)]
     swapped.write_bytes(os.urandom(200_000))
     real_open = uploader.reader.open_source
+    swaps = [0]
 
     def open_source(path: bytes) -> tuple[int, os.stat_result]:
         if path == os.fsencode(swapped) and swapped.is_file():
             swapped.unlink()
             swapped.mkdir()
+            swaps[0] += 1
         return real_open(path)
 
     monkeypatch.setattr(uploader.reader, "open_source", open_source)
     during = cli("--json", "backup", src)
     monkeypatch.undo()
-    assert during.code == 24, during.err
-    assert during.json["vanished"] == [str(swapped)]
+    assert during.code == 0, during.err
+    assert swaps[0] == 1
+    assert during.json["vanished"] == []
     assert "Traceback" not in during.err
     listed = stored_as_recorded(cli, home, 2, src, tmp_path / "r2")
-    assert b"swapped.bin" not in listed  # gone as a file; the directory is the next run's news
+    assert listed[b"swapped.bin"]["kind"] == "d"
     assert first["kind"] == "f"
 
     converges(cli, src, tmp_path / "r3")
