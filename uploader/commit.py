@@ -174,9 +174,11 @@ class Publisher:
 
 def compress(src: Path, dest: Path) -> Path:
     """zstd `src` into `dest` as a stream. The frame records the size, so that a reader's
-    `decompress` allocates what it needs rather than its whole limit."""
+    `decompress` allocates what it needs rather than its whole limit. Level 6: on a 1.7 MB
+    export, 1% more bytes than level 10 in less than half the time (24 against 56 ms), which
+    every backup waits for before its commit."""
     with open(src, "rb") as fin, open(dest, "wb") as fout:
-        zstandard.ZstdCompressor(level=10).copy_stream(fin, fout, size=src.stat().st_size)
+        zstandard.ZstdCompressor(level=6).copy_stream(fin, fout, size=src.stat().st_size)
     return dest
 
 
