@@ -10,6 +10,7 @@ import stat
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -101,6 +102,24 @@ def settle(root: Path, age_s: float = 3600) -> None:
 def restored_root(target: Path, source: Path) -> Path:
     """Where restore puts `source`: TARGET + its absolute path."""
     return Path(str(target) + str(source.absolute()))
+
+
+def watch_opening(
+    monkeypatch: pytest.MonkeyPatch, before: Callable[[bytes], None] | None = None
+) -> list[bytes]:
+    """Every path the uploader's one opener of source files opens, in order; `before` runs on
+    each path first. `monkeypatch.undo()` ends it."""
+    real_open = uploader.reader.open_source
+    opened: list[bytes] = []
+
+    def open_source(path: bytes) -> tuple[int, os.stat_result]:
+        if before is not None:
+            before(path)
+        opened.append(path)
+        return real_open(path)
+
+    monkeypatch.setattr(uploader.reader, "open_source", open_source)
+    return opened
 
 
 def fail_reading(monkeypatch: pytest.MonkeyPatch, paths: set[bytes]) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 import uploader.upload
-from tests.helpers import describe, restored_root
+from tests.helpers import describe, restored_root, watch_opening
 from uploader.bigfiles import BigReader, PieceSigner
 from uploader.reader import sign, signature_args
 
@@ -97,6 +97,34 @@ def test_a_copy_of_a_stored_big_file_edited_in_place_puts_only_the_edited_piece(
     restores_exactly(cli, tmp_path / "r", src)
 
 
+@pytest.mark.parametrize("signatures", ["at hand", "lost"])
+def test_an_edited_big_file_is_read_once_for_its_delta(
+    tmp_path: Path, cli, src: Path, monkeypatch: pytest.MonkeyPatch, signatures: str
+) -> None:
+    """A big file with a previous version: its pass makes the rdiff delta as it reads (a
+    thread of its own, fed by a ByteStream), so the main thread does not read it a second time.
+    Without the previous version's signature at hand the main thread rebuilds it from the store
+    and reads the file again for the delta, as before."""
+    assert cli("backup", src).code == 0
+    bigs = {os.fsencode(src / d / "big.bin") for d in "abc"}
+    for path in bigs:
+        with open(path, "r+b") as f:
+            f.seek(3 * PIECE_SIZE + 7)
+            f.write(b"a scattered edit")
+    if signatures == "lost":
+        shutil.rmtree(tmp_path / "home" / "sigs")
+    opened = watch_opening(monkeypatch)
+    second = cli("--json", "backup", src)
+    monkeypatch.undo()
+    assert second.code == 0, second.err
+    assert second.json["counts"]["deltas"] == 3
+    assert second.json["bytes_uploaded"] < 3 * 4096
+    reads = 1 if signatures == "at hand" else 2
+    assert {path: opened.count(path) for path in bigs} == {path: reads for path in bigs}
+    restores_exactly(cli, tmp_path / "r", src)
+    assert cli("verify", "--read-data").code == 0
+
+
 @pytest.fixture(params=["one batch", "small batches"])
 def batches(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
     """The uploader's queue batches: all rows in one, or 8 rows each, so that big files are
@@ -115,9 +143,9 @@ def test_each_big_file_is_read_once_whichever_batch_starts_it(
     started: list[bytes] = []
     real = BigReader.submit
 
-    def submit(self: BigReader, path: bytes, cut: bool):
+    def submit(self: BigReader, path: bytes, *args):
         started.append(path)
-        return real(self, path, cut)
+        return real(self, path, *args)
 
     monkeypatch.setattr(BigReader, "submit", submit)
     assert cli("backup", src).code == 0

@@ -18,7 +18,7 @@ import pytest
 
 import uploader.catalog
 import uploader.reader
-from tests.helpers import fail_reading, restored_root
+from tests.helpers import fail_reading, restored_root, watch_opening
 
 PIECE_SIZE = 256 << 10
 SIZES = [0, 100, 3_000, 40_000, 70_000, 70_000, 9_000]
@@ -120,14 +120,12 @@ def test_files_vanishing_as_they_are_opened_are_reported_for_themselves(
     src, files = tree
     gone = ["d0/f0000", "d1/f0150", "d1/f0199", "d4/f0420"]  # empty, small, large, small
     vanishing = {os.fsencode(src / rel) for rel in gone}
-    real_open = uploader.reader.open_source
 
-    def open_source(path: bytes) -> tuple[int, os.stat_result]:
+    def vanish(path: bytes) -> None:
         if path in vanishing and os.path.exists(path):
             os.unlink(path)
-        return real_open(path)
 
-    monkeypatch.setattr(uploader.reader, "open_source", open_source)
+    watch_opening(monkeypatch, vanish)
     run = cli("--json", "backup", src)
     monkeypatch.undo()
 

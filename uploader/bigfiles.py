@@ -21,7 +21,7 @@ import sqlite3
 import tempfile
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from queue import Empty, SimpleQueue
 from typing import BinaryIO, NamedTuple
@@ -30,6 +30,7 @@ import pyrsync
 
 from backupdb import uploading
 from store.pack import PackWriter
+from uploader.bytestream import ByteStream
 from uploader.readahead import Prepared, begin
 from uploader.reader import read_opened, sign, signature_args
 from uploader.settings import UploadSettings
@@ -38,6 +39,7 @@ from uploader.squeeze import Cutter, Squeezer
 
 _SIGNING = 2  # pieces being signed at a time, beyond the one awaited
 _SIG_HEADER = 12  # a librsync signature's magic, block length and strong sum length
+_DELTA_WAITING = 8 << 20  # bytes read and not yet taken by the delta, at most
 
 
 class SidePack(NamedTuple):
@@ -65,14 +67,18 @@ class BigReader:
         self.workdir = workdir
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="dg-big")
         self.hashing = ThreadPoolExecutor(1, thread_name_prefix="dg-big-hash")
+        self.deltas = ThreadPoolExecutor(1, thread_name_prefix="dg-big-delta")
         self.finished: SimpleQueue[SidePack] = SimpleQueue()
         self.stopping = False
         self.writer: PackWriter | None = None  # only this thread's pass touches the two
         self.blobs: list[PendingBlob] = []
 
-    def submit(self, path: bytes, cut: bool) -> Future[Prepared]:
-        """Read `path` in one pass; `cut`: into pieces too, as it will be stored whole."""
-        return self.pool.submit(self._prepare, path, cut)
+    def submit(
+        self, path: bytes, cut: bool, against: tuple[int, bytes] | None = None
+    ) -> Future[Prepared]:
+        """Read `path` in one pass; `cut`: into pieces too, as it will be stored whole;
+        `against`: (content id, signature) of the version to make an rdiff delta against."""
+        return self.pool.submit(self._prepare, path, cut, against)
 
     def side_packs(self) -> list[SidePack]:
         """The side packs finished since the last call."""
@@ -87,25 +93,31 @@ class BigReader:
         self.stopping = True
         self.pool.shutdown(wait=True, cancel_futures=True)
         self.hashing.shutdown(wait=True)
+        self.deltas.shutdown(wait=True)
         if self.conn is not None:
             self.conn.close()
         self._drop_writer()
         for pack in self.side_packs():
             pack.writer.path.unlink(missing_ok=True)
 
-    def _prepare(self, path: bytes, cut: bool) -> Prepared:
+    def _prepare(self, path: bytes, cut: bool, against: tuple[int, bytes] | None) -> Prepared:
         prepared, fd = begin(path)
         if fd is None:
             return prepared
         st = prepared.st
         s = self.settings
-        sig = None
-        if s.takes_deltas(st.st_size):
-            try:
+        sig: BinaryIO | None = None
+        delta: PassDelta | None = None
+        try:
+            if s.takes_deltas(st.st_size):
                 sig = prepared.signature = tempfile.TemporaryFile(dir=self.workdir)  # noqa: SIM115 - the uploader closes it
-            except BaseException:
-                os.close(fd)
-                raise
+                if against is not None and not cut:
+                    delta = PassDelta(self.deltas, self.workdir, *against)
+        except BaseException:
+            os.close(fd)
+            if sig is not None:
+                sig.close()
+            raise
         pieces: list[PendingBlob | int] = []
         signer = None
         args = signature_args(st.st_size, s.block_max)
@@ -118,6 +130,8 @@ class BigReader:
                 raise Stopped
             if cutter is not None:
                 cutter.add(data)
+            if delta is not None:
+                delta.add(data)
 
         try:
             source = read_opened(
@@ -136,11 +150,18 @@ class BigReader:
                 cutter.cancel()
             if signer is not None:
                 signer.cancel()
+            if delta is not None:
+                delta.cancel()
             self._drop_writer()
             if sig is not None:
                 sig.close()
             raise
         prepared.source = source
+        if delta is not None:  # only if the bytes read are the source's: not a copy's
+            if source.data is None and not source.temporary:
+                prepared.delta = delta.finish()
+            else:
+                delta.cancel()
         if cutter is None:
             return prepared
         if source.temporary or source.data is not None:  # moved on, or shrank, meanwhile
@@ -203,6 +224,44 @@ class BigReader:
             self.writer.discard()
             self.writer = None
             self.blobs = []
+
+
+class PassDelta:
+    """The rdiff delta of a big file against its previous version, made on a thread of its own
+    from the bytes the pass reads (a ByteStream), instead of in a second read on the main
+    thread once the pass is done."""
+
+    def __init__(self, pool: Executor, workdir: Path, basis: int, signature: bytes) -> None:
+        self.basis = basis
+        self.stream = ByteStream(_DELTA_WAITING)
+        self.out = tempfile.TemporaryFile(dir=workdir)  # noqa: SIM115 - closed by the uploader or cancel
+        self.job = pool.submit(self._run, signature)
+
+    def add(self, data: bytes) -> None:
+        self.stream.put(data)
+
+    def finish(self) -> tuple[int, BinaryIO] | None:
+        """(basis content id, the delta file); None if it failed (librsync refused the basis's
+        signature, the disk is full...): the uploader then makes it the usual way, and meets
+        such an error itself."""
+        self.stream.end()
+        try:
+            self.job.result()
+        except Exception:
+            self.out.close()
+            return None
+        return self.basis, self.out
+
+    def cancel(self) -> None:
+        self.stream.end()
+        wait([self.job])
+        self.out.close()
+
+    def _run(self, signature: bytes) -> None:
+        try:
+            pyrsync.delta(self.stream, io.BytesIO(signature), self.out)
+        finally:
+            self.stream.abandon()
 
 
 class PieceSigner:

@@ -43,6 +43,7 @@ class Prepared:
     signature: BinaryIO | None = None
     frame: bytes | None = None  # the whole file as one compressed blob, if it is likely needed
     spooled: list[PendingBlob | int] | None = None  # a big file's pieces: in side packs, or stored
+    delta: tuple[int, BinaryIO] | None = None  # a big file's: (basis content id, rdiff delta)
 
 
 class ReadAhead:
@@ -158,5 +159,7 @@ def discard(future: Future[Prepared]) -> None:
                 prepared.source.cleanup()
             if prepared.signature is not None:
                 prepared.signature.close()
+            if prepared.delta is not None:
+                prepared.delta[1].close()
 
     future.add_done_callback(cleanup)

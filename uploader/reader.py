@@ -1,9 +1,9 @@
 """Reading a source file so that its hash, signature and delta describe the same bytes.
 
 Small files are read into memory once: every later step works on those bytes. Large files are
-read again for the delta or the blobs, each pass re-hashed (a large file with nothing to delta
-against is cut into blobs during the first pass instead); if the file changed under us (a
-different hash, or fstat moved), the work restarts from a private temporary copy.
+read again for the delta or the blobs, each pass re-hashed, unless the first pass did that work
+too (uploader/bigfiles.py: cut into blobs, or its delta made, as read); if the file changed
+under us (a different hash, or fstat moved), the work restarts from a private temporary copy.
 """
 
 from __future__ import annotations

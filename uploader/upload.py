@@ -18,7 +18,7 @@ import sqlite3
 import tempfile
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import Future, wait
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -176,15 +176,23 @@ class Uploader:
 
     def _feed_big(self, rows: list[QueueRow], lives: dict[bytes, LiveEntry]) -> None:
         """Start reading the files too large for the read-ahead; those with nothing to delta
-        against (new, not moved here: as the scan saw them) are cut into pieces as read."""
+        against (new, not moved here: as the scan saw them) are cut into pieces as read, the
+        others' delta is made as read."""
         big = self.settings.piece_size
         for row in rows:
             if row.id in self.big_reads:  # started by the look-ahead
                 continue
             if row.reason != "deleted" and row.kind == KIND_FILE and row.size > big:
-                live = lives.get(row.path)
-                cut = _previous_content(live) is None and self._moved_from(row.scan_id, row) is None
-                self.big_reads[row.id] = self.big.submit(row.path, cut)
+                basis_id = _previous_content(lives.get(row.path))
+                if basis_id is None:
+                    basis_id = self._moved_from(row.scan_id, row)
+                against = None
+                if basis_id is not None:
+                    basis = uploading.content_by_id(self.conn, basis_id)
+                    signature = self.sigcache.get(basis.hash)  # a lost one is rebuilt later
+                    if signature is not None and self._may_delta(row.size, basis):
+                        against = (basis.id, signature)
+                self.big_reads[row.id] = self.big.submit(row.path, basis_id is None, against)
 
     def _look_ahead_big(self, after: int) -> None:
         """Start a few big files of the queue rows beyond this batch too: the big-file thread
@@ -334,14 +342,16 @@ class Uploader:
     def _file(
         self, row: QueueRow, live: LiveEntry | None, prepared: Prepared | None, st: os.stat_result
     ) -> tuple[Meta, PendingContent | int, bool]:
-        frame = spooled = None
+        ahead = None  # what a reader thread made of this file
         with ExitStack() as stack:
             sig_out: BinaryIO | None
             if prepared is not None and prepared.source is not None:
+                ahead = prepared
                 start_ns, source, sig_out = prepared.start_ns, prepared.source, prepared.signature
-                frame, spooled = prepared.frame, prepared.spooled
                 if sig_out is not None:
                     stack.enter_context(sig_out)
+                if prepared.delta is not None:
+                    stack.enter_context(prepared.delta[1])
             else:  # not read ahead: it was no regular file when scanned
                 start_ns = time.time_ns()
                 # No temporary file for a small file's (unwanted) signature: one a file adds up.
@@ -360,7 +370,7 @@ class Uploader:
             try:
                 self.result.bytes_read += source.meta.size
                 try:
-                    content = self._content(row, live, source, sig_out, frame, spooled)
+                    content = self._content(row, live, source, sig_out, ahead)
                 except ChangedWhileReading:
                     source.cleanup()
                     source = copy_source(
@@ -378,11 +388,10 @@ class Uploader:
         live: LiveEntry | None,
         source: Source,
         sig: BinaryIO | None,
-        frame: bytes | None = None,
-        spooled: Sequence[PendingBlob | int] | None = None,
+        ahead: Prepared | None = None,
     ) -> PendingContent | int:
-        """Find or store the content `source` describes; `spooled`: its pieces, already in the
-        spool pack from the pass that read it."""
+        """Find or store the content `source` describes; `ahead`: what a reader thread made of
+        it besides (a compressed frame, pieces in side packs, a delta)."""
         signature = b""
         if sig is not None and self.settings.takes_deltas(source.meta.size):
             sig.seek(0)
@@ -398,7 +407,9 @@ class Uploader:
                 return found
         else:
             return known
-        content = self._delta(row, live, source) or self._keyframe(source, frame, spooled)
+        content = self._delta(row, live, source, ahead.delta if ahead else None) or self._keyframe(
+            source, ahead
+        )
         if signature:
             self.sigcache.put(source.digest, signature)
         self.pending_contents[source.digest] = content
@@ -448,25 +459,41 @@ class Uploader:
 
         return materialize(self.conn, DirectSource(self.store), content_id, self.workdir)
 
+    def _may_delta(self, size: int, basis: Content) -> bool:
+        """Whether a file of `size` may be stored as a delta against `basis`, as far as the
+        sizes and the chain's length tell (its bytes are checked once the delta is made)."""
+        s = self.settings
+        return s.takes_deltas(size) and s.takes_deltas(basis.size) and basis.depth < s.max_chain
+
     def _delta(
-        self, row: QueueRow, live: LiveEntry | None, source: Source
+        self,
+        row: QueueRow,
+        live: LiveEntry | None,
+        source: Source,
+        made: tuple[int, BinaryIO] | None = None,
     ) -> PendingContent | None:
+        """`made`: (basis content id, delta file), as the big file's pass made it."""
         size = source.meta.size
         if not self.settings.takes_deltas(size):
             return None
         basis = self._basis(row, live, source)
         if basis is None or not self.settings.takes_deltas(basis.size):
             return None
-        if basis.depth + 1 > self.settings.max_chain:
+        if not self._may_delta(size, basis):
             self.result.counts["keyframes_by_bound"] += 1
             return None
-        basis_sig = self._basis_signature(basis)
-        if basis_sig is None:
-            return None
-        with tempfile.TemporaryFile(dir=self.workdir) as delta, source.open() as f:
-            reader = HashingReader(f)
-            pyrsync.delta(reader, io.BytesIO(basis_sig), delta)
-            source.check(reader)
+        with ExitStack() as stack:
+            if made is not None and made[0] == basis.id:
+                delta = made[1]
+                delta.seek(0, io.SEEK_END)
+            else:
+                basis_sig = self._basis_signature(basis)
+                if basis_sig is None:
+                    return None
+                delta = stack.enter_context(tempfile.TemporaryFile(dir=self.workdir))
+                reader = HashingReader(stack.enter_context(source.open()))
+                pyrsync.delta(reader, io.BytesIO(basis_sig), delta)
+                source.check(reader)
             delta_size = delta.tell()
             if basis.chain_bytes + delta_size > self.settings.max_chain_ratio * size:
                 self.result.counts["keyframes_by_bound"] += 1
@@ -478,16 +505,20 @@ class Uploader:
             source.digest, size, basis.id, basis.depth + 1, basis.chain_bytes + delta_size, blobs
         )
 
-    def _keyframe(
-        self, source: Source, frame: bytes | None, spooled: Sequence[PendingBlob | int] | None
-    ) -> PendingContent:
-        """Store `source` whole; `frame` is its bytes already compressed as one blob."""
+    def _keyframe(self, source: Source, ahead: Prepared | None) -> PendingContent:
+        """Store `source` whole, from its pieces in side packs or its compressed frame if a
+        reader thread made them."""
         data = source.data
         blobs: list[PendingBlob | int]
-        if spooled is not None:
-            blobs = list(spooled)
-        elif frame is not None and data and len(data) <= self.settings.piece_size:
-            blobs = [self._blob(data, (source.digest, frame))]
+        if ahead is not None and ahead.spooled is not None:
+            blobs = list(ahead.spooled)
+        elif (
+            ahead is not None
+            and ahead.frame is not None
+            and data
+            and len(data) <= self.settings.piece_size  # not grown past a blob while read
+        ):
+            blobs = [self._blob(data, (source.digest, ahead.frame))]
         else:
             with source.open() as f:
                 reader = HashingReader(f)
