@@ -6,6 +6,7 @@ file restores to its own bytes."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import random
@@ -19,6 +20,7 @@ import uploader.upload
 from tests.helpers import describe, restored_root, watch_opening
 from uploader.bigfiles import BigReader, PieceSigner
 from uploader.reader import sign, signature_args
+from uploader.sigcache import SigCache
 
 PIECE_SIZE = 64 << 10
 PACK_SIZE = 256 << 10
@@ -104,9 +106,13 @@ def test_an_edited_big_file_is_read_once_for_its_delta(
     """A big file with a previous version: its pass makes the rdiff delta as it reads (a
     thread of its own, fed by a ByteStream), so the main thread does not read it a second time.
     Without the previous version's signature at hand the main thread rebuilds it from the store
-    and reads the file again for the delta, as before."""
+    and reads the file again for the delta, as before. The new signature is the whole file's,
+    also for the 5 MB file, whose 2 KiB blocks divide a piece: it is signed piece by piece."""
+    (src / "d").mkdir()
+    (src / "d" / "big.bin").write_bytes(random.Random(6).randbytes(5_000_000))
+    assert signature_args(5_000_000, 2048)[1] == 2048
     assert cli("backup", src).code == 0
-    bigs = {os.fsencode(src / d / "big.bin") for d in "abc"}
+    bigs = {os.fsencode(src / d / "big.bin") for d in "abcd"}
     for path in bigs:
         with open(path, "r+b") as f:
             f.seek(3 * PIECE_SIZE + 7)
@@ -117,10 +123,17 @@ def test_an_edited_big_file_is_read_once_for_its_delta(
     second = cli("--json", "backup", src)
     monkeypatch.undo()
     assert second.code == 0, second.err
-    assert second.json["counts"]["deltas"] == 3
-    assert second.json["bytes_uploaded"] < 3 * 4096
+    assert second.json["counts"]["deltas"] == 4
+    assert second.json["bytes_uploaded"] < 4 * 4096
     reads = 1 if signatures == "at hand" else 2
     assert {path: opened.count(path) for path in bigs} == {path: reads for path in bigs}
+    cache = SigCache(tmp_path / "home" / "sigs")  # made piece by piece: the whole file's
+    for path in bigs:
+        data = Path(os.fsdecode(path)).read_bytes()
+        whole = io.BytesIO()
+        sign(io.BytesIO(data), whole, len(data), 2048)
+        assert cache.get(hashlib.blake2b(data, digest_size=32).digest()) == whole.getvalue()
+    cache.close()
     restores_exactly(cli, tmp_path / "r", src)
     assert cli("verify", "--read-data").code == 0
 

@@ -35,7 +35,7 @@ from uploader.readahead import Prepared, begin
 from uploader.reader import read_opened, sign, signature_args
 from uploader.settings import UploadSettings
 from uploader.spool import PendingBlob, new_pack
-from uploader.squeeze import Cutter, Squeezer
+from uploader.squeeze import Cutter, Pieces, Squeezer
 
 _SIGNING = 2  # pieces being signed at a time, beyond the one awaited
 _SIG_HEADER = 12  # a librsync signature's magic, block length and strong sum length
@@ -121,15 +121,19 @@ class BigReader:
         pieces: list[PendingBlob | int] = []
         signer = None
         args = signature_args(st.st_size, s.block_max)
-        if cut and sig is not None and s.piece_size % args[1] == 0:
+        if sig is not None and s.piece_size % args[1] == 0:
             signer = PieceSigner(self.squeezer.pool, sig, args)
         cutter = Cutter(self.squeezer, s.piece_size, self._taker(pieces, signer)) if cut else None
+        # Pieces for the signer alone, when the file is not cut (the cutter hands it its own).
+        split = Pieces(s.piece_size, signer.add) if signer is not None and not cut else None
 
         def on_bytes(data: bytes) -> None:
             if self.stopping:
                 raise Stopped
             if cutter is not None:
                 cutter.add(data)
+            if split is not None:
+                split.add(data)
             if delta is not None:
                 delta.add(data)
 
@@ -146,39 +150,36 @@ class BigReader:
                 self.hashing,
             )
         except BaseException:
-            if cutter is not None:
-                cutter.cancel()
-            if signer is not None:
-                signer.cancel()
-            if delta is not None:
-                delta.cancel()
+            _cancel(cutter, signer, delta)
             self._drop_writer()
             if sig is not None:
                 sig.close()
             raise
         prepared.source = source
-        if delta is not None:  # only if the bytes read are the source's: not a copy's
-            if source.data is None and not source.temporary:
-                prepared.delta = delta.finish()
-            else:
-                delta.cancel()
-        if cutter is None:
-            return prepared
         if source.temporary or source.data is not None:  # moved on, or shrank, meanwhile
-            cutter.cancel()
+            _cancel(cutter, signer, delta)
             self._drop_writer()  # pieces handed over before are left unused
             if signer is not None and sig is not None:  # what was signed is not this source
-                signer.cancel()
                 sig.seek(0)
                 sig.truncate()
                 with source.open() as f:
                     sign(f, sig, source.meta.size, s.block_max)
             return prepared
-        cutter.finish()
-        if signer is not None:
-            signer.finish()
-        self._hand_over()
-        prepared.spooled = pieces
+        try:
+            if cutter is not None:
+                cutter.finish()
+            if split is not None:
+                split.finish()
+            if signer is not None:
+                signer.finish()
+        except BaseException:
+            _cancel(delta)  # else its thread waits for bytes that never come
+            raise
+        if delta is not None:
+            prepared.delta = delta.finish()
+        if cutter is not None:
+            self._hand_over()
+            prepared.spooled = pieces
         return prepared
 
     def _taker(
@@ -226,6 +227,13 @@ class BigReader:
             self.blobs = []
 
 
+def _cancel(*parts: Cutter | PieceSigner | PassDelta | None) -> None:
+    """Stop what a failed or superseded pass started."""
+    for part in parts:
+        if part is not None:
+            part.cancel()
+
+
 class PassDelta:
     """The rdiff delta of a big file against its previous version, made on a thread of its own
     from the bytes the pass reads (a ByteStream), instead of in a second read on the main
@@ -265,7 +273,7 @@ class PassDelta:
 
 
 class PieceSigner:
-    """A big file's librsync signature made a piece at a time on the squeezer's threads, so the
+    """A big file's librsync signature made a piece at a time on the squeezer's thread, so the
     reading thread does not compute it alone. librsync signs each block on its own: the
     signatures of block-aligned pieces, less the header of all but the first, are the file's
     (tests/test_bigfiles.py checks it)."""

@@ -91,6 +91,30 @@ class Feed:
         self.waiting.clear()
 
 
+class Pieces:
+    """Bytes in as they are read, pieces of exactly `size` (the last one shorter) out to `out`,
+    in order, whatever the reads returned."""
+
+    def __init__(self, size: int, out: Callable[[bytes], object]) -> None:
+        self.size = size
+        self.out = out
+        self.buffer = bytearray()
+
+    def add(self, data: bytes) -> None:
+        if not self.buffer and len(data) == self.size:
+            self.out(data)
+            return
+        self.buffer += data
+        while len(self.buffer) >= self.size:
+            self.out(bytes(self.buffer[: self.size]))
+            del self.buffer[: self.size]
+
+    def finish(self) -> None:
+        if self.buffer:
+            self.out(bytes(self.buffer))
+            self.buffer.clear()
+
+
 class Cutter:
     """Bytes in as they are read, pieces of `size` out through a Feed to `take`, in order: the
     same pieces `Squeezer.pieces` cuts from a file read `size` bytes at a time."""
@@ -99,23 +123,14 @@ class Cutter:
         self, squeezer: Squeezer, size: int, take: Callable[[bytes, tuple[bytes, bytes]], object]
     ) -> None:
         self.feed = squeezer.feed()
-        self.size = size
         self.take = take
-        self.buffer = bytearray()
+        self.pieces = Pieces(size, self._push)
 
     def add(self, data: bytes) -> None:
-        if not self.buffer and len(data) == self.size:
-            self._push(data)
-            return
-        self.buffer += data
-        while len(self.buffer) >= self.size:
-            self._push(bytes(self.buffer[: self.size]))
-            del self.buffer[: self.size]
+        self.pieces.add(data)
 
     def finish(self) -> None:
-        if self.buffer:
-            self._push(bytes(self.buffer))
-            self.buffer.clear()
+        self.pieces.finish()
         for raw, done in self.feed.drain():
             self.take(raw, done)
 
