@@ -11,16 +11,21 @@ import io
 import os
 import random
 import shutil
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pyrsync
 import pytest
 
+import uploader.bigfiles
 import uploader.upload
 from tests.helpers import describe, restored_root, watch_opening
 from uploader.bigfiles import BigReader, PieceSigner
 from uploader.reader import sign, signature_args
+from uploader.settings import UploadSettings
 from uploader.sigcache import SigCache
+from uploader.squeeze import Squeezer
 
 PIECE_SIZE = 64 << 10
 PACK_SIZE = 256 << 10
@@ -207,3 +212,47 @@ def test_a_signature_made_piece_by_piece_is_the_whole_files(size: int) -> None:
         signer.add(data[i : i + 65_536])
     signer.finish()
     assert pieced.getvalue() == whole.getvalue()
+
+
+def test_passes_waiting_hold_a_bounded_amount_of_basis_signatures(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A huge file's signature runs to hundreds of MB: passes queued behind the one under way
+    are handed one only while those waiting hold less than _SIGNATURES_HELD; the others' deltas
+    are left to the main thread. What a pass made is the delta of the file against its basis."""
+    rng = random.Random(7)
+    basis = rng.randbytes(1 << 20)
+    signature = io.BytesIO()
+    sign(io.BytesIO(basis), signature, len(basis), 2048)
+    sig = signature.getvalue()
+    paths = []
+    for i in range(3):
+        path = tmp_path / f"big{i}.bin"
+        path.write_bytes(basis[:1000] + bytes([i]) * 100 + basis[1100:])
+        paths.append(path)
+    monkeypatch.setattr(uploader.bigfiles, "_SIGNATURES_HELD", len(sig) + 1)
+    settings = UploadSettings(piece_size=PIECE_SIZE)
+    squeezer = Squeezer(1)
+    reader = BigReader(settings, squeezer, tmp_path, tmp_path, str(tmp_path / "no.db"))
+    gate = threading.Event()
+    reader.pool.submit(gate.wait)  # nothing runs until all three are queued
+    futures = [reader.submit(os.fsencode(path), False, (i, sig)) for i, path in enumerate(paths)]
+    assert reader.holding == len(sig)
+    gate.set()
+    try:
+        made = [future.result(timeout=60).delta for future in futures]
+        assert [m is not None for m in made] == [True, False, False]
+        assert made[0] is not None and made[0][0] == 0
+        expected = io.BytesIO()
+        pyrsync.delta(io.BytesIO(paths[0].read_bytes()), io.BytesIO(sig), expected)
+        made[0][1].seek(0)
+        assert made[0][1].read() == expected.getvalue()
+        assert reader.holding == 0
+    finally:
+        for future in futures:
+            prepared = future.result()
+            for f in (prepared.signature, prepared.delta[1] if prepared.delta else None):
+                if f is not None:
+                    f.close()
+        reader.close()
+        squeezer.close()

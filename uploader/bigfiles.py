@@ -19,6 +19,7 @@ import io
 import os
 import sqlite3
 import tempfile
+import threading
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor, Future, ThreadPoolExecutor, wait
@@ -40,6 +41,7 @@ from uploader.squeeze import Cutter, Pieces, Squeezer
 _SIGNING = 2  # pieces being signed at a time, beyond the one awaited
 _SIG_HEADER = 12  # a librsync signature's magic, block length and strong sum length
 _DELTA_WAITING = 8 << 20  # bytes read and not yet taken by the delta, at most
+_SIGNATURES_HELD = 64 << 20  # basis signatures handed to passes not yet done, at most
 
 
 class SidePack(NamedTuple):
@@ -70,6 +72,8 @@ class BigReader:
         self.deltas = ThreadPoolExecutor(1, thread_name_prefix="dg-big-delta")
         self.finished: SimpleQueue[SidePack] = SimpleQueue()
         self.stopping = False
+        self.holding = 0  # bytes of basis signatures handed over, their passes not yet done
+        self.lock = threading.Lock()
         self.writer: PackWriter | None = None  # only this thread's pass touches the two
         self.blobs: list[PendingBlob] = []
 
@@ -77,8 +81,16 @@ class BigReader:
         self, path: bytes, cut: bool, against: tuple[int, bytes] | None = None
     ) -> Future[Prepared]:
         """Read `path` in one pass; `cut`: into pieces too, as it will be stored whole;
-        `against`: (content id, signature) of the version to make an rdiff delta against."""
-        return self.pool.submit(self._prepare, path, cut, against)
+        `against`: (content id, signature) of the version to make an rdiff delta against. The
+        signature is dropped (the delta is then made the usual way) if the passes waiting hold
+        `_SIGNATURES_HELD` bytes of others: a huge file's runs to hundreds of MB."""
+        if against is not None:
+            with self.lock:
+                if self.holding and self.holding + len(against[1]) > _SIGNATURES_HELD:
+                    against = None
+                else:
+                    self.holding += len(against[1])
+        return self.pool.submit(self._pass, path, cut, against)
 
     def side_packs(self) -> list[SidePack]:
         """The side packs finished since the last call."""
@@ -99,6 +111,14 @@ class BigReader:
         self._drop_writer()
         for pack in self.side_packs():
             pack.writer.path.unlink(missing_ok=True)
+
+    def _pass(self, path: bytes, cut: bool, against: tuple[int, bytes] | None) -> Prepared:
+        try:
+            return self._prepare(path, cut, against)
+        finally:
+            if against is not None:
+                with self.lock:
+                    self.holding -= len(against[1])
 
     def _prepare(self, path: bytes, cut: bool, against: tuple[int, bytes] | None) -> Prepared:
         prepared, fd = begin(path)
