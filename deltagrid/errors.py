@@ -3,6 +3,12 @@
 The CLI catches `DeltagridError` at the top, so a user mistake never ends in a traceback.
 """
 
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -47,3 +53,15 @@ class Locked(DeltagridError):
     """Another deltagrid process holds the home's lock: nothing was done, try again later."""
 
     exit_code = EXIT_LOCKED
+
+
+@contextmanager
+def naming(path: str | os.PathLike[str]) -> Iterator[None]:
+    """An OSError with no file name (a write or fsync: a full disk, an I/O error) raised again
+    naming `path`, so that the one-line message says which disk."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is not None or exc.errno is None:
+            raise
+        raise OSError(exc.errno, exc.strerror, os.fspath(path)) from exc

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from deltagrid.config import Config, ConfigError, parse, set_top_level
-from deltagrid.errors import Locked, NotInitialised
+from deltagrid.errors import Locked, NotInitialised, naming
 from store.filestore import atomic_write
 from uploader.sigcache import SigCache
 
@@ -164,7 +164,8 @@ class Home:
                     time.sleep(min(0.1, left))
             holder = {"pid": os.getpid(), "command": self.command, "since_ns": time.time_ns()}
             os.ftruncate(fd, 0)
-            os.pwrite(fd, (json.dumps(holder) + "\n").encode(), 0)
+            with naming(self.lock_path):
+                os.pwrite(fd, (json.dumps(holder) + "\n").encode(), 0)
             try:
                 yield
             finally:

@@ -15,7 +15,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from deltagrid.errors import CorruptData, ObjectMissing, StoreError
+from deltagrid.errors import CorruptData, ObjectMissing, StoreError, naming
 from store.base import Store
 
 
@@ -57,7 +57,7 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
     """Write `data` to `path` crash-safely: temporary name, fsync, rename, fsync the directory."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
     try:
-        with os.fdopen(fd, "wb") as f:
+        with naming(path), os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
@@ -110,7 +110,7 @@ class FileStore(Store):
             return ref
         fd, tmp = self._tempfile()
         try:
-            with os.fdopen(fd, "wb") as f:
+            with naming(tmp), os.fdopen(fd, "wb") as f:
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
@@ -126,9 +126,11 @@ class FileStore(Store):
             with open(path, "rb") as src, os.fdopen(fd, "wb") as dst:
                 while chunk := src.read(_CHUNK):
                     h.update(chunk)
-                    dst.write(chunk)
-                dst.flush()
-                os.fsync(dst.fileno())
+                    with naming(tmp):
+                        dst.write(chunk)
+                with naming(tmp):
+                    dst.flush()
+                    os.fsync(dst.fileno())
             ref = h.hexdigest()
             if self._path(ref).exists():
                 tmp.unlink()

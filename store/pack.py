@@ -23,7 +23,7 @@ from pathlib import Path
 
 import zstandard
 
-from deltagrid.errors import CorruptData
+from deltagrid.errors import CorruptData, naming
 
 HEADER = b"DGPACK01"
 TRAILER_MAGIC = b"DGPKIDX1"
@@ -96,7 +96,7 @@ class PackWriter:
             return
         try:
             self.hash.update(data)
-            with memoryview(data) as view:
+            with memoryview(data) as view, naming(self.path):
                 done = 0
                 while done < len(view):
                     done += self.file.write(view[done:]) or 0
@@ -126,8 +126,9 @@ class PackWriter:
         self.thread.shutdown(wait=True)
         if self.error is not None:
             raise self.error
-        os.fsync(self.file.fileno())
-        self.file.close()
+        with naming(self.path):
+            os.fsync(self.file.fileno())
+            self.file.close()
         return self.size
 
     def digest(self) -> bytes:

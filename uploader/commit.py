@@ -28,7 +28,7 @@ import pyrsync
 import zstandard
 
 from backupdb import connection, export, nightly
-from deltagrid.errors import CorruptData, StoreError
+from deltagrid.errors import CorruptData, StoreError, naming
 from store.base import Store, check_stored
 from store.filestore import atomic_write
 from store.pack import digest, digest_file
@@ -177,7 +177,7 @@ def compress(src: Path, dest: Path) -> Path:
     `decompress` allocates what it needs rather than its whole limit. Level 6: on a 1.7 MB
     export, 1% more bytes than level 10 in less than half the time (24 against 56 ms), which
     every backup waits for before its commit."""
-    with open(src, "rb") as fin, open(dest, "wb") as fout:
+    with open(src, "rb") as fin, open(dest, "wb") as fout, naming(dest):
         zstandard.ZstdCompressor(level=6).copy_stream(fin, fout, size=src.stat().st_size)
     return dest
 

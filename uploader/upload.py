@@ -32,7 +32,7 @@ from backupdb.connection import transaction
 from backupdb.nightly import LiveEntry
 from backupdb.records import KIND_DIR, KIND_FILE, KIND_LINK, Meta, kind_of
 from backupdb.uploading import Content, QueueRow
-from deltagrid.errors import CorruptData, StoreError
+from deltagrid.errors import CorruptData, StoreError, naming
 from store.base import Store, check_stored
 from store.pack import PackWriter, digest
 from uploader.bigfiles import BigReader
@@ -123,6 +123,13 @@ class Uploader:
     # --- the drain -----------------------------------------------------------------------------
 
     def run(self) -> UploadResult:
+        """Drain the queue. An OSError naming no file comes from writing a temporary file of
+        the spool's (a signature, a delta, a private copy: anonymous files), so it names the
+        spool: on a full disk the message says which one."""
+        with naming(self.spool):
+            return self._run()
+
+    def _run(self) -> UploadResult:
         clear_leftovers(self.spool)
         self.workdir = Path(tempfile.mkdtemp(dir=self.spool, prefix=WORK_PREFIX))
         self.ahead = ReadAhead(self.settings, self.workdir)

@@ -115,7 +115,7 @@ def test_spool_full_fails_cleanly_then_the_next_run_completes(
     spool = tmpfs.mount(home / "spool", 1 * MiB)
 
     full = run("backup", src)
-    one_error(full, 1, "No space left on device")
+    one_error(full, 1, "No space left on device", str(spool))  # which disk
     assert snapshot_ids(run) == [1]
     status = run("--json", "status").json
     assert status["unpublished_snapshot"] is None
@@ -150,7 +150,7 @@ def test_store_full_fails_cleanly_then_the_next_run_completes(
     filler = fill(disk, 512 << 10)
 
     full = run("backup", src)
-    one_error(full, 1, "No space left on device")
+    one_error(full, 1, "No space left on device", str(store))  # which disk
     assert (store / "root.json").read_bytes() == root  # nothing was published
     assert sorted(p.name for p in (store / "objects").rglob("*") if p.is_file()) == objects
     assert snapshot_ids(run) == [1]
@@ -198,7 +198,7 @@ def test_home_full_at_any_point_never_half_commits_and_converges(
             assert snapshot_ids(run) == before + [before[-1] + 1]
             continue
         failed += 1
-        line = one_error(night_run, 1)
+        line = one_error(night_run, 1, str(home))  # which disk
         assert any(why in line for why in FULL), line
         assert snapshot_ids(run) == before  # no snapshot half-published
         figures.count("resources", "disk full: home, failed cleanly")
