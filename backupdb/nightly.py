@@ -219,6 +219,12 @@ def pending_totals(conn: sqlite3.Connection) -> tuple[int, int]:
     return rows, size
 
 
+def pending_by_reason(conn: sqlite3.Connection) -> dict[str, int]:
+    """Queue rows still to upload, by why they were queued (new, changed, meta, deleted)."""
+    rows = conn.execute("SELECT reason, count(*) FROM queue WHERE done = 0 GROUP BY reason")
+    return dict(rows.fetchall())
+
+
 # --- snapshots -----------------------------------------------------------------------------------
 
 

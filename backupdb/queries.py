@@ -226,13 +226,6 @@ def scan_errors_since(conn: Connection, first_scan_id: int) -> list[Row[Any]]:
     return list(conn.execute(select(scan_errors).where(scan_errors.c.scan_id >= first_scan_id)))
 
 
-def pending_by_reason(conn: Connection) -> dict[str, int]:
-    rows = conn.execute(
-        select(queue.c.reason, func.count()).where(queue.c.done.is_(False)).group_by(queue.c.reason)
-    )
-    return {reason: n for reason, n in rows}
-
-
 def only_in(conn: Connection, present: int, absent: int) -> dict[bytes, Row[Any]]:
     """Versions live in snapshot `present` but not in `absent`, by path."""
     ended_by = (

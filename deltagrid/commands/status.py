@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from backupdb import nightly, queries
-from deltagrid.home import Home, reading
+from backupdb import nightly
+from deltagrid.home import Home, plain_reading
 from deltagrid.output import Output, human_bytes, iso
 from uploader.spool import PACK_PREFIX
 
@@ -16,12 +16,11 @@ def add(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> Non
 
 
 def run(args: argparse.Namespace, home: Home, out: Output) -> int:
-    with reading(home) as (conn, store, published):
-        by_reason = queries.pending_by_reason(conn)
-        raw = queries.driver(conn)
-        rows, size = nightly.pending_totals(raw)
-        interrupted = nightly.interrupted_scan(raw)
-        local = nightly.last_snapshot_id(raw)
+    with plain_reading(home) as (conn, store, published):
+        by_reason = nightly.pending_by_reason(conn)
+        rows, size = nightly.pending_totals(conn)
+        interrupted = nightly.interrupted_scan(conn)
+        local = nightly.last_snapshot_id(conn)
     holder = home.lock_holder()
     spool = sorted(home.spool.glob(f"{PACK_PREFIX}*")) if home.spool.exists() else []
     spool_bytes = sum(p.stat().st_size for p in spool)
