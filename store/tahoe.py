@@ -23,6 +23,7 @@ from store.base import Store
 RETRIES = 6
 BACKOFF = 0.5  # seconds, doubled each retry
 TIMEOUT = (10, 600)  # connect, read
+TIMEOUT_RETRIES = 1  # a node silent for a whole read timeout is asked once more, not RETRIES times
 
 
 def _unhappy(body: str) -> bool:
@@ -55,8 +56,11 @@ class TahoeStore(Store):
     def _request(
         self, method: str, path: str, body: Callable[[], Any] | None = None, **kw: Any
     ) -> requests.Response:
-        """One web API call, retried on connection errors and 5xx with exponential backoff."""
+        """One web API call, retried on connection errors and 5xx with exponential backoff. A
+        read timeout (ten minutes without a byte: a hung node, or a grid far too slow) is retried
+        once: six more would keep a nightly run waiting for over an hour before it says so."""
         delay = BACKOFF
+        timeouts = 0
         for attempt in range(self.retries + 1):
             try:
                 response = self.session.request(
@@ -67,7 +71,8 @@ class TahoeStore(Store):
                     **kw,
                 )
             except requests.RequestException as exc:
-                if attempt == self.retries:
+                timeouts += isinstance(exc, requests.ReadTimeout)
+                if attempt == self.retries or timeouts > TIMEOUT_RETRIES:
                     raise StoreError(
                         f"the Tahoe node at {self.node} is not reachable ({exc.__class__.__name__})"
                     ) from None

@@ -22,11 +22,14 @@ import socket
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
+import requests
 
 import deltagrid.commands.attach
 import store.tahoe
+from deltagrid.errors import StoreError
 from deltagrid.home import Home
 from store import Store, open_store
 from tests.helpers import Run, describe, restored_root
@@ -432,6 +435,31 @@ def silent_node(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     monkeypatch.setattr(store.tahoe, "BACKOFF", 0.001)
     with socket.create_server(("127.0.0.1", 0), backlog=64) as server:
         yield f"tahoe://127.0.0.1:{server.getsockname()[1]}"
+
+
+def test_a_silent_node_is_asked_once_more_and_an_absent_one_with_every_retry(
+    silent_node: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read timeout means ten minutes without a byte: retried TIMEOUT_RETRIES times, not
+    RETRIES (which would keep a nightly run waiting over an hour). A refused connection (a
+    node restarting) gets every retry, with backoff."""
+    asked: list[str] = []
+    real = requests.Session.request
+
+    def request(self: requests.Session, method: str, url: str, **kw: Any) -> requests.Response:
+        asked.append(url)
+        return real(self, method, url, **kw)
+
+    monkeypatch.setattr(requests.Session, "request", request)
+    with pytest.raises(StoreError, match=r"not reachable \(ReadTimeout\)"):
+        open_store(silent_node, cap=CAP).read_root()
+    assert len(asked) == 1 + store.tahoe.TIMEOUT_RETRIES < 1 + store.tahoe.RETRIES
+    asked.clear()
+    with socket.create_server(("127.0.0.1", 0)) as closed:
+        port = closed.getsockname()[1]
+    with pytest.raises(StoreError, match=r"not reachable \(ConnectionError\)"):
+        open_store(f"tahoe://127.0.0.1:{port}", cap=CAP).read_root()
+    assert len(asked) == 1 + store.tahoe.RETRIES
 
 
 @pytest.mark.parametrize(
