@@ -77,11 +77,6 @@ class ByteStream(io.RawIOBase):
         self.pos += n
         return data
 
-    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
-        data = self.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
-
     def tell(self) -> int:
         return self.pos
 
