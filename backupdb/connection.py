@@ -9,12 +9,13 @@ None) and every transaction is an explicit BEGIN, which a kill -9 keeps whole or
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from deltagrid.errors import BackupDBError
+from deltagrid.floor.errors import BackupDBError
 
 SCHEMA_VERSION = 3
 # Version history (every change so far only adds tables, so migrating is creating them):
@@ -37,8 +38,9 @@ CATALOG = (
     "forgotten",
 )
 LOCAL = ("scans", "queue", "scan_errors", "runs")
-# What `create` runs: generated from schema.py by `python -m backupdb.schema_sql`.
+# What `create` runs: generated from schema.py by `python -m deltagrid.backupdb.schema_sql`.
 SCHEMA_SQL = Path(__file__).with_name("schema.sql")
+_CREATE = re.compile(r"^(CREATE (?:UNIQUE )?(?:TABLE|INDEX)) ")
 
 
 def configure(conn: sqlite3.Connection, busy_ms: int) -> None:
@@ -50,6 +52,16 @@ def configure(conn: sqlite3.Connection, busy_ms: int) -> None:
     conn.execute(f"PRAGMA busy_timeout={int(busy_ms)}")
 
 
+def _ddl(if_missing: bool = False) -> Iterator[str]:
+    """The statements of schema.sql; `if_missing` makes each skip what exists already."""
+    lines = SCHEMA_SQL.read_text().splitlines(keepends=True)
+    ddl = "".join(line for line in lines if not line.startswith("--"))
+    for statement in filter(str.strip, ddl.split(";")):
+        if if_missing:
+            statement = _CREATE.sub(r"\1 IF NOT EXISTS ", statement.strip(), count=1)
+        yield statement
+
+
 def create(path: Path) -> sqlite3.Connection:
     """A new, empty backupdb at `path` (which must not exist), configured as `connect`'s.
 
@@ -57,18 +69,25 @@ def create(path: Path) -> sqlite3.Connection:
     SQLAlchemy would double the time of a small first backup. Tables, indexes and the version
     row commit in one transaction: a kill leaves no tables or all of them.
     """
-    lines = SCHEMA_SQL.read_text().splitlines(keepends=True)
-    ddl = "".join(line for line in lines if not line.startswith("--"))
     conn = connect(path)
     try:
         with transaction(conn):
-            for statement in filter(str.strip, ddl.split(";")):
+            for statement in _ddl():
                 conn.execute(statement)
             conn.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
     except BaseException:
         conn.close()
         raise
     return conn
+
+
+def migrate(conn: sqlite3.Connection) -> None:
+    """Bring an older backupdb to SCHEMA_VERSION: so far every change only adds tables and
+    indexes, so migrating is creating what is missing, in one transaction."""
+    with transaction(conn):
+        for statement in _ddl(if_missing=True):
+            conn.execute(statement)
+        conn.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
 
 
 def connect(path: Path, busy_ms: int = 30000) -> sqlite3.Connection:
@@ -93,7 +112,7 @@ def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
 
 def open_checked(path: Path, check: bool = True, busy_ms: int = 30000) -> sqlite3.Connection:
     """Open an existing backupdb, refusing one that is damaged, incomplete or of a newer schema;
-    an older one is migrated first (through db.py, the only time this imports SQLAlchemy).
+    an older one is migrated first.
 
     `check` runs SQLite's page-level check, which reads every page (seconds at a million
     files): damage found up front fails the run before it does anything.
@@ -110,11 +129,11 @@ def open_checked(path: Path, check: bool = True, busy_ms: int = 30000) -> sqlite
     except sqlite3.DatabaseError as exc:
         raise open_error(path, exc) from None
     if version < SCHEMA_VERSION:
-        conn.close()
-        from backupdb import db
-
-        db.migrate(path)
-        return open_checked(path, check=False, busy_ms=busy_ms)
+        try:
+            migrate(conn)
+        except BaseException:
+            conn.close()
+            raise
     return conn
 
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event, update
+from sqlalchemy import Engine, create_engine, event
 
-from backupdb import connection, schema
+from deltagrid.backupdb import connection
 
 
 def _engine(path: Path, writer: bool = True, busy_ms: int = 30000) -> Engine:
@@ -29,17 +29,6 @@ def _engine(path: Path, writer: bool = True, busy_ms: int = 30000) -> Engine:
         conn.exec_driver_sql(begin)
 
     return engine
-
-
-def migrate(path: Path) -> None:
-    """Bring an older backupdb to SCHEMA_VERSION (so far every change only adds tables)."""
-    engine = _engine(path)
-    try:
-        with engine.begin() as conn:
-            schema.metadata.create_all(conn, checkfirst=True)
-            conn.execute(update(schema.schema_version).values(version=schema.SCHEMA_VERSION))
-    finally:
-        engine.dispose()
 
 
 def open_db(path: Path, writer: bool = True, check: bool = True, busy_ms: int = 30000) -> Engine:

@@ -14,8 +14,8 @@ from collections.abc import Iterable
 from contextlib import closing
 from pathlib import Path
 
-from backupdb import connection
-from deltagrid.errors import CorruptData
+from deltagrid.backupdb import connection
+from deltagrid.floor.errors import CorruptData
 
 # Tables newer than schema version 1, which an older export may lack.
 ADDED_IN = {"forgotten": 2}

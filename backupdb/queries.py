@@ -1,11 +1,12 @@
 """Queries over the backupdb through SQLAlchemy Core, for everything but a night's run.
 
-A night's scan, upload and commit run on plain sqlite3 (nightly.py, uploading.py); the few of
-those queries other code needs too are called from here on the sqlite3 connection under
-SQLAlchemy's (`driver`), in its transaction. A version is live in snapshot S when valid_from <= S
-and it has no end, or ends after S. Readers only look at snapshots the root pointer has published.
-Restore's reads are in reading.py, on plain sqlite3; `ls` too, and `diff`, `verify` and maintenance
-on `driver`.
+A night's scan, upload and commit run on plain sqlite3 (scan_queries.py, upload_queries.py,
+snapshots.py); the few of those queries other code needs too are called from here on the sqlite3
+connection under SQLAlchemy's (`driver`), in its transaction. A version is live in snapshot S
+when valid_from <= S and it has no end, or ends after S. Readers only look at snapshots the root
+pointer has published.
+Restore's reads are in restore_queries.py, on plain sqlite3; `ls` too, and `diff`, `verify` and
+maintenance on `driver`.
 """
 
 from __future__ import annotations
@@ -30,8 +31,8 @@ from sqlalchemy import (
 from sqlalchemy.engine import Row
 from sqlalchemy.sql import Select
 
-from backupdb import nightly, uploading
-from backupdb.schema import (
+from deltagrid.backupdb import sql, upload_queries
+from deltagrid.backupdb.schema import (
     blobs,
     content_blobs,
     contents,
@@ -45,6 +46,7 @@ from backupdb.schema import (
     version_ends,
     versions,
 )
+from deltagrid.backupdb.snapshots import last_snapshot_id as _last_snapshot_id
 
 
 def _new_id(conn: Connection, statement: Any, params: dict[str, Any] | None = None) -> int:
@@ -80,7 +82,7 @@ def live_in(snapshot_id: int) -> Any:
 
 def last_snapshot_id(conn: Connection) -> int:
     """The newest snapshot recorded locally, 0 when there is none."""
-    return nightly.last_snapshot_id(driver(conn))
+    return _last_snapshot_id(driver(conn))
 
 
 _not_forgotten = ~exists().where(forgotten.c.snapshot_id == snapshots.c.id)
@@ -165,7 +167,7 @@ def add_version(
     content_id: int | None,
     recheck: bool,
 ) -> None:
-    row = uploading.version_row(path_id_, valid_from, columns, content_id, recheck)
+    row = upload_queries.version_row(path_id_, valid_from, columns, content_id, recheck)
     conn.execute(insert(versions), row)
 
 
@@ -178,13 +180,15 @@ def version_changes(conn: Connection, snapshot_id: int) -> Iterator[Row[Any]]:
 
 
 def add_pack(conn: Connection, ref: str, size: int, snapshot_id: int) -> int:
-    return uploading.add_pack(_writing(conn), ref, size, snapshot_id)
+    return upload_queries.add_pack(_writing(conn), ref, size, snapshot_id)
 
 
 def add_blob(
     conn: Connection, pack_id: int, offset: int, length: int, raw_length: int, digest: bytes
 ) -> int:
-    return uploading.add_blobs(_writing(conn), pack_id, [(offset, length, raw_length, digest)])[0]
+    return upload_queries.add_blobs(
+        _writing(conn), pack_id, [(offset, length, raw_length, digest)]
+    )[0]
 
 
 def all_packs(conn: Connection) -> list[Row[Any]]:
@@ -291,7 +295,7 @@ def all_blobs(conn: Connection) -> list[Row[Any]]:
 
 def delete_ids(conn: Connection, column: Any, ids: Iterable[int]) -> None:
     """DELETE the rows whose `column` is one of `ids` (chunked)."""
-    for chunk in nightly.chunks(ids):
+    for chunk in sql.chunks(ids):
         conn.execute(delete(column.table).where(column.in_(chunk)))
 
 

@@ -21,7 +21,7 @@ from sqlalchemy import (
     Text,
 )
 
-from backupdb.connection import SCHEMA_VERSION as SCHEMA_VERSION  # its history is there
+from deltagrid.backupdb.connection import SCHEMA_VERSION as SCHEMA_VERSION  # its history is there
 
 metadata = MetaData()
 

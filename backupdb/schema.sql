@@ -1,5 +1,5 @@
 -- Generated from backupdb/schema.py: do not edit. Regenerate with
---   python -m backupdb.schema_sql
+--   python -m deltagrid.backupdb.schema_sql
 -- connection.create runs it to make a new backupdb without importing SQLAlchemy.
 
 CREATE TABLE blobs (

@@ -1,7 +1,7 @@
 """Render schema.sql: schema.py's DDL on SQLite, for `connection.create` to run without SQLAlchemy.
 
 schema.py stays the one definition of the backupdb; after changing it, regenerate schema.sql with
-`python -m backupdb.schema_sql` (tests/test_schema_sql.py fails until then).
+`python -m deltagrid.backupdb.schema_sql` (tests/test_schema_sql.py fails until then).
 """
 
 from __future__ import annotations
@@ -11,12 +11,12 @@ from pathlib import Path
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.schema import CreateIndex, CreateTable
 
-from backupdb import schema
+from deltagrid.backupdb import schema
 
 PATH = Path(__file__).with_name("schema.sql")
 HEADER = (
     "-- Generated from backupdb/schema.py: do not edit. Regenerate with\n"
-    "--   python -m backupdb.schema_sql\n"
+    "--   python -m deltagrid.backupdb.schema_sql\n"
     "-- connection.create runs it to make a new backupdb without importing SQLAlchemy.\n"
 )
 

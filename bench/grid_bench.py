@@ -48,8 +48,8 @@ sys.path.insert(0, str(ROOT))
 
 import tables  # noqa: E402
 
-from store.tahoe import TahoeStore  # noqa: E402
-from store.tahoe_grid import LocalGrid, tahoe_executable  # noqa: E402
+from deltagrid.store.tahoe import TahoeStore  # noqa: E402
+from deltagrid.store.tahoe_grid import LocalGrid, tahoe_executable  # noqa: E402
 
 MiB = 1 << 20
 TIMEOUT = 3 * 3600  # seconds: any one command

@@ -163,7 +163,7 @@ def db_bytes(home: Path) -> int:
 def export_bytes(home: Path) -> int:
     """The uncompressed export's size, written the way a commit writes it."""
     sys.path.insert(0, str(ROOT))
-    from backupdb import export
+    from deltagrid.backupdb import export
 
     with tempfile.TemporaryDirectory() as tmp:
         export.write(home / "backupdb.sqlite", Path(tmp) / "export.sqlite")

@@ -17,7 +17,7 @@ from typing import Any
 
 from deltagrid import __version__
 from deltagrid.commands import COMMANDS, load
-from deltagrid.errors import EXIT_ERROR, EXIT_USAGE, DeltagridError
+from deltagrid.floor.errors import EXIT_ERROR, EXIT_USAGE, DeltagridError
 from deltagrid.home import Home, default_home
 from deltagrid.output import Output
 

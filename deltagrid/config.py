@@ -27,10 +27,10 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from deltagrid.errors import UsageError
-from maintenance.retention import Policy, parse_duration
-from scanner.excludes import compile_pattern
-from uploader.settings import UploadSettings
+from deltagrid.floor.errors import UsageError
+from deltagrid.maintenance.retention import Policy, parse_duration
+from deltagrid.scanner.excludes import compile_pattern
+from deltagrid.uploader.settings import UploadSettings
 
 SECRET_KEYS = ("store_cap",)
 BUCKETS = ("last", "hourly", "daily", "weekly", "monthly", "yearly")

@@ -14,9 +14,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from deltagrid.errors import DeltagridError
+from deltagrid.floor.errors import DeltagridError
+from deltagrid.floor.units import count, human_bytes, plural
 from deltagrid.home import Home
-from deltagrid.output import count, human_bytes, plural
 
 RECORDED = ("scan", "upload", "backup", "forget", "prune", "compact")
 MAX_ERRORS = 1000  # paths kept per run; the count is kept whole
@@ -115,7 +115,7 @@ def record(
         return
     import sqlite3
 
-    from backupdb import connection, nightly
+    from deltagrid.backupdb import connection, runs
 
     f = figures(command, doc)
     values = {
@@ -137,68 +137,8 @@ def record(
     except DeltagridError:
         return
     try:
-        nightly.add_run(conn, values)
+        runs.add_run(conn, values)
     except (sqlite3.Error, OSError):
         pass  # the history is a convenience; the run's own outcome stands
     finally:
         conn.close()
-
-
-@dataclass
-class Run:
-    """A recorded run, as `log` and `report` show it."""
-
-    id: int
-    command: str
-    argv: list[str]
-    started_ns: int
-    finished_ns: int
-    exit_code: int
-    snapshot_id: int | None
-    files: int
-    bytes_read: int
-    bytes_uploaded: int
-    store_bytes: int | None
-    summary: str
-    error_count: int
-    errors: list[dict[str, str]]
-
-    @property
-    def outcome(self) -> str:
-        return OUTCOMES.get(self.exit_code, "failed")
-
-    @property
-    def seconds(self) -> float:
-        return (self.finished_ns - self.started_ns) / 1e9
-
-    def doc(self) -> dict[str, Any]:
-        d = {k: getattr(self, k) for k in self.__dataclass_fields__}
-        d["outcome"] = self.outcome
-        return d
-
-
-OUTCOMES = {0: "ok", 23: "partial", 24: "partial", 2: "usage", 75: "locked"}
-
-
-def last_runs(conn: Any, limit: int) -> list[Run]:
-    from backupdb import queries
-
-    return [
-        Run(
-            id=r.id,
-            command=r.command,
-            argv=json.loads(r.argv),
-            started_ns=r.started_ns,
-            finished_ns=r.finished_ns,
-            exit_code=r.exit_code,
-            snapshot_id=r.snapshot_id,
-            files=r.files,
-            bytes_read=r.bytes_read,
-            bytes_uploaded=r.bytes_uploaded,
-            store_bytes=r.store_bytes,
-            summary=r.summary,
-            error_count=r.error_count,
-            errors=json.loads(r.errors),
-        )
-        for r in queries.last_runs(conn, limit)
-    ]

@@ -23,14 +23,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from deltagrid.config import Config, ConfigError, parse, set_top_level
-from deltagrid.errors import Locked, NotInitialised, naming
-from store.filestore import atomic_write
-from uploader.sigcache import SigCache
+from deltagrid.floor.errors import Locked, NotInitialised, naming
+from deltagrid.floor.fs import atomic_write
+from deltagrid.uploader.sigcache import SigCache
 
 if TYPE_CHECKING:  # the backupdb and store modules pull in SQLAlchemy, requests...: imported
     from sqlalchemy import Connection, Engine  # where used, so a command loads only its own
 
-    from store import Store
+    from deltagrid.store import Store
 
 
 def default_home() -> Path:
@@ -112,13 +112,13 @@ class Home:
 
     def create_db(self) -> sqlite3.Connection:
         """A new, empty backupdb, made on plain sqlite3 (the first backup imports no SQLAlchemy)."""
-        from backupdb import connection
+        from deltagrid.backupdb import connection
 
         return connection.create(self.db_path)
 
     def engine(self, writer: bool = True) -> Engine:
         self.config()
-        from backupdb import db
+        from deltagrid.backupdb import db
 
         return db.open_db(self.db_path, writer, check=self._check_once())
 
@@ -126,7 +126,7 @@ class Home:
         """The backupdb on a plain sqlite3 connection: a night's scan, upload and commit, and
         restore's reads."""
         self.config()
-        from backupdb import connection
+        from deltagrid.backupdb import connection
 
         return connection.open_checked(self.db_path, check=self._check_once())
 
@@ -138,7 +138,7 @@ class Home:
 
     def store(self) -> Store:
         config = self.config()
-        from store import open_store
+        from deltagrid.store import open_store
 
         return open_store(config.store, cap=config.cap)
 
@@ -236,7 +236,7 @@ def plain_reading(home: Home) -> Iterator[tuple[sqlite3.Connection, Store, int]]
 @contextmanager
 def _published(home: Home) -> Iterator[tuple[Store, int]]:
     """The store, and the snapshot its root pointer publishes."""
-    from uploader.commit import published_snapshot
+    from deltagrid.repository.root import published_snapshot
 
     store = home.store()
     try:

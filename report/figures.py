@@ -8,9 +8,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from backupdb import queries
-from deltagrid.history import Run, last_runs
-from uploader.commit import parse_root
+from deltagrid.backupdb import queries
+from deltagrid.backupdb.runs import Run, last_runs
+from deltagrid.repository.root import parse_root
 
 TOP = 10  # rows in the "most versions" and "longest chains" lists
 

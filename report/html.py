@@ -7,10 +7,10 @@ from collections.abc import Callable
 from datetime import datetime
 from html import escape
 
-from deltagrid.history import Run
-from deltagrid.output import count, human_bytes, human_duration, plural
-from report.figures import Figures
-from report.svg import area_chart, bar_chart
+from deltagrid.backupdb.runs import Run
+from deltagrid.floor.units import count, human_bytes, human_duration, plural
+from deltagrid.report.figures import Figures
+from deltagrid.report.svg import area_chart, bar_chart
 
 SHOWN_ERRORS = 20  # per run; `deltagrid --json log` has them all
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime
 
-from deltagrid.output import count, human_bytes, plural
-from report.figures import Figures
+from deltagrid.floor.units import count, human_bytes, plural
+from deltagrid.report.figures import Figures
 
 BAR_WIDTH = 30
 _EIGHTHS = " ▏▎▍▌▋▊▉"

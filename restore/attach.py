@@ -14,14 +14,14 @@ import tempfile
 import time
 from pathlib import Path
 
-import pyrsync
-
-from backupdb import export
-from deltagrid.errors import DeltagridError
-from store.base import Store
-from store.filestore import atomic_write, fsync_dir
-from store.pack import digest
-from uploader.commit import EXPORT_BLOCK, fetch_export, parse_root
+from deltagrid.backupdb import export
+from deltagrid.floor import rdiff
+from deltagrid.floor.errors import DeltagridError
+from deltagrid.floor.fs import atomic_write, fsync_dir
+from deltagrid.repository.fetch import fetch_export
+from deltagrid.repository.root import EXPORT_BLOCK, parse_root
+from deltagrid.store.base import Store
+from deltagrid.store.pack import digest
 
 
 def attach(store: Store, db_path: Path, state: Path) -> int:
@@ -42,8 +42,8 @@ def attach(store: Store, db_path: Path, state: Path) -> int:
         fsync_dir(db_path.parent)
         data = exported.read_bytes()
     sig = io.BytesIO()
-    magic, _block, strong = pyrsync.get_signature_args(len(data))
-    pyrsync.signature(io.BytesIO(data), sig, strong, magic, EXPORT_BLOCK)
+    magic, _block, strong = rdiff.signature_args(len(data))
+    rdiff.signature(io.BytesIO(data), sig, strong, magic, EXPORT_BLOCK)
     state.mkdir(parents=True, exist_ok=True)
     atomic_write(state / "last-export.sig", sig.getvalue())
     record = {"hash": digest(data).hex(), "sig": digest(sig.getvalue()).hex()}

@@ -16,7 +16,7 @@ import struct
 from collections.abc import Callable, Iterable, Iterator
 from typing import NamedTuple
 
-from deltagrid.errors import CorruptData
+from deltagrid.floor.errors import CorruptData
 
 DELTA_MAGIC = b"rs\x026"
 _OP_END = 0x00

@@ -21,10 +21,10 @@ from pathlib import Path
 from sqlite3 import Connection
 from typing import Any
 
-from deltagrid.errors import DeltagridError
-from restore.rebuild import DirectSource
-from store.base import Store
-from store.pack import decode_blob
+from deltagrid.floor.errors import DeltagridError
+from deltagrid.restore.rebuild import DirectSource
+from deltagrid.store.base import Store
+from deltagrid.store.pack import decode_blob
 
 GAP = 1 << 20  # pieces closer than this are read together
 MAX_SPAN = 64 << 20

@@ -5,38 +5,32 @@ content hash recorded for it, so damage is named where it is, never passed on as
 A content that is one blob recorded with the content's own hash is checked once, as that blob.
 Restore takes the faster `rebuild_in_one_pass`, which composes the chain first and checks the
 result, and comes back here only when that check fails. The backupdb is read on a plain sqlite3
-connection (backupdb/reading.py); a caller holding a SQLAlchemy one passes `queries.driver(conn)`.
+connection (backupdb/restore_queries.py); a caller holding a SQLAlchemy one passes
+`queries.driver(conn)`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import functools
 import hashlib
 import io
 import os
-import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from sqlite3 import Connection
 from typing import Any, BinaryIO, Protocol
 
-import pyrsync
-
-from backupdb import reading, uploading
-from deltagrid.errors import CorruptData
-from restore import compose
-from store.base import Store
-from store.pack import decode_blob, digest
+from deltagrid.backupdb import restore_queries, upload_queries
+from deltagrid.floor.errors import CorruptData
+from deltagrid.floor.rdiff import apply_delta
+from deltagrid.restore import compose
+from deltagrid.store.base import Store
+from deltagrid.store.pack import decode_blob, digest
 
 IN_MEMORY = 16 << 20  # versions and deltas up to this size are rebuilt in memory
 COMPOSE_BUDGET = 64 << 20  # a chain's deltas are composed in memory up to this many bytes
-_RS_LOG_CRIT = 2
-
-# librsync prints its own errors on stderr; a bad delta is reported as CorruptData instead.
-ctypes.CDLL(sys.modules[pyrsync.patch.__module__].__file__).rs_trace_set_level(_RS_LOG_CRIT)
 
 
 def load_chains(conn: Connection, content_ids: set[int]) -> dict[int, Any]:
@@ -44,7 +38,7 @@ def load_chains(conn: Connection, content_ids: set[int]) -> dict[int, Any]:
     rows: dict[int, Any] = {}
     wanted = set(content_ids)
     while wanted:
-        found = reading.contents_by_ids(conn, wanted)
+        found = restore_queries.contents_by_ids(conn, wanted)
         rows.update(found)
         wanted = {r.basis_id for r in found.values() if r.basis_id is not None} - rows.keys()
     return rows
@@ -68,7 +62,7 @@ def chain_of(conn: Connection, content_id: int) -> list[Any]:
     chain = []
     current: int | None = content_id
     while current is not None:
-        row = uploading.content_by_id(conn, current)
+        row = upload_queries.content_by_id(conn, current)
         chain.append(row)
         current = row.basis_id
         if len(chain) > 10_000:
@@ -100,7 +94,7 @@ class DirectSource:
         return None  # unknown before the query: the content is hashed whole
 
     def blobs(self, conn: Connection, content_id: int, checked: bool = True) -> Iterator[bytes]:
-        pieces = reading.content_pieces(conn, content_id)
+        pieces = restore_queries.content_pieces(conn, content_id)
         i = 0
         while i < len(pieces):
             j = i + 1
@@ -138,60 +132,6 @@ class _Hashing(io.RawIOBase):
     def write(self, data: Any) -> int:
         self.hash.update(data)
         return self.f.write(data)
-
-
-class _PaddedBasis:
-    """The basis as librsync's patch reads it. For a COPY past the basis's end librsync would
-    ask for the missing bytes again forever; zeros end that loop and mark the delta damaged."""
-
-    def __init__(self, f: BinaryIO) -> None:
-        self.f = f
-        self.overran = False
-
-    def seek(self, pos: int, whence: int = 0) -> int:
-        return self.f.seek(pos, whence)
-
-    def read(self, n: int) -> bytes:
-        data = self.f.read(n)
-        if len(data) < n:
-            self.overran = True
-            data += bytes(n - len(data))
-        return data
-
-
-class _Capped(io.RawIOBase):
-    """The patch's output: it stops the patch once the basis overran, or past `limit` (a few
-    bytes of crafted COPY commands could otherwise write terabytes before the hash check)."""
-
-    def __init__(self, f: BinaryIO, limit: int, basis: _PaddedBasis) -> None:
-        self.f = f
-        self.left = limit
-        self.basis = basis
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, data: Any) -> int:
-        self.left -= len(data)
-        if self.basis.overran:
-            raise CorruptData("delta copies past the end of its basis")
-        if self.left < 0:
-            raise CorruptData("delta yields more bytes than recorded")
-        return self.f.write(data)
-
-
-def apply_delta(basis: BinaryIO, delta: BinaryIO, out: BinaryIO, limit: int) -> None:
-    """Patch `basis` with an rdiff `delta` into `out`, writing at most `limit` bytes; a delta
-    that does not parse, copies past its basis or grows too big raises CorruptData."""
-    padded = _PaddedBasis(basis)
-    try:
-        pyrsync.patch(padded, delta, _Capped(out, limit, padded))
-    except CorruptData:
-        raise
-    except Exception as exc:  # librsync reports a bad delta this way
-        raise CorruptData(f"delta does not apply: {exc}") from None
-    if padded.overran:
-        raise CorruptData("delta copies past the end of its basis")
 
 
 def _gather(blobs: Iterator[bytes], workdir: Path) -> BinaryIO:

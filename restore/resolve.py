@@ -7,8 +7,8 @@ import sqlite3
 import time
 from datetime import datetime
 
-from backupdb import reading
-from deltagrid.errors import DeltagridError, UsageError
+from deltagrid.backupdb import restore_queries
+from deltagrid.floor.errors import DeltagridError, UsageError
 
 _RELATIVE = re.compile(r"^(\d+)([smhdw])$")
 _UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -38,21 +38,21 @@ def parse_time(text: str, now: float | None = None) -> int:
 
 def resolve(
     conn: sqlite3.Connection, published: int, snapshot_id: int | None = None, at: str | None = None
-) -> reading.Snapshot:
+) -> restore_queries.Snapshot:
     """The snapshot row asked for; only snapshots the root pointer has published count."""
     if published == 0:
         raise DeltagridError("the repository has no snapshot yet")
     if snapshot_id is not None:
-        row = reading.snapshot(conn, snapshot_id) if snapshot_id <= published else None
+        row = restore_queries.snapshot(conn, snapshot_id) if snapshot_id <= published else None
         if row is None:
             raise DeltagridError(f"no snapshot {snapshot_id}")
         return row
     if at is not None:
-        row = reading.snapshot_at(conn, parse_time(at), published)
+        row = restore_queries.snapshot_at(conn, parse_time(at), published)
         if row is None:
             raise DeltagridError(f"no snapshot was committed at or before {at}")
         return row
-    row = reading.snapshot(conn, published)
+    row = restore_queries.snapshot(conn, published)
     if row is None:
         raise DeltagridError(
             f"the store names snapshot {published}, which the local backupdb lacks; "

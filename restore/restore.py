@@ -20,15 +20,21 @@ from pathlib import Path
 from sqlite3 import Connection
 from typing import Any
 
-from backupdb import reading
-from backupdb.records import KIND_DIR, KIND_FILE, KIND_LINK
-from deltagrid.errors import DeltagridError
-from restore.background import Background
-from restore.fetch import Fetcher, Piece
-from restore.rebuild import IN_MEMORY, chain_ids, composes, load_chains, rebuild_in_one_pass
-from store.base import Store
-from store.filestore import sync_filesystem
-from store.pack import digest_file
+from deltagrid.backupdb import restore_queries
+from deltagrid.backupdb.entries import KIND_DIR, KIND_FILE, KIND_LINK
+from deltagrid.floor.errors import DeltagridError
+from deltagrid.floor.fs import sync_filesystem
+from deltagrid.restore.background import Background
+from deltagrid.restore.fetch import Fetcher, Piece
+from deltagrid.restore.rebuild import (
+    IN_MEMORY,
+    chain_ids,
+    composes,
+    load_chains,
+    rebuild_in_one_pass,
+)
+from deltagrid.store.base import Store
+from deltagrid.store.pack import digest_file
 
 ENTRY_ERRORS = (DeltagridError, OSError, OverflowError)  # one entry fails (Overflow: a mode, time
 # or id out of range), the restore goes on
@@ -97,7 +103,7 @@ class Restorer:
         dirs: list[Any] = []
         files: list[Any] = []
         links: list[Any] = []
-        for e in reading.versions_at(self.conn, snapshot_id, prefixes):
+        for e in restore_queries.versions_at(self.conn, snapshot_id, prefixes):
             {KIND_DIR: dirs, KIND_FILE: files, KIND_LINK: links}[e.kind].append(e)
         for e in dirs:
             self._guard(e, self._dir)
@@ -138,7 +144,7 @@ class Restorer:
         planned goes last and fails, named, when rebuilt.
         """
         contents = load_chains(self.conn, {e.content_id for e in files})
-        rows = reading.pieces_of_contents(self.conn, contents)
+        rows = restore_queries.pieces_of_contents(self.conn, contents)
         plan = {c: [Piece.from_row(r) for r in rows.get(c, [])] for c in contents}
         seen_links: set[tuple[int, int, bytes]] = set()
         readers: list[tuple[int, Any, list[int]]] = []

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from deltagrid.errors import UsageError
+from deltagrid.floor.errors import UsageError
 
 
 @dataclass(frozen=True)

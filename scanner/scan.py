@@ -16,16 +16,16 @@ from dataclasses import dataclass, field
 from operator import attrgetter
 from typing import Any
 
-from backupdb import nightly
-from backupdb.nightly import STAT_KEY
-from backupdb.records import KIND_DIR, KIND_FILE, KIND_LINK, Meta, kind_of
-from deltagrid.errors import UsageError
-from scanner.excludes import Excludes
+from deltagrid.backupdb import scan_queries
+from deltagrid.backupdb.entries import KIND_DIR, KIND_FILE, KIND_LINK, Meta, kind_of
+from deltagrid.backupdb.scan_queries import STAT_KEY
+from deltagrid.floor.errors import UsageError
+from deltagrid.scanner.excludes import Excludes
 
 BATCH = 2000
 REASONS = ("new", "changed", "meta", "deleted")
 _name = attrgetter("name")
-_VERSION_ID, _PATH_ID = 1, 2  # in a nightly.live_children row
+_VERSION_ID, _PATH_ID = 1, 2  # in a scan_queries.live_children row
 
 
 @dataclass
@@ -108,11 +108,11 @@ class Scanner:
 
     def run(self, roots: list[bytes]) -> ScanResult:
         conn = self.conn
-        self.result = ScanResult(nightly.begin_scan(conn, [os.fsdecode(r) for r in roots]))
+        self.result = ScanResult(scan_queries.begin_scan(conn, [os.fsdecode(r) for r in roots]))
         for root in roots:
             self._scan_root(conn, root)
         self._flush(conn)
-        nightly.finish_scan(
+        scan_queries.finish_scan(
             conn, self.result.scan_id, roots, self.result.counts, len(self.result.errors)
         )
         return self.result
@@ -140,7 +140,7 @@ class Scanner:
 
     def _flush(self, conn: sqlite3.Connection) -> None:
         errors = self.result.errors[self._errors_saved :]
-        nightly.enqueue(conn, self.result.scan_id, self.rows, errors)
+        scan_queries.enqueue(conn, self.result.scan_id, self.rows, errors)
         self._errors_saved += len(errors)
         self.rows = []
 
@@ -156,7 +156,7 @@ class Scanner:
 
     def _delete_below(self, conn: sqlite3.Connection, prev: Any) -> None:
         if prev.kind == KIND_DIR:
-            for below in nightly.live_entries_below(conn, prev.path):
+            for below in scan_queries.live_entries_below(conn, prev.path):
                 self._queue(conn, below.path, "deleted", below, below)
 
     def _visit(
@@ -191,7 +191,7 @@ class Scanner:
         except OSError as exc:
             self._error(root, exc)
             return
-        prev = nightly.live_entry_at(conn, root)
+        prev = scan_queries.live_entry_at(conn, root)
         self.on_entries(1)
         visited = self._visit(conn, root, st, prev)
         if visited is None or not visited[1]:
@@ -208,7 +208,7 @@ class Scanner:
                 self._error(directory, exc)
                 continue
             self.on_entries(len(entries))
-            live = nightly.live_children(conn, dir_id) if dir_id is not None else {}
+            live = scan_queries.live_children(conn, dir_id) if dir_id is not None else {}
             self._compare(conn, root, st.st_dev, entries, live, stack)
             for row in live.values():
                 self._delete_live(conn, row)
@@ -226,7 +226,7 @@ class Scanner:
         the subdirectories to walk onto `stack`.
 
         The hot loop of a quiet night: an unchanged file costs one lstat, one dict lookup and
-        one tuple comparison (nightly.STAT_KEY); anything else goes through `_visit`.
+        one tuple comparison (scan_queries.STAT_KEY); anything else goes through `_visit`.
         """
         quick = not self.checksum
         excludes = self.excludes if self.excludes.patterns else None
@@ -266,7 +266,7 @@ class Scanner:
                 if stat.S_ISDIR(st.st_mode):
                     self._descend(stack, path, st, root_dev, row[_PATH_ID])
                 continue
-            prev = None if row is None else nightly.live_entry(conn, row[_VERSION_ID])
+            prev = None if row is None else scan_queries.live_entry(conn, row[_VERSION_ID])
             visited = self._visit(conn, path, st, prev)
             if visited is None or not visited[1]:
                 continue
@@ -286,5 +286,5 @@ class Scanner:
             stack.append((path, path_id))
 
     def _delete_live(self, conn: sqlite3.Connection, row: tuple[Any, ...]) -> None:
-        """A live child (a nightly.live_children row) is no longer there."""
-        self._delete(conn, nightly.live_entry(conn, row[_VERSION_ID]))
+        """A live child (a scan_queries.live_children row) is no longer there."""
+        self._delete(conn, scan_queries.live_entry(conn, row[_VERSION_ID]))

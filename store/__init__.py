@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import urlparse
 
-from deltagrid.errors import UsageError
-from store.base import Store
-from store.filestore import FileStore
+from deltagrid.floor.errors import UsageError
+from deltagrid.store.base import Store
+from deltagrid.store.filestore import FileStore
 
 __all__ = ["Store", "FileStore", "open_store"]
 
@@ -19,7 +19,9 @@ def open_store(url: str, create: bool = False, cap: str | None = None) -> Store:
     if parsed.scheme == "tahoe":
         if not parsed.hostname or not parsed.port or parsed.path not in ("", "/"):
             raise UsageError(f"a tahoe:// store is tahoe://HOST:PORT, not {url}")
-        from store.tahoe import TahoeStore  # only here: it loads requests, a tenth of a second
+        from deltagrid.store.tahoe import (
+            TahoeStore,  # only here: it loads requests, a tenth of a second
+        )
 
         return TahoeStore(f"http://{parsed.hostname}:{parsed.port}", cap)
     if parsed.scheme == "file":

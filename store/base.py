@@ -10,7 +10,7 @@ import abc
 from collections.abc import Iterator
 from pathlib import Path
 
-from deltagrid.errors import ObjectMissing, StoreError
+from deltagrid.floor.errors import ObjectMissing, StoreError
 
 
 class Store(abc.ABC):

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import zstandard
 
-from deltagrid.errors import CorruptData, naming
+from deltagrid.floor.errors import CorruptData, naming
 
 HEADER = b"DGPACK01"
 TRAILER_MAGIC = b"DGPKIDX1"
@@ -147,7 +147,8 @@ def decode_blob(frame: bytes, raw_length: int, raw_hash: bytes, check: bool = Tr
         raw = zstandard.ZstdDecompressor().decompress(frame, max_output_size=raw_length)
     except zstandard.ZstdError as exc:
         raise CorruptData(f"blob does not decompress: {exc}") from None
-    except MemoryError:  # a frame without its size gets a buffer of raw_length up front
+    except (MemoryError, OverflowError):  # a frame without its size gets raw_length up front;
+        # a damaged index can record a length no buffer can have (2**63)
         raise CorruptData(f"blob does not decompress into {raw_length:,} bytes") from None
     if len(raw) != raw_length or (check and digest(raw) != raw_hash):
         raise CorruptData("blob does not match its recorded hash")

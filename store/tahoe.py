@@ -17,8 +17,8 @@ from typing import Any
 
 import requests
 
-from deltagrid.errors import CorruptData, ObjectMissing, StoreError
-from store.base import Store
+from deltagrid.floor.errors import CorruptData, ObjectMissing, StoreError
+from deltagrid.store.base import Store
 
 RETRIES = 6
 BACKOFF = 0.5  # seconds, doubled each retry

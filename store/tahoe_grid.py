@@ -25,7 +25,7 @@ from typing import Any
 
 import requests
 
-from deltagrid.errors import DeltagridError, UsageError
+from deltagrid.floor.errors import DeltagridError, UsageError
 
 
 def tahoe_executable() -> str:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from store.tahoe_grid import LocalGrid
+from deltagrid.store.tahoe_grid import LocalGrid
 
 needs_tahoe = pytest.mark.skipif(
     shutil.which("tahoe") is None and not (Path(sys.executable).parent / "tahoe").exists(),

@@ -17,10 +17,10 @@ from typing import Any
 
 import pytest
 
-import uploader.reader
+import deltagrid.uploader.reader
 from deltagrid.home import Home
-from uploader.commit import parse_root
-from uploader.reader import SourceError
+from deltagrid.repository.root import parse_root
+from deltagrid.uploader.reader import SourceError
 
 
 @dataclass
@@ -109,7 +109,7 @@ def watch_opening(
 ) -> list[bytes]:
     """Every path the uploader's one opener of source files opens, in order; `before` runs on
     each path first. `monkeypatch.undo()` ends it."""
-    real_open = uploader.reader.open_source
+    real_open = deltagrid.uploader.reader.open_source
     opened: list[bytes] = []
 
     def open_source(path: bytes) -> tuple[int, os.stat_result]:
@@ -118,21 +118,21 @@ def watch_opening(
         opened.append(path)
         return real_open(path)
 
-    monkeypatch.setattr(uploader.reader, "open_source", open_source)
+    monkeypatch.setattr(deltagrid.uploader.reader, "open_source", open_source)
     return opened
 
 
 def fail_reading(monkeypatch: pytest.MonkeyPatch, paths: set[bytes]) -> None:
     """Make the uploader's one opener of source files fail with EIO for `paths`: running as
     root, no chmod makes a file unreadable. `monkeypatch.undo()` ends it."""
-    real_open = uploader.reader.open_source
+    real_open = deltagrid.uploader.reader.open_source
 
     def open_source(path: bytes) -> tuple[int, os.stat_result]:
         if path in paths:
             raise SourceError(OSError(errno.EIO, os.strerror(errno.EIO), path))
         return real_open(path)
 
-    monkeypatch.setattr(uploader.reader, "open_source", open_source)
+    monkeypatch.setattr(deltagrid.uploader.reader, "open_source", open_source)
 
 
 def root_of(home: Path) -> dict[str, Any]:

@@ -15,17 +15,17 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import pyrsync
 import pytest
 
-import uploader.bigfiles
-import uploader.upload
+import deltagrid.uploader.bigfiles
+import deltagrid.uploader.upload
+from deltagrid.floor import rdiff
+from deltagrid.uploader.bigfiles import BigReader, PieceSigner
+from deltagrid.uploader.pieces import Squeezer
+from deltagrid.uploader.reader import sign, signature_args
+from deltagrid.uploader.settings import UploadSettings
+from deltagrid.uploader.sigcache import SigCache
 from tests.helpers import describe, restored_root, watch_opening
-from uploader.bigfiles import BigReader, PieceSigner
-from uploader.reader import sign, signature_args
-from uploader.settings import UploadSettings
-from uploader.sigcache import SigCache
-from uploader.squeeze import Squeezer
 
 PIECE_SIZE = 64 << 10
 PACK_SIZE = 256 << 10
@@ -148,8 +148,8 @@ def batches(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> 
     """The uploader's queue batches: all rows in one, or 8 rows each, so that big files are
     started by the look-ahead, batches before the main thread reaches their rows."""
     if request.param == "small batches":
-        monkeypatch.setattr(uploader.upload, "_BATCH", 8)
-        monkeypatch.setattr(uploader.upload, "_BIG_AHEAD", 2)
+        monkeypatch.setattr(deltagrid.uploader.upload, "_BATCH", 8)
+        monkeypatch.setattr(deltagrid.uploader.upload, "_BIG_AHEAD", 2)
 
 
 @pytest.mark.usefixtures("batches")
@@ -230,7 +230,7 @@ def test_passes_waiting_hold_a_bounded_amount_of_basis_signatures(
         path = tmp_path / f"big{i}.bin"
         path.write_bytes(basis[:1000] + bytes([i]) * 100 + basis[1100:])
         paths.append(path)
-    monkeypatch.setattr(uploader.bigfiles, "_SIGNATURES_HELD", len(sig) + 1)
+    monkeypatch.setattr(deltagrid.uploader.bigfiles, "_SIGNATURES_HELD", len(sig) + 1)
     settings = UploadSettings(piece_size=PIECE_SIZE)
     squeezer = Squeezer(1)
     reader = BigReader(settings, squeezer, tmp_path, tmp_path, str(tmp_path / "no.db"))
@@ -244,7 +244,7 @@ def test_passes_waiting_hold_a_bounded_amount_of_basis_signatures(
         assert [m is not None for m in made] == [True, False, False]
         assert made[0] is not None and made[0][0] == 0
         expected = io.BytesIO()
-        pyrsync.delta(io.BytesIO(paths[0].read_bytes()), io.BytesIO(sig), expected)
+        rdiff.delta(io.BytesIO(paths[0].read_bytes()), io.BytesIO(sig), expected)
         made[0][1].seek(0)
         assert made[0][1].read() == expected.getvalue()
         assert reader.holding == 0

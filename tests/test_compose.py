@@ -8,22 +8,29 @@ import io
 import random
 from pathlib import Path
 
-import pyrsync
 import pytest
 
-import restore.compose
-from deltagrid.errors import CorruptData
-from restore.compose import InOrder, compose, in_order, keyframe_map, size_of, write_version
+import deltagrid.restore.compose
+from deltagrid.floor import rdiff
+from deltagrid.floor.errors import CorruptData
+from deltagrid.restore.compose import (
+    InOrder,
+    compose,
+    in_order,
+    keyframe_map,
+    size_of,
+    write_version,
+)
 from tests.helpers import restored_root, settle
 
 
-def rdiff(old: bytes, new: bytes, block: int = 256) -> bytes:
+def make_delta(old: bytes, new: bytes, block: int = 256) -> bytes:
     """The rdiff delta that makes `new` from `old`, as the uploader makes it."""
     sig, delta = io.BytesIO(), io.BytesIO()
-    magic, _block, strong = pyrsync.get_signature_args(len(old))
-    pyrsync.signature(io.BytesIO(old), sig, strong, magic, block)
+    magic, _block, strong = rdiff.signature_args(len(old))
+    rdiff.signature(io.BytesIO(old), sig, strong, magic, block)
     sig.seek(0)
-    pyrsync.delta(io.BytesIO(new), sig, delta)
+    rdiff.delta(io.BytesIO(new), sig, delta)
     return delta.getvalue()
 
 
@@ -47,7 +54,7 @@ def edited(rng: random.Random, data: bytes, cut: bool = True) -> bytes:
     return bytes(buf)
 
 
-def render(segments: list[restore.compose.Segment], keyframe: bytes) -> bytes:
+def render(segments: list[deltagrid.restore.compose.Segment], keyframe: bytes) -> bytes:
     parts: list[bytes | memoryview] = []
     write_version(segments, lambda at, n: keyframe[at : at + n], parts.append)
     return b"".join(parts)
@@ -61,7 +68,7 @@ def test_a_composed_chain_gives_every_version_exactly(seed: int) -> None:
         versions.append(edited(rng, versions[-1]))
     segments = keyframe_map(len(versions[0]))
     for old, new in zip(versions, versions[1:], strict=False):
-        segments = compose(segments, memoryview(rdiff(old, new)), len(new))
+        segments = compose(segments, memoryview(make_delta(old, new)), len(new))
         assert size_of(segments) == len(new)
         assert render(segments, versions[0]) == new
 
@@ -130,16 +137,18 @@ def test_restore_of_a_long_chain_is_exact_and_a_wrong_composition_is_caught(
         assert run.code == 0, run.err
         assert night == 0 or run.json["counts"]["deltas"] == 3
 
-    real_in_order, orders = restore.compose.in_order, []
+    real_in_order, orders = deltagrid.restore.compose.in_order, []
     monkeypatch.setattr(
-        restore.compose, "in_order", lambda segs: orders.append(real_in_order(segs)) or orders[-1]
+        deltagrid.restore.compose,
+        "in_order",
+        lambda segs: orders.append(real_in_order(segs)) or orders[-1],
     )
     assert cli("restore", tmp_path / "r1").code == 0
     assert sorted(orders) == [False, True, True]  # the swapped file's keyframe went to a file
     root = restored_root(tmp_path / "r1", src)
     assert {name: (root / name).read_bytes() for name in files} == files
 
-    real, calls = restore.compose.write_version, []
+    real, calls = deltagrid.restore.compose.write_version, []
 
     def wrong(segments, read_keyframe, write) -> None:  # the first byte written is flipped
         flipped = False  # per call: a large file is composed on a thread of its own
@@ -153,7 +162,7 @@ def test_restore_of_a_long_chain_is_exact_and_a_wrong_composition_is_caught(
         real(segments, read_keyframe, flip)
         calls.append(flipped)
 
-    monkeypatch.setattr(restore.compose, "write_version", wrong)
+    monkeypatch.setattr(deltagrid.restore.compose, "write_version", wrong)
     assert cli("restore", tmp_path / "r2").code == 0
     assert calls == [True] * 3  # every file was composed, wrongly, then patched step by step
     root = restored_root(tmp_path / "r2", src)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from backupdb import db, queries
+from deltagrid.backupdb import db, queries
 from tests.helpers import describe, dg, one_error, restored_root
 
 

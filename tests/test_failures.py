@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-import scanner.scan
+import deltagrid.scanner.scan
 from tests.helpers import Run, describe, dg, fail_reading, restored_root
 
 PACK_SIZE = 256 << 10
@@ -146,7 +146,7 @@ def baseline(tmp_path_factory: pytest.TempPathFactory) -> dict[str, int]:
 # deterministic, where polling the store from outside would land a fast upload's kill late.
 _KILL_AFTER_PACKS = """
 import atexit, os, signal, sys
-from store.filestore import FileStore
+from deltagrid.store.filestore import FileStore
 real, count, kill_at = FileStore.move_file, [0], int(sys.argv[1])
 def move_file(self, *args):
     ref = real(self, *args)
@@ -189,7 +189,7 @@ def packs_an_upload_puts(home: Path) -> int:
 # SIGKILL at an exact moment of the commit: just before, or just after, the root pointer moves.
 _KILL_IN_COMMIT = """
 import os, signal, sys
-from store.filestore import FileStore
+from deltagrid.store.filestore import FileStore
 real = FileStore.replace_root
 def replace_root(self, data):
     if sys.argv[1] == "after-root":
@@ -277,16 +277,16 @@ def test_upload_killed_then_run_again_commits_exactly(
 # SIGKILL once the scan has committed two batches of queue rows, long before it finishes.
 _KILL_IN_SCAN = """
 import os, signal, sys
-import scanner.scan
-scanner.scan.BATCH = 50
-real = scanner.scan.Scanner._flush
+import deltagrid.scanner.scan
+deltagrid.scanner.scan.BATCH = 50
+real = deltagrid.scanner.scan.Scanner._flush
 flushes = []
 def _flush(self, conn):
     flushes.append(1)
     if len(flushes) == 3:
         os.kill(os.getpid(), signal.SIGKILL)
     real(self, conn)
-scanner.scan.Scanner._flush = _flush
+deltagrid.scanner.scan.Scanner._flush = _flush
 from deltagrid.cli import main
 sys.exit(main(sys.argv[1:]))
 """
@@ -435,7 +435,7 @@ def test_unreadable_directory_exits_23_and_its_children_are_not_deleted(
             raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), path)
         return real_scandir(path, *args, **kwargs)
 
-    monkeypatch.setattr(scanner.scan.os, "scandir", scandir)
+    monkeypatch.setattr(deltagrid.scanner.scan.os, "scandir", scandir)
     faulty = cli("--json", "backup", src)
     monkeypatch.undo()
 

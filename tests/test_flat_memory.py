@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from store.filestore import FileStore
+from deltagrid.repository.fetch import fetch_export
+from deltagrid.repository.root import parse_root
+from deltagrid.store.filestore import FileStore
+from deltagrid.uploader import upload
 from tests.helpers import describe, restored_root
-from uploader import upload
-from uploader.commit import fetch_export, parse_root
 
 
 def _tiny_files(root: Path, n: int, tag: str) -> None:

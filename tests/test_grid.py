@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from store.tahoe_grid import LocalGrid
+from deltagrid.store.tahoe_grid import LocalGrid
 from tests import gridfixtures
 from tests.helpers import describe, dg, restored_root, settle
 
@@ -188,7 +188,7 @@ def test_client_node_stopped_mid_upload_then_resume_completes(
 _TIED_GRID = """
 import sys, time
 from pathlib import Path
-from store.tahoe_grid import LocalGrid
+from deltagrid.store.tahoe_grid import LocalGrid
 grid = LocalGrid(Path(sys.argv[1]), tied=True)
 grid.create(servers=1, needed=1, happy=1, total=1)
 grid.start_node("introducer")

@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, inspect
 
-import uploader.reader
-from backupdb import export, schema
+import deltagrid.uploader.reader
+from deltagrid.backupdb import export, schema
 from deltagrid.history import MAX_ERRORS, record
 from deltagrid.home import Home
+from deltagrid.uploader.reader import SourceError
 from tests.helpers import dg, one_error
-from uploader.reader import SourceError
 
 
 @pytest.fixture
@@ -85,14 +85,14 @@ def test_a_partial_run_records_its_paths_and_reasons(
     (src / "sub" / "b.bin").write_bytes(os.urandom(150_000))
     (src / "new.txt").write_text("new\n")
     failing = {os.fsencode(src / "sub" / "b.bin"), os.fsencode(src / "new.txt")}
-    real_open = uploader.reader.open_source
+    real_open = deltagrid.uploader.reader.open_source
 
     def open_source(path: bytes) -> tuple[int, os.stat_result]:
         if path in failing:
             raise SourceError(OSError(err, os.strerror(err), path))
         return real_open(path)
 
-    monkeypatch.setattr(uploader.reader, "open_source", open_source)
+    monkeypatch.setattr(deltagrid.uploader.reader, "open_source", open_source)
     assert cli("backup", src).code == code
     monkeypatch.undo()
     partial = runs(cli)[0]
@@ -110,7 +110,7 @@ def test_an_unreadable_directory_in_the_scan_is_recorded(
     src: Path, cli, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     assert cli("backup", src).code == 0
-    import scanner.scan
+    import deltagrid.scanner.scan
 
     real_scandir = os.scandir
     locked = os.fsencode(src / "sub")
@@ -120,7 +120,7 @@ def test_an_unreadable_directory_in_the_scan_is_recorded(
             raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), path)
         return real_scandir(path, *args, **kwargs)
 
-    monkeypatch.setattr(scanner.scan.os, "scandir", scandir)
+    monkeypatch.setattr(deltagrid.scanner.scan.os, "scandir", scandir)
     assert cli("scan", src).code == 23
     monkeypatch.undo()
     scan = runs(cli)[0]

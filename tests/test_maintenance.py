@@ -32,14 +32,15 @@ from typing import Any
 import pytest
 import zstandard
 
-from backupdb.schema import SCHEMA_VERSION
+from deltagrid.backupdb.schema import SCHEMA_VERSION
 from deltagrid.cli import main
-from store.filestore import FileStore
-from store.pack import digest
-from store.tahoe_grid import LocalGrid
+from deltagrid.repository.fetch import fetch_export
+from deltagrid.repository.root import new_root, parse_root
+from deltagrid.store.filestore import FileStore
+from deltagrid.store.pack import digest
+from deltagrid.store.tahoe_grid import LocalGrid
 from tests import gridfixtures
 from tests.helpers import Run, describe, restored_root, root_of
-from uploader.commit import fetch_export, new_root, parse_root
 
 grid = gridfixtures.grid  # the session's grid, shared with tests/test_grid.py
 healthy = gridfixtures.healthy
@@ -390,13 +391,28 @@ def pruneable(tmp_path_factory: pytest.TempPathFactory) -> Pruneable:
 
 def kill_points(o: dict[str, int]) -> dict[str, tuple[str, str, int, str]]:
     """By name, (module, Class.method, k-th call, before/after): one for each step of a prune."""
-    files, deleted = "store.filestore", o["objects_deleted"]
+    files, deleted = "deltagrid.store.filestore", o["objects_deleted"]
     return {
         "put_file-1-before": (files, "FileStore.put_file", 1, "before"),  # nothing put yet
         "put_file-2-after": (files, "FileStore.put_file", 2, "after"),  # put, not recorded
-        "flush-last-after": ("maintenance.rewrite", "Executor._flush", o["packs_written"], "after"),
-        "rewrite_catalog-after": ("maintenance.rewrite", "Executor._rewrite_catalog", 1, "after"),
-        "publish-before": ("uploader.commit", "Publisher.publish", 2, "before"),  # committed
+        "flush-last-after": (
+            "deltagrid.maintenance.executor",
+            "Executor._flush",
+            o["packs_written"],
+            "after",
+        ),
+        "rewrite_catalog-after": (
+            "deltagrid.maintenance.executor",
+            "Executor._rewrite_catalog",
+            1,
+            "after",
+        ),
+        "publish-before": (
+            "deltagrid.repository.publisher",
+            "Publisher.publish",
+            2,
+            "before",
+        ),  # committed
         # the export goes out as a file, after the packs; the root not moved yet
         "put_export-after": (files, "FileStore.put_file", o["packs_written"] + 1, "after"),
         "replace_root-before": (files, "FileStore.replace_root", 1, "before"),

@@ -19,11 +19,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from backupdb import connection, db, queries, uploading
-from backupdb.schema import blobs, content_blobs, contents, packs, paths
-from store.base import check_stored
-from store.filestore import FileStore
-from store.pack import PackWriter, read_index
+from deltagrid.backupdb import connection, db, queries, upload_queries
+from deltagrid.backupdb.schema import blobs, content_blobs, contents, packs, paths
+from deltagrid.store.base import check_stored
+from deltagrid.store.filestore import FileStore
+from deltagrid.store.pack import PackWriter, read_index
 from tests.helpers import describe, dg, restored_root
 
 
@@ -133,11 +133,13 @@ def test_raw_inserts_roll_back_with_the_transaction(tmp_path: Path) -> None:
         pytest.raises(RuntimeError),
         connection.transaction(conn),
     ):
-        blob_ids = uploading.add_blobs(conn, 1, [(8, 10, 20, b"h" * 32)])
-        uploading.add_contents(conn, [uploading.NewContent(b"c" * 32, 20, None, 0, 0, blob_ids)])
-        uploading.ensure_paths(conn, [b"/a/b"])
-        assert b"c" * 32 in uploading.contents_by_hash(conn, [b"c" * 32])
-        assert uploading.blobs_by_hash(conn, [b"h" * 32]) == {b"h" * 32: blob_ids[0]}
+        blob_ids = upload_queries.add_blobs(conn, 1, [(8, 10, 20, b"h" * 32)])
+        upload_queries.add_contents(
+            conn, [upload_queries.NewContent(b"c" * 32, 20, None, 0, 0, blob_ids)]
+        )
+        upload_queries.ensure_paths(conn, [b"/a/b"])
+        assert b"c" * 32 in upload_queries.contents_by_hash(conn, [b"c" * 32])
+        assert upload_queries.blobs_by_hash(conn, [b"h" * 32]) == {b"h" * 32: blob_ids[0]}
         raise RuntimeError("killed before the commit")
     with engine.connect() as conn:
         pack_id = queries.add_pack(conn, "ref", 30, 1)
@@ -146,5 +148,5 @@ def test_raw_inserts_roll_back_with_the_transaction(tmp_path: Path) -> None:
     with engine.connect() as conn:
         for table in (packs, blobs, contents, content_blobs, paths):
             assert conn.execute(select(func.count()).select_from(table)).scalar() == 0, table
-        assert uploading.contents_by_hash(queries.driver(conn), [b"c" * 32]) == {}
+        assert upload_queries.contents_by_hash(queries.driver(conn), [b"c" * 32]) == {}
     engine.dispose()

@@ -1,4 +1,4 @@
-"""A night runs on plain sqlite3 (backupdb/connection.py, nightly.py, uploading.py), with
+"""A night runs on plain sqlite3 (backupdb/connection.py, scan_queries.py, upload_queries.py), with
 nothing to upload or with edits, additions, deletions, a renamed directory and deltas of big
 files: it must still be a whole snapshot, and it must really leave SQLAlchemy unimported."""
 
@@ -12,9 +12,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from backupdb import connection, schema
+from deltagrid.backupdb import connection, schema
+from deltagrid.uploader.sigcache import SigCache
 from tests.helpers import describe, dg, restored_root, settle
-from uploader.sigcache import SigCache
 
 
 def test_plain_table_names_are_the_schemas() -> None:
@@ -45,13 +45,13 @@ def test_quiet_night_is_a_whole_snapshot_without_sqlalchemy(tmp_path: Path) -> N
 
     proc = _traced(home, "backup", src)
     assert proc.returncode == 0, proc.stderr
-    assert "backupdb.nightly\n" in proc.stderr  # the trace is there...
+    assert "backupdb.scan_queries\n" in proc.stderr  # the trace is there...
     assert "sqlalchemy" not in proc.stderr and "tqdm" not in proc.stderr  # ...and these are not
     assert not leftover.exists()
 
     listed = _traced(home, "ls", src)  # a quick look at the catalog: no SQLAlchemy either
     assert listed.returncode == 0, listed.stderr
-    assert "backupdb.reading\n" in listed.stderr and "sqlalchemy" not in listed.stderr
+    assert "backupdb.restore_queries\n" in listed.stderr and "sqlalchemy" not in listed.stderr
 
     snaps = dg(home, "--json", "snapshots").json["snapshots"]
     assert [s["id"] for s in snaps] == [1, 2]
@@ -106,7 +106,7 @@ def test_churn_night_is_a_whole_snapshot_without_sqlalchemy(tmp_path: Path) -> N
 
     proc = _traced(home, "--json", "backup", src)
     assert proc.returncode == 0, proc.stderr
-    assert "backupdb.uploading\n" in proc.stderr  # the upload ran, traced...
+    assert "backupdb.upload_queries\n" in proc.stderr  # the upload ran, traced...
     assert "sqlalchemy" not in proc.stderr and "tqdm" not in proc.stderr  # ...without these
     doc = json.loads(proc.stdout)
     assert doc["counts"]["deltas"] == 2  # the big file's and the moved one's (the same inode)
@@ -117,7 +117,7 @@ def test_churn_night_is_a_whole_snapshot_without_sqlalchemy(tmp_path: Path) -> N
 
     listed = _traced(home, "ls", src)  # a quick look at the catalog: no SQLAlchemy either
     assert listed.returncode == 0, listed.stderr
-    assert "backupdb.reading\n" in listed.stderr and "sqlalchemy" not in listed.stderr
+    assert "backupdb.restore_queries\n" in listed.stderr and "sqlalchemy" not in listed.stderr
 
     snaps = dg(home, "--json", "snapshots").json["snapshots"]
     assert [s["id"] for s in snaps] == [1, 2]

@@ -2,7 +2,7 @@
 records in queue order. Over several queue batches, with files streamed on the main thread in
 between and duplicates, a failing or vanishing file must be reported for itself (23 / 24) and
 every other file must restore to its own bytes. Faults are injected where test_failures.py
-injects them: `uploader.reader.open_source`, which the reader threads call."""
+injects them: `deltagrid.uploader.reader.open_source`, which the reader threads call."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-import uploader.catalog
-import uploader.reader
+import deltagrid.uploader.catalog
+import deltagrid.uploader.reader
 from tests.helpers import fail_reading, restored_root, watch_opening
 
 PIECE_SIZE = 256 << 10
@@ -74,7 +74,7 @@ def test_copies_across_records_and_runs_are_stored_once(
     reuse the content stored before. Small packs: many records a run. With `bound`, the cache
     is dropped every 40 hashes."""
     if bound is not None:
-        monkeypatch.setattr(uploader.catalog, "_MAX", bound)
+        monkeypatch.setattr(deltagrid.uploader.catalog, "_MAX", bound)
     with open(tmp_path / "home" / "config.toml", "a") as f:
         f.write(f"pack_size = {PIECE_SIZE}\n")
     src, files = tree
@@ -148,7 +148,7 @@ def test_a_new_big_file_is_read_once_and_a_changed_one_from_its_copy(
     changes = big[0]
     opened: list[str] = []
     fds: dict[int, str] = {}
-    real_open, real_read = uploader.reader.open_source, uploader.reader._read
+    real_open, real_read = deltagrid.uploader.reader.open_source, deltagrid.uploader.reader._read
 
     def open_source(path: bytes) -> tuple[int, os.stat_result]:
         opening = real_open(path)
@@ -165,8 +165,8 @@ def test_a_new_big_file_is_read_once_and_a_changed_one_from_its_copy(
                 w.write(b"rewritten while read")
         return data
 
-    monkeypatch.setattr(uploader.reader, "open_source", open_source)
-    monkeypatch.setattr(uploader.reader, "_read", read)
+    monkeypatch.setattr(deltagrid.uploader.reader, "open_source", open_source)
+    monkeypatch.setattr(deltagrid.uploader.reader, "_read", read)
     run = cli("--json", "backup", src)
     monkeypatch.undo()
 

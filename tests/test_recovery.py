@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from backupdb import db, queries, schema
+from deltagrid.backupdb import db, queries, schema
 from tests.helpers import Run, describe, restored_root, root_of
 
 OLD = 1_600_000_000 * 10**9  # mtimes well in the past: no file is re-read for being recent

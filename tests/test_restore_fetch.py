@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-import restore.fetch
+import deltagrid.restore.fetch
 from tests.helpers import restored_root
 
 MiB = 1 << 20
@@ -120,14 +120,14 @@ def test_restore_into_a_fresh_tree_is_exact_and_leaves_no_work_files(
 def spilled(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Where spans were spilled to a temporary file during the test (a spy: still written)."""
     where: list[str] = []
-    real_mkstemp = restore.fetch.tempfile.mkstemp
+    real_mkstemp = deltagrid.restore.fetch.tempfile.mkstemp
 
     def mkstemp(*args, **kwargs):
         if kwargs.get("prefix") == "span-":
             where.append(kwargs["dir"])
         return real_mkstemp(*args, **kwargs)
 
-    monkeypatch.setattr(restore.fetch.tempfile, "mkstemp", mkstemp)
+    monkeypatch.setattr(deltagrid.restore.fetch.tempfile, "mkstemp", mkstemp)
     return where
 
 
@@ -146,7 +146,7 @@ def test_spans_are_fetched_ahead_only_as_far_as_memory_holds_them(
 
     assert run.code == 0, run.err
     assert read_tree(restored_root(tmp_path / "r", src)) == files
-    assert len(list((home / "store" / "objects").rglob("*"))) > restore.fetch.AHEAD
+    assert len(list((home / "store" / "objects").rglob("*"))) > deltagrid.restore.fetch.AHEAD
     assert spilled == []
 
 
@@ -180,8 +180,8 @@ def test_a_pack_read_early_for_a_delta_and_late_for_its_other_files_is_not_held_
     assert spilled == []
 
 
-def piece(ref: str, offset: int, length: int = 100) -> restore.fetch.Piece:
-    return restore.fetch.Piece(offset, ref, offset, length, length, b"")
+def piece(ref: str, offset: int, length: int = 100) -> deltagrid.restore.fetch.Piece:
+    return deltagrid.restore.fetch.Piece(offset, ref, offset, length, length, b"")
 
 
 def test_spans_join_pieces_of_a_pack_read_together_and_split_those_read_apart() -> None:
@@ -190,7 +190,7 @@ def test_spans_join_pieces_of_a_pack_read_together_and_split_those_read_apart() 
     late = [piece("a", 300), piece("a", 10_000_000)]
     reads = early + between + late + [piece("a", 0)]  # the first piece read once more, at the end
 
-    spans, where = restore.fetch.plan_spans(reads, gap=1000, window=10_000)
+    spans, where = deltagrid.restore.fetch.plan_spans(reads, gap=1000, window=10_000)
 
     a0, a150, b0 = (where[p] for p in early)
     assert a0 is a150 and (a0.start, a0.end) == (0, 250)

@@ -1,6 +1,7 @@
-"""Restore reads the backupdb on plain sqlite3 (backupdb/reading.py): every way of restoring gives
-back exactly what was backed up, and really leaves SQLAlchemy (and tqdm, when quiet) unimported;
-the plain queries give exactly the entries the definition of a snapshot says."""
+"""Restore reads the backupdb on plain sqlite3 (backupdb/restore_queries.py): every way of
+restoring gives back exactly what was backed up, and really leaves SQLAlchemy (and tqdm, when
+quiet) unimported; the plain queries give exactly the entries the definition of a snapshot
+says."""
 
 from __future__ import annotations
 
@@ -13,13 +14,14 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from backupdb import reading
+from deltagrid.backupdb import restore_queries
 from tests.helpers import describe, dg, one_error, restored_root, settle
 
 
 def _restore(home: Path, *args: str | Path) -> dict:
     """`deltagrid --json restore ARGS...` traced with -X importtime: it succeeded, reading the
-    backupdb through reading.py and importing neither SQLAlchemy nor tqdm. Its JSON document."""
+    backupdb through restore_queries.py and importing neither SQLAlchemy nor tqdm. Its JSON
+    document."""
     proc = subprocess.run(
         [sys.executable, "-X", "importtime", "-m", "deltagrid", "--home", str(home), "--json"]
         + ["restore", *map(str, args)],
@@ -28,7 +30,7 @@ def _restore(home: Path, *args: str | Path) -> dict:
         timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
-    assert "backupdb.reading\n" in proc.stderr  # the trace is there...
+    assert "backupdb.restore_queries\n" in proc.stderr  # the trace is there...
     assert "sqlalchemy" not in proc.stderr and "tqdm" not in proc.stderr  # ...and these are not
     return json.loads(proc.stdout)
 
@@ -178,15 +180,17 @@ def test_plain_queries_give_the_entries_and_snapshots_the_definition_gives(
                 [root + b"/a/x/y/f"],
                 [root + b"/a/nothing-here"],
             ):
-                got = list(reading.versions_at(conn, snapshot_id, prefixes))
+                got = list(restore_queries.versions_at(conn, snapshot_id, prefixes))
                 assert [tuple(e) for e in got] == _definition(db, snapshot_id, prefixes)
                 assert got or prefixes == [root + b"/a/nothing-here"]
-        assert reading.snapshot(conn, 1) is None  # forgotten
-        snap = reading.snapshot(conn, 3)
+        assert restore_queries.snapshot(conn, 1) is None  # forgotten
+        snap = restore_queries.snapshot(conn, 3)
         assert snap is not None and snap.id == 3 and json.loads(snap.sources) == [str(src)]
-        at = reading.snapshot_at(conn, snap.committed_ns, upto=2)
+        at = restore_queries.snapshot_at(conn, snap.committed_ns, upto=2)
         assert at is not None and at.id == 2
-        assert reading.snapshot_at(conn, snap.committed_ns - 1, upto=3) == reading.snapshot(conn, 2)
+        assert restore_queries.snapshot_at(
+            conn, snap.committed_ns - 1, upto=3
+        ) == restore_queries.snapshot(conn, 2)
     finally:
         conn.close()
     one_error(dg(home, "restore", "--snapshot", "1", tmp_path / "t"), 1, "no snapshot 1")

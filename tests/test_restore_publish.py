@@ -548,7 +548,7 @@ def test_restore_at_each_of_six_nights_and_diff_reports_what_changed(tmp_path: P
 
 def test_exchange_unsupported_is_reported_not_faked(tmp_path: Path, cli, monkeypatch) -> None:
     """Where RENAME_EXCHANGE fails, --swap says so and publishes nothing; --swap=rename works."""
-    from restore import publish
+    from deltagrid.restore import mirror
 
     src = tmp_path / "src"
     one, two = _two_snapshots(cli, src)
@@ -558,7 +558,7 @@ def test_exchange_unsupported_is_reported_not_faked(tmp_path: Path, cli, monkeyp
     def unsupported(_a: Path, _b: Path) -> None:
         raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
 
-    monkeypatch.setattr(publish, "exchange", unsupported)
+    monkeypatch.setattr(mirror, "exchange", unsupported)
     run = cli("restore", "--snapshot", 2, "--path", src, "--into", live, "--swap")
     assert run.code == 1
     assert "--swap=rename" in run.err

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from deltagrid.errors import UsageError
+from deltagrid.floor.errors import UsageError
 from deltagrid.scheduling import Schedule, crontab_block, merge_crontab
 from tests.helpers import Run, one_error
 

@@ -14,13 +14,13 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine
 
-from backupdb import connection, schema, schema_sql
+from deltagrid.backupdb import connection, schema, schema_sql
 from tests.helpers import describe, dg, restored_root, settle
 
 
 def test_schema_sql_is_what_sqlalchemy_renders_now() -> None:
     assert schema_sql.PATH.read_text() == schema_sql.render(), (
-        "backupdb/schema.sql is stale: regenerate it with `python -m backupdb.schema_sql`"
+        "backupdb/schema.sql is stale: regenerate it with `python -m deltagrid.backupdb.schema_sql`"
     )
 
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from store.pack import digest
-from uploader import sigcache
-from uploader.sigcache import SigCache
+from deltagrid.store.pack import digest
+from deltagrid.uploader import sigcache
+from deltagrid.uploader.sigcache import SigCache
 
 
 def _key(n: int) -> bytes:

@@ -12,10 +12,10 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from backupdb import connection, db, queries, uploading
-from backupdb.schema import blobs, content_blobs, contents, paths
+from deltagrid.backupdb import connection, db, queries, upload_queries
+from deltagrid.backupdb.schema import blobs, content_blobs, contents, paths
+from deltagrid.uploader.sigcache import SigCache
 from tests.helpers import describe, dg, restored_root
-from uploader.sigcache import SigCache
 
 
 def test_ensure_paths_adds_missing_ancestors_parents_first(tmp_path: Path) -> None:
@@ -23,8 +23,8 @@ def test_ensure_paths_adds_missing_ancestors_parents_first(tmp_path: Path) -> No
     engine = db.open_db(tmp_path / "b.sqlite")
     with engine.begin() as conn:
         raw = queries.driver(conn)  # inside this transaction, as the uploader's own
-        known = uploading.ensure_paths(raw, [b"/a/b"])
-        ids = uploading.ensure_paths(raw, [b"/a/b/c/d", b"/a/b/c/e", b"/x", b"/a/b"])
+        known = upload_queries.ensure_paths(raw, [b"/a/b"])
+        ids = upload_queries.ensure_paths(raw, [b"/a/b/c/d", b"/a/b/c/e", b"/x", b"/a/b"])
         rows = {r.path: r for r in conn.execute(select(paths))}
     assert ids[b"/a/b"] == known[b"/a/b"]
     assert set(rows) == {b"/", b"/a", b"/a/b", b"/a/b/c", b"/a/b/c/d", b"/a/b/c/e", b"/x"}
@@ -39,14 +39,14 @@ def test_batched_contents_and_blobs_keep_their_order(tmp_path: Path) -> None:
     engine = db.open_db(tmp_path / "b.sqlite")
     with engine.begin() as conn:
         raw = queries.driver(conn)
-        pack = uploading.add_pack(raw, "ref", 100, 1)
+        pack = upload_queries.add_pack(raw, "ref", 100, 1)
         entries = [(8 + i, 10 + i, 20 + i, i.to_bytes(2, "little") * 16) for i in range(1500)]
-        blob_ids = uploading.add_blobs(raw, pack, entries)
+        blob_ids = upload_queries.add_blobs(raw, pack, entries)
         new = [
-            uploading.NewContent(i.to_bytes(4, "big") * 8, i, None, 0, 0, blob_ids[i : i + 3])
+            upload_queries.NewContent(i.to_bytes(4, "big") * 8, i, None, 0, 0, blob_ids[i : i + 3])
             for i in range(1200)
         ]
-        content_ids = uploading.add_contents(raw, new)
+        content_ids = upload_queries.add_contents(raw, new)
         stored_blobs = {r.id: r for r in conn.execute(select(blobs))}
         stored = {r.id: r for r in conn.execute(select(contents))}
         links = conn.execute(select(content_blobs).order_by(content_blobs.c.seq)).all()

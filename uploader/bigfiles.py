@@ -27,16 +27,15 @@ from pathlib import Path
 from queue import Empty, SimpleQueue
 from typing import BinaryIO, NamedTuple
 
-import pyrsync
-
-from backupdb import uploading
-from store.pack import PackWriter
-from uploader.bytestream import ByteStream
-from uploader.readahead import Prepared, begin
-from uploader.reader import read_opened, sign, signature_args
-from uploader.settings import UploadSettings
-from uploader.spool import PendingBlob, new_pack
-from uploader.squeeze import Cutter, Pieces, Squeezer
+from deltagrid.backupdb import upload_queries
+from deltagrid.floor import rdiff
+from deltagrid.store.pack import PackWriter
+from deltagrid.uploader.delta_feed import ByteStream
+from deltagrid.uploader.pieces import Cutter, Pieces, Squeezer
+from deltagrid.uploader.readahead import Prepared, begin
+from deltagrid.uploader.reader import read_opened, sign, signature_args
+from deltagrid.uploader.settings import UploadSettings
+from deltagrid.uploader.spool import PendingBlob, new_pack
 
 _SIGNING = 2  # pieces being signed at a time, beyond the one awaited
 _SIG_HEADER = 12  # a librsync signature's magic, block length and strong sum length
@@ -232,7 +231,7 @@ class BigReader:
             self.conn = sqlite3.connect(
                 Path(self.db).as_uri() + "?mode=ro", uri=True, check_same_thread=False
             )
-        return uploading.blobs_by_hash(self.conn, [digest]).get(digest)
+        return upload_queries.blobs_by_hash(self.conn, [digest]).get(digest)
 
     def _hand_over(self) -> None:
         writer, self.writer = self.writer, None
@@ -287,7 +286,7 @@ class PassDelta:
 
     def _run(self, signature: bytes) -> None:
         try:
-            pyrsync.delta(self.stream, io.BytesIO(signature), self.out)
+            rdiff.delta(self.stream, io.BytesIO(signature), self.out)
         finally:
             self.stream.abandon()
 
@@ -321,7 +320,7 @@ class PieceSigner:
 
     def _sign(self, piece: bytes) -> bytes:
         out = io.BytesIO()
-        pyrsync.signature(io.BytesIO(piece), out, self.strong, self.magic, self.block)
+        rdiff.signature(io.BytesIO(piece), out, self.strong, self.magic, self.block)
         return out.getvalue()
 
     def _write(self, signature: bytes) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable, Iterable
 
-from backupdb import uploading
+from deltagrid.backupdb import upload_queries
 
 _MAX = 200_000
 
@@ -24,7 +24,7 @@ class CatalogCache:
         self.ready = ready
         self.contents: dict[bytes, int | None] = {}
         self.blobs: dict[bytes, int | None] = {}
-        self.complete = uploading.holds_no_contents(conn)  # no entry: not in the catalog
+        self.complete = upload_queries.holds_no_contents(conn)  # no entry: not in the catalog
 
     def content(self, digest: bytes) -> int | None:
         """The id of the content with these bytes, if the catalog has one."""
@@ -62,10 +62,10 @@ class CatalogCache:
         self._bound()
         if contents:
             asked = wanted - self.contents.keys()
-            found = uploading.contents_by_hash(self.conn, asked)
+            found = upload_queries.contents_by_hash(self.conn, asked)
             self.contents.update((d, found[d].id if d in found else None) for d in asked)
         asked = wanted - self.blobs.keys()
-        blobs = uploading.blobs_by_hash(self.conn, asked)
+        blobs = upload_queries.blobs_by_hash(self.conn, asked)
         self.blobs.update((d, blobs.get(d)) for d in asked)
 
     def _bound(self) -> None:

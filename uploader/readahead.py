@@ -22,11 +22,11 @@ from typing import Any, BinaryIO
 
 import zstandard
 
-from backupdb.records import KIND_FILE
-from uploader import reader
-from uploader.reader import Source, SourceError, read_opened
-from uploader.settings import UploadSettings
-from uploader.spool import PendingBlob
+from deltagrid.backupdb.entries import KIND_FILE
+from deltagrid.uploader import reader
+from deltagrid.uploader.reader import Source, SourceError, read_opened
+from deltagrid.uploader.settings import UploadSettings
+from deltagrid.uploader.spool import PendingBlob
 
 _WORKERS = 2
 _WINDOW_BYTES = 64 << 20

@@ -21,9 +21,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, BinaryIO
 
-import pyrsync
-
-from backupdb.records import Meta
+from deltagrid.backupdb.entries import Meta
+from deltagrid.floor import rdiff
 
 _CHUNK = 1 << 20
 
@@ -141,14 +140,14 @@ def stat_key(st: os.stat_result) -> tuple[int, int, int, int]:
 
 
 def signature_args(size: int, block_max: int) -> tuple[int, int, int]:
-    magic, block, strong = pyrsync.get_signature_args(size)
+    magic, block, strong = rdiff.signature_args(size)
     return magic, min(block, block_max), strong
 
 
 def sign(f: BinaryIO | io.RawIOBase, out: BinaryIO, size: int, block_max: int) -> None:
     """Write the librsync signature of `f`, a file of `size` bytes, to `out`."""
     magic, block, strong = signature_args(size, block_max)
-    pyrsync.signature(f, out, strong, magic, block)
+    rdiff.signature(f, out, strong, magic, block)
 
 
 @dataclass

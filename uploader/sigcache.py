@@ -26,7 +26,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
-from store.pack import digest
+from deltagrid.store.pack import digest
 
 FLUSH_BYTES = 64 << 20  # a huge run's buffer is written before it grows past this
 _T = TypeVar("_T")

@@ -13,7 +13,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from store.pack import LEVEL, IndexEntry, PackWriter
+from deltagrid.store.pack import LEVEL, IndexEntry, PackWriter
 
 PACK_PREFIX = "pack-"  # a pack being filled, by an upload or a maintenance run
 WORK_PREFIX = "work-"  # an upload's private directory: signatures, deltas, copies of changing files

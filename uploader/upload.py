@@ -25,20 +25,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, TypeGuard
 
-import pyrsync
-
-from backupdb import nightly, uploading
-from backupdb.connection import transaction
-from backupdb.nightly import LiveEntry
-from backupdb.records import KIND_DIR, KIND_FILE, KIND_LINK, Meta, kind_of
-from backupdb.uploading import Content, QueueRow
-from deltagrid.errors import CorruptData, StoreError, naming
-from store.base import Store, check_stored
-from store.pack import PackWriter, digest
-from uploader.bigfiles import BigReader
-from uploader.catalog import CatalogCache
-from uploader.readahead import Prepared, ReadAhead, discard
-from uploader.reader import (
+from deltagrid.backupdb import scan_queries, snapshots, upload_queries
+from deltagrid.backupdb.connection import transaction
+from deltagrid.backupdb.entries import KIND_DIR, KIND_FILE, KIND_LINK, Meta, kind_of
+from deltagrid.backupdb.scan_queries import LiveEntry
+from deltagrid.backupdb.upload_queries import Content, QueueRow
+from deltagrid.floor import rdiff
+from deltagrid.floor.errors import CorruptData, StoreError, naming
+from deltagrid.store.base import Store, check_stored
+from deltagrid.store.pack import PackWriter, digest
+from deltagrid.uploader.bigfiles import BigReader
+from deltagrid.uploader.catalog import CatalogCache
+from deltagrid.uploader.pieces import Squeezer
+from deltagrid.uploader.readahead import Prepared, ReadAhead, discard
+from deltagrid.uploader.reader import (
     ChangedWhileReading,
     HashingReader,
     Source,
@@ -47,11 +47,10 @@ from uploader.reader import (
     read_source,
     sign,
 )
-from uploader.result import UploadResult
-from uploader.settings import UploadSettings
-from uploader.sigcache import SigCache
-from uploader.spool import WORK_PREFIX, PendingBlob, clear_leftovers, new_pack
-from uploader.squeeze import Squeezer
+from deltagrid.uploader.result import UploadResult
+from deltagrid.uploader.settings import UploadSettings
+from deltagrid.uploader.sigcache import SigCache
+from deltagrid.uploader.spool import WORK_PREFIX, PendingBlob, clear_leftovers, new_pack
 
 _VANISHED = {errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.ENXIO}
 _BATCH = 256
@@ -139,10 +138,10 @@ class Uploader:
         self.catalog = CatalogCache(self.conn, self.ahead.ready_digests)
         try:
             conn = self.conn
-            self.result = UploadResult(nightly.last_snapshot_id(conn) + 1)
+            self.result = UploadResult(snapshots.last_snapshot_id(conn) + 1)
             after = 0
-            while rows := uploading.pending(conn, after, _BATCH):
-                lives = nightly.live_versions(conn, [row.path for row in rows])
+            while rows := upload_queries.pending(conn, after, _BATCH):
+                lives = scan_queries.live_versions(conn, [row.path for row in rows])
                 self.ahead.feed(rows, lives)
                 self._feed_big(rows, lives)
                 self._look_ahead_big(rows[-1].id)
@@ -161,7 +160,7 @@ class Uploader:
                     self._flush_pack()
             self._settle(everything=True)
             self._flush_pack()
-            for unused in uploading.unused_contents(conn, self.ended_contents):
+            for unused in upload_queries.unused_contents(conn, self.ended_contents):
                 self.sigcache.discard(unused)
             self.sigcache.wait()
         finally:
@@ -195,7 +194,7 @@ class Uploader:
                     basis_id = self._moved_from(row.scan_id, row)
                 against = None
                 if basis_id is not None:
-                    basis = uploading.content_by_id(self.conn, basis_id)
+                    basis = upload_queries.content_by_id(self.conn, basis_id)
                     signature = self.sigcache.get(basis.hash)  # a lost one is rebuilt later
                     if signature is not None and self._may_delta(row.size, basis):
                         against = (basis.id, signature)
@@ -210,9 +209,9 @@ class Uploader:
         start, horizon = max(after, self.big_seen), after + _LOOK_AHEAD
         if room <= 0 or start >= horizon:
             return
-        rows = uploading.pending_big(self.conn, start, horizon, self.settings.piece_size, room)
+        rows = upload_queries.pending_big(self.conn, start, horizon, self.settings.piece_size, room)
         self.big_seen = rows[-1].id if len(rows) == room else horizon
-        self._feed_big(rows, nightly.live_versions(self.conn, [row.path for row in rows]))
+        self._feed_big(rows, scan_queries.live_versions(self.conn, [row.path for row in rows]))
 
     def _settle(self, everything: bool = False) -> None:
         """Take up the big files whose pass is done, in queue order; wait for all of them, or
@@ -285,7 +284,7 @@ class Uploader:
         if row.kind == KIND_DIR:
             self.gone_dirs.add(row.path)
         if live is not None and live.kind == KIND_DIR:
-            below = [v.id for v in nightly.live_entries_below(self.conn, record.path)]
+            below = [v.id for v in scan_queries.live_entries_below(self.conn, record.path)]
             record.end_below = [v for v in below if v not in self.ended]
             self.ended.update(below)
 
@@ -427,10 +426,10 @@ class Uploader:
         from (rename, then edit). Asked only of a scan that found files gone: a query a file
         costs a GIL handover, 0.1 ms, on a first backup."""
         if scan_id not in self.deleting_scans:
-            self.deleting_scans[scan_id] = uploading.deletes_files(self.conn, scan_id)
+            self.deleting_scans[scan_id] = upload_queries.deletes_files(self.conn, scan_id)
         if not self.deleting_scans[scan_id]:
             return None
-        return uploading.move_basis(
+        return upload_queries.move_basis(
             self.conn, scan_id, seen.inode, seen.dev, seen.size, seen.mtime_ns
         )
 
@@ -439,7 +438,7 @@ class Uploader:
         basis_id = _previous_content(live)
         if basis_id is None:
             basis_id = self._moved_from(row.scan_id, source.meta)
-        return None if basis_id is None else uploading.content_by_id(self.conn, basis_id)
+        return None if basis_id is None else upload_queries.content_by_id(self.conn, basis_id)
 
     def _basis_signature(self, basis: Content) -> bytes | None:
         cached = self.sigcache.get(basis.hash)
@@ -462,7 +461,7 @@ class Uploader:
     def _rebuild(self, content_id: int) -> Path:
         """A content's bytes from the store, in a file under the workdir. Rare (a signature lost
         or never made here), so restore's rebuild is imported only then."""
-        from restore.rebuild import DirectSource, materialize
+        from deltagrid.restore.rebuild import DirectSource, materialize
 
         return materialize(self.conn, DirectSource(self.store), content_id, self.workdir)
 
@@ -499,7 +498,7 @@ class Uploader:
                     return None
                 delta = stack.enter_context(tempfile.TemporaryFile(dir=self.workdir))
                 reader = HashingReader(stack.enter_context(source.open()))
-                pyrsync.delta(reader, io.BytesIO(basis_sig), delta)
+                rdiff.delta(reader, io.BytesIO(basis_sig), delta)
                 source.check(reader)
             delta_size = delta.tell()
             if basis.chain_bytes + delta_size > self.settings.max_chain_ratio * size:
@@ -590,11 +589,11 @@ class Uploader:
             snapshot_id = self.result.snapshot_id
             if pack is not None:
                 ref, size, blobs = pack
-                pack_id = uploading.add_pack(conn, ref, size, snapshot_id)
+                pack_id = upload_queries.add_pack(conn, ref, size, snapshot_id)
                 entries = [
                     (e.offset, e.length, e.raw_length, e.hash) for e in (b.entry for b in blobs)
                 ]
-                ids = uploading.add_blobs(conn, pack_id, entries)
+                ids = upload_queries.add_blobs(conn, pack_id, entries)
                 for blob, blob_id in zip(blobs, ids, strict=True):
                     blob.id = blob_id
             new = self._record_entries(conn, snapshot_id) if with_entries else []
@@ -610,7 +609,7 @@ class Uploader:
         """Record the finished entries; the new contents they brought (now with ids)."""
         new = self._add_contents()
         stored = [r.path for r in self.records if r.meta is not None]
-        path_ids = uploading.ensure_paths(conn, stored)
+        path_ids = upload_queries.ensure_paths(conn, stored)
         new_versions = []
         for rec in self.records:
             if rec.meta is not None:
@@ -618,16 +617,16 @@ class Uploader:
                 content_id = content.id if isinstance(content, PendingContent) else content
                 columns = rec.meta.columns()
                 new_versions.append(
-                    uploading.version_row(
+                    upload_queries.version_row(
                         path_ids[rec.path], snapshot_id, columns, content_id, rec.recheck
                     )
                 )
         ends = [r.end for r in self.records if r.end is not None]
-        uploading.end_versions(
+        upload_queries.end_versions(
             conn, ends + [v for r in self.records for v in r.end_below], snapshot_id
         )
-        uploading.add_versions(conn, new_versions)
-        uploading.mark_done(conn, [(rec.qid, rec.outcome) for rec in self.records])
+        upload_queries.add_versions(conn, new_versions)
+        upload_queries.mark_done(conn, [(rec.qid, rec.outcome) for rec in self.records])
         return new
 
     def _add_contents(self) -> list[PendingContent]:
@@ -645,7 +644,7 @@ class Uploader:
                 else:
                     blob_ids.append(b)
             rows.append(
-                uploading.NewContent(
+                upload_queries.NewContent(
                     content.digest,
                     content.size,
                     content.basis_id,
@@ -654,7 +653,9 @@ class Uploader:
                     blob_ids,
                 )
             )
-        for content, content_id in zip(new, uploading.add_contents(self.conn, rows), strict=True):
+        for content, content_id in zip(
+            new, upload_queries.add_contents(self.conn, rows), strict=True
+        ):
             content.id = content_id
         return new
 

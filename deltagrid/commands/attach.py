@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import argparse
 
-from deltagrid.errors import UsageError
+from deltagrid.floor.errors import UsageError
 from deltagrid.home import Home
 from deltagrid.output import Output
-from restore.attach import attach
-from store import open_store
+from deltagrid.restore.attach import attach
+from deltagrid.store import open_store
 
 
 def add(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:

@@ -18,10 +18,11 @@ from deltagrid.commands.upload import (
     upload_doc,
     upload_text,
 )
+from deltagrid.floor.units import count, human_bytes, human_duration, plural
 from deltagrid.home import Home
-from deltagrid.output import Output, count, human_bytes, human_duration, plural
-from scanner.scan import ScanResult
-from uploader.result import UploadResult
+from deltagrid.output import Output
+from deltagrid.scanner.scan import ScanResult
+from deltagrid.uploader.result import UploadResult
 
 
 def add(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:

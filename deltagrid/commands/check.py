@@ -11,12 +11,12 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from backupdb import queries
-from deltagrid.errors import EXIT_ERROR, EXIT_OK, DeltagridError, UsageError
+from deltagrid.backupdb import queries
+from deltagrid.floor.errors import EXIT_ERROR, EXIT_OK, DeltagridError, UsageError
 from deltagrid.home import Home, reading
 from deltagrid.output import Output
-from store.tahoe import TahoeStore
-from uploader.commit import parse_root
+from deltagrid.repository.root import parse_root
+from deltagrid.store.tahoe import TahoeStore
 
 
 def add(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:

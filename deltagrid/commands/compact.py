@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 from dataclasses import asdict
 
-from backupdb import queries
+from deltagrid.backupdb import queries
 from deltagrid.commands.prune import outcome_text, plan_doc
-from deltagrid.errors import UsageError
+from deltagrid.floor.errors import UsageError
 from deltagrid.home import Home
+from deltagrid.maintaining import maintaining
+from deltagrid.maintenance.plans import plan_compact
 from deltagrid.output import Output
-from maintenance.prune import plan_compact
-from maintenance.session import maintaining
 
 
 def add(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:

@@ -10,10 +10,10 @@ import argparse
 import os
 from typing import Any
 
-from backupdb import queries
+from deltagrid.backupdb import queries
 from deltagrid.home import Home, reading
 from deltagrid.output import Output
-from restore.resolve import resolve
+from deltagrid.restore.resolve import resolve
 
 
 def add(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:

@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import argparse
 
-from backupdb import queries
+from deltagrid.backupdb import queries
 from deltagrid.config import BUCKETS, Retention
-from deltagrid.errors import UsageError
+from deltagrid.floor.errors import UsageError
+from deltagrid.floor.units import iso
 from deltagrid.home import Home
-from deltagrid.output import Output, iso
-from maintenance.retention import Policy, keep
-from maintenance.session import maintaining
-from uploader.commit import published_snapshot
+from deltagrid.maintaining import maintaining
+from deltagrid.maintenance.retention import Policy, keep
+from deltagrid.output import Output
+from deltagrid.repository.root import published_snapshot
 
 
 def add(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from deltagrid.home import Home
 from deltagrid.output import Output
-from store.tahoe_grid import LocalGrid
+from deltagrid.store.tahoe_grid import LocalGrid
 
 
 def add(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 
-from deltagrid.errors import DeltagridError
+from deltagrid.floor.errors import DeltagridError
 from deltagrid.home import Home
 from deltagrid.output import Output
-from store import open_store
-from uploader.commit import parse_root
+from deltagrid.repository.root import parse_root
+from deltagrid.store import open_store
 
 
 def add(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -29,7 +29,7 @@ def initialise(home: Home, store_url: str | None) -> tuple[str, str | None, str 
     writecap = readcap = None
     try:
         if url.startswith("tahoe:"):
-            from store.tahoe import TahoeStore  # only for a grid: it loads requests
+            from deltagrid.store.tahoe import TahoeStore  # only for a grid: it loads requests
 
             assert isinstance(store, TahoeStore)
             writecap, readcap = store.create_root()

@@ -11,10 +11,11 @@ from __future__ import annotations
 import argparse
 from datetime import datetime
 
-from deltagrid.errors import UsageError
-from deltagrid.history import Run, last_runs
+from deltagrid.backupdb.runs import Run, last_runs
+from deltagrid.floor.errors import UsageError
+from deltagrid.floor.units import count, human_bytes, human_duration
 from deltagrid.home import Home
-from deltagrid.output import Output, count, human_bytes, human_duration
+from deltagrid.output import Output
 
 SHOWN_ERRORS = 10  # per run in the text view; --json has them all (up to the recorded 1,000)
 

@@ -6,11 +6,12 @@ import argparse
 import os
 import stat
 
-from backupdb.reading import versions_at
-from deltagrid.errors import UsageError
+from deltagrid.backupdb.restore_queries import versions_at
+from deltagrid.floor.errors import UsageError
+from deltagrid.floor.units import iso
 from deltagrid.home import Home, plain_reading
-from deltagrid.output import Output, iso
-from restore.resolve import resolve
+from deltagrid.output import Output
+from deltagrid.restore.resolve import resolve
 
 _TYPE = {"f": stat.S_IFREG, "d": stat.S_IFDIR, "l": stat.S_IFLNK}
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 from dataclasses import asdict
 
-from backupdb import queries
+from deltagrid.backupdb import queries
+from deltagrid.floor.units import human_bytes
 from deltagrid.home import Home
-from deltagrid.output import Output, human_bytes
-from maintenance.prune import plan_prune
-from maintenance.rewrite import Outcome, Plan
-from maintenance.session import maintaining
+from deltagrid.maintaining import maintaining
+from deltagrid.maintenance.executor import Outcome, Plan
+from deltagrid.maintenance.plans import plan_prune
+from deltagrid.output import Output
 
 
 def add(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:

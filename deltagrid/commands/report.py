@@ -10,11 +10,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from deltagrid.floor.fs import atomic_write
 from deltagrid.home import Home, reading
 from deltagrid.output import Output
-from report import html, text
-from report.figures import gather
-from store.filestore import atomic_write
+from deltagrid.report import html, text
+from deltagrid.report.figures import gather
 
 
 def add(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:

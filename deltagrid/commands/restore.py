@@ -7,12 +7,13 @@ import argparse
 import os
 from pathlib import Path
 
-from deltagrid.errors import EXIT_ERROR, EXIT_OK, UsageError
+from deltagrid.floor.errors import EXIT_ERROR, EXIT_OK, UsageError
+from deltagrid.floor.units import human_bytes
 from deltagrid.home import Home, plain_reading
-from deltagrid.output import Output, human_bytes
-from restore.publish import publish, remove_tree, staging_for
-from restore.resolve import resolve
-from restore.restore import Restorer, RestoreResult
+from deltagrid.output import Output
+from deltagrid.restore.mirror import publish, remove_tree, staging_for
+from deltagrid.restore.resolve import resolve
+from deltagrid.restore.restore import Restorer, RestoreResult
 
 
 def add(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:

@@ -13,11 +13,12 @@ import time
 from dataclasses import dataclass
 
 from deltagrid.config import Config
-from deltagrid.errors import EXIT_OK, EXIT_UNREADABLE, UsageError
+from deltagrid.floor.errors import EXIT_OK, EXIT_UNREADABLE, UsageError
+from deltagrid.floor.units import count, human_duration
 from deltagrid.home import Home
-from deltagrid.output import Output, count, human_duration
-from scanner.excludes import Excludes
-from scanner.scan import REASONS, Scanner, ScanResult, normalise_roots
+from deltagrid.output import Output
+from deltagrid.scanner.excludes import Excludes
+from deltagrid.scanner.scan import REASONS, Scanner, ScanResult, normalise_roots
 
 MARKS = {"new": "+", "changed": "M", "meta": "U", "deleted": "-"}
 
@@ -108,7 +109,7 @@ def run_scan(plan: ScanPlan, home: Home, out: Output, list_queued: bool = False)
 
 
 def _list_queued(home: Home, scan_id: int, out: Output) -> None:
-    from backupdb import queries  # -v only: a quiet night's scan never imports SQLAlchemy
+    from deltagrid.backupdb import queries  # -v only: a quiet night's scan never imports SQLAlchemy
 
     engine = home.engine()
     try:

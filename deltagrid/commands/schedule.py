@@ -10,7 +10,8 @@ import argparse
 import shutil
 import subprocess
 
-from deltagrid.errors import EXIT_ERROR, EXIT_OK, DeltagridError
+from deltagrid.floor.errors import EXIT_ERROR, EXIT_OK, DeltagridError
+from deltagrid.floor.fs import atomic_write
 from deltagrid.home import Home
 from deltagrid.output import Output
 from deltagrid.scheduling import (
@@ -24,7 +25,6 @@ from deltagrid.scheduling import (
     systemd_dir,
     systemd_units,
 )
-from store.filestore import atomic_write
 
 
 def add(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 
-from backupdb import queries
+from deltagrid.backupdb import queries
+from deltagrid.floor.units import human_bytes, iso
 from deltagrid.home import Home, reading
-from deltagrid.output import Output, human_bytes, iso
+from deltagrid.output import Output
 
 
 def add(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:

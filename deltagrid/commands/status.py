@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 
-from backupdb import nightly
+from deltagrid.backupdb import scan_queries, snapshots
+from deltagrid.floor.units import human_bytes, iso
 from deltagrid.home import Home, plain_reading
-from deltagrid.output import Output, human_bytes, iso
-from uploader.spool import PACK_PREFIX
+from deltagrid.output import Output
+from deltagrid.uploader.spool import PACK_PREFIX
 
 
 def add(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -17,10 +18,10 @@ def add(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> Non
 
 def run(args: argparse.Namespace, home: Home, out: Output) -> int:
     with plain_reading(home) as (conn, store, published):
-        by_reason = nightly.pending_by_reason(conn)
-        rows, size = nightly.pending_totals(conn)
-        interrupted = nightly.interrupted_scan(conn)
-        local = nightly.last_snapshot_id(conn)
+        by_reason = scan_queries.pending_by_reason(conn)
+        rows, size = scan_queries.pending_totals(conn)
+        interrupted = scan_queries.interrupted_scan(conn)
+        local = snapshots.last_snapshot_id(conn)
     holder = home.lock_holder()
     spool = sorted(home.spool.glob(f"{PACK_PREFIX}*")) if home.spool.exists() else []
     spool_bytes = sum(p.stat().st_size for p in spool)

@@ -7,14 +7,15 @@ import os
 import sqlite3
 import time
 
-from backupdb import nightly
-from deltagrid.errors import EXIT_OK, EXIT_UNREADABLE, EXIT_VANISHED, DeltagridError
+from deltagrid.backupdb import scan_queries, snapshots
+from deltagrid.floor.errors import EXIT_OK, EXIT_UNREADABLE, EXIT_VANISHED, DeltagridError
+from deltagrid.floor.units import count, human_bytes, human_duration
 from deltagrid.home import Home
-from deltagrid.output import Output, count, human_bytes, human_duration
-from store.base import Store
-from uploader.commit import Publisher, commit
-from uploader.result import UploadResult
-from uploader.spool import clear_leftovers
+from deltagrid.output import Output
+from deltagrid.repository.publisher import Publisher, commit
+from deltagrid.store.base import Store
+from deltagrid.uploader.result import UploadResult
+from deltagrid.uploader.spool import clear_leftovers
 
 
 def add(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -29,9 +30,9 @@ def run_upload(home: Home, out: Output) -> tuple[UploadResult, dict[str, int]]:
     try:
         publisher = Publisher(home.db_path, store, home.state, config.upload.full_export_every)
         finished = publisher.publish()  # a commit a killed run left between its two steps
-        if nightly.interrupted_scan(conn):
+        if scan_queries.interrupted_scan(conn):
             raise DeltagridError("the last scan was interrupted; run 'deltagrid scan' again")
-        rows, total = nightly.pending_totals(conn)
+        rows, total = scan_queries.pending_totals(conn)
         if finished["published"] and not rows:  # that was all the killed run had left to do
             result = UploadResult(finished["published"])
             _describe(home, conn, result.snapshot_id, finished, out)
@@ -41,7 +42,7 @@ def run_upload(home: Home, out: Output) -> tuple[UploadResult, dict[str, int]]:
             result = _drain(home, conn, store, total, out)
         else:  # a quiet night: nothing to read, so no uploader either
             clear_leftovers(home.spool)
-            result = UploadResult(nightly.last_snapshot_id(conn) + 1)
+            result = UploadResult(snapshots.last_snapshot_id(conn) + 1)
         stats = dict(result.counts)
         stats.update(bytes_read=result.bytes_read, bytes_uploaded=result.bytes_uploaded)
         committed = commit(conn, publisher, result.snapshot_id, started, stats)
@@ -56,7 +57,7 @@ def _drain(
     home: Home, conn: sqlite3.Connection, store: Store, total: int, out: Output
 ) -> UploadResult:
     """Upload the `total` bytes the queue holds."""
-    from uploader.upload import Uploader
+    from deltagrid.uploader.upload import Uploader
 
     with out.bar(desc="upload", total=total, unit="B", unit_scale=True) as bar:
         uploader = Uploader(
@@ -75,7 +76,7 @@ def _describe(
     home: Home, conn: sqlite3.Connection, snapshot_id: int, committed: dict[str, int], out: Output
 ) -> None:
     """Add the snapshot's file count to `committed`; with -v, list what it changed."""
-    figures = nightly.snapshot_figures(conn, snapshot_id)
+    figures = snapshots.snapshot_figures(conn, snapshot_id)
     committed["files"] = figures[1] if figures is not None else 0
     if not out.verbose:
         return

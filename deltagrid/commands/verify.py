@@ -14,12 +14,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from backupdb import queries
-from deltagrid.errors import EXIT_ERROR, EXIT_OK, DeltagridError, UsageError
+from deltagrid.backupdb import queries
+from deltagrid.floor.errors import EXIT_ERROR, EXIT_OK, DeltagridError, UsageError
 from deltagrid.home import Home, reading
 from deltagrid.output import Output
-from restore.rebuild import DirectSource, materialize
-from store.tahoe import TahoeStore
+from deltagrid.restore.rebuild import DirectSource, materialize
+from deltagrid.store.tahoe import TahoeStore
 
 
 def add(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:

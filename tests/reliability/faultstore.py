@@ -27,9 +27,9 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from deltagrid.errors import ObjectMissing, StoreError
-from store.base import Store
-from store.filestore import FileStore
+from deltagrid.floor.errors import ObjectMissing, StoreError
+from deltagrid.store.base import Store
+from deltagrid.store.filestore import FileStore
 
 KINDS = {
     "put": {"fail", "hang", "lost"},

@@ -7,9 +7,10 @@ scan and upload); every file version it stored restores to bytes whose hash and 
 ones the catalog (versions JOIN contents) records; `verify --read-data` agrees; and the next run
 picks up the final state exactly. Writers are real threads; a race that must happen at one
 moment is forced where test_failures.py forces its own: at the one function that opens source
-files (`uploader.reader.open_source`), the two that read them (`uploader.reader._read` in
-passes, `_read_fd` into memory), or the scanner's `os.scandir`. (test_failures.py has vanished
-and unreadable entries and a file rewritten in place while read; they are not repeated here.)
+files (`deltagrid.uploader.reader.open_source`), the two that read them
+(`deltagrid.uploader.reader._read` in passes, `_read_fd` into memory), or the scanner's
+`os.scandir`. (test_failures.py has vanished and unreadable entries and a file rewritten in
+place while read; they are not repeated here.)
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ from pathlib import Path
 
 import pytest
 
-import scanner.scan
-import uploader.reader
+import deltagrid.scanner.scan
+import deltagrid.uploader.reader
 from tests.helpers import describe, restored_root
 
 MiB = 1 << 20
@@ -200,8 +201,8 @@ def test_file_truncated_while_read_is_stored_as_it_ended(
     inode = victim.stat().st_ino
     passes = {"first pass": 1, "second pass": 2}[when]
     opened = [0]
-    real_open = uploader.reader.open_source
-    real_read, real_read_fd = uploader.reader._read, uploader.reader._read_fd
+    real_open = deltagrid.uploader.reader.open_source
+    real_read, real_read_fd = deltagrid.uploader.reader._read, deltagrid.uploader.reader._read_fd
 
     def open_source(path: bytes) -> tuple[int, os.stat_result]:
         opening = real_open(path)
@@ -227,9 +228,9 @@ def test_file_truncated_while_read_is_stored_as_it_ended(
         truncate_past_first_mib(fd)
         return real_read_fd(fd, n)
 
-    monkeypatch.setattr(uploader.reader, "open_source", open_source)
-    monkeypatch.setattr(uploader.reader, "_read", _read)
-    monkeypatch.setattr(uploader.reader, "_read_fd", _read_fd)
+    monkeypatch.setattr(deltagrid.uploader.reader, "open_source", open_source)
+    monkeypatch.setattr(deltagrid.uploader.reader, "_read", _read)
+    monkeypatch.setattr(deltagrid.uploader.reader, "_read_fd", _read_fd)
     during = cli("--json", "backup", src)
     monkeypatch.undo()
     assert during.code == 0, during.err
@@ -307,7 +308,7 @@ def test_file_replaced_by_a_directory_just_before_it_is_opened_is_that_directory
     assert cli("backup", src).code == 0
     first = catalog(home, 1)[os.fsencode(swapped)]
     swapped.write_bytes(os.urandom(200_000))
-    real_open = uploader.reader.open_source
+    real_open = deltagrid.uploader.reader.open_source
     swaps = [0]
 
     def open_source(path: bytes) -> tuple[int, os.stat_result]:
@@ -317,7 +318,7 @@ def test_file_replaced_by_a_directory_just_before_it_is_opened_is_that_directory
             swaps[0] += 1
         return real_open(path)
 
-    monkeypatch.setattr(uploader.reader, "open_source", open_source)
+    monkeypatch.setattr(deltagrid.uploader.reader, "open_source", open_source)
     during = cli("--json", "backup", src)
     monkeypatch.undo()
     assert during.code == 0, during.err
@@ -363,7 +364,7 @@ def test_directory_removed_mid_walk(
             shutil.rmtree(doomed)
         return real_scandir(path, *args, **kwargs)
 
-    monkeypatch.setattr(scanner.scan.os, "scandir", scandir)
+    monkeypatch.setattr(deltagrid.scanner.scan.os, "scandir", scandir)
     during = cli("--json", "backup", src)
     monkeypatch.undo()
     assert not doomed.exists()

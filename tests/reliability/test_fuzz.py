@@ -22,23 +22,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pyrsync
 import pytest
 import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import text
 
-from backupdb import db, export, queries
+from deltagrid.backupdb import db, export, queries
 from deltagrid.cli import main
-from deltagrid.errors import CorruptData
-from restore.compose import compose, keyframe_map, write_version
-from restore.rebuild import apply_delta
-from store.filestore import FileStore
-from store.pack import HEADER, TRAILER_MAGIC, decode_blob, digest, read_index
+from deltagrid.floor import rdiff
+from deltagrid.floor.errors import CorruptData
+from deltagrid.floor.rdiff import apply_delta
+from deltagrid.repository.fetch import fetch_export
+from deltagrid.repository.root import new_root, parse_root
+from deltagrid.restore.compose import compose, keyframe_map, write_version
+from deltagrid.store.filestore import FileStore
+from deltagrid.store.pack import HEADER, TRAILER_MAGIC, decode_blob, digest, read_index
 from tests.helpers import describe, dg, one_error, restored_root
 from tests.reliability.fuzzing import fuzz_bytes, in_child, mutated
-from uploader.commit import fetch_export, new_root, parse_root
 
 # --- a real repository to take valid inputs from -------------------------------------------------
 
@@ -165,7 +166,7 @@ def test_parse_root(repo: Repo, scale: int, figures) -> None:
 
 # --- the backupdb export and its delta chain ------------------------------------------------------
 
-_MAGIC = struct.pack(">I", pyrsync.RS_DELTA_MAGIC)
+_MAGIC = struct.pack(">I", rdiff.DELTA_MAGIC)
 
 
 def _uint(value: int, width: int) -> bytes:
@@ -230,10 +231,10 @@ def test_rdiff_patch(scale: int, figures) -> None:
     valid_basis = os.urandom(3000)
     new = valid_basis[:1000] + b"changed" + valid_basis[1200:]
     sig, valid_delta = io.BytesIO(), io.BytesIO()
-    magic, _block, strong = pyrsync.get_signature_args(len(valid_basis))
-    pyrsync.signature(io.BytesIO(valid_basis), sig, strong, magic, 512)
+    magic, _block, strong = rdiff.signature_args(len(valid_basis))
+    rdiff.signature(io.BytesIO(valid_basis), sig, strong, magic, 512)
     sig.seek(0)
-    pyrsync.delta(io.BytesIO(new), sig, valid_delta)
+    rdiff.delta(io.BytesIO(new), sig, valid_delta)
     assert in_child(lambda: _applies(valid_basis, valid_delta.getvalue(), len(new))).value == new
     basis = st.binary(max_size=300)
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from restore.fetch import WORKERS
+from deltagrid.restore.fetch import WORKERS
 from tests.helpers import Run, describe, one_error, restored_root
 
 MiB = 1 << 20

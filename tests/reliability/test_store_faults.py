@@ -28,10 +28,10 @@ import pytest
 import requests
 
 import deltagrid.commands.attach
-import store.tahoe
-from deltagrid.errors import StoreError
+import deltagrid.store.tahoe
+from deltagrid.floor.errors import StoreError
 from deltagrid.home import Home
-from store import Store, open_store
+from deltagrid.store import Store, open_store
 from tests.helpers import Run, describe, restored_root
 from tests.reliability.faultstore import Faults, FaultStore
 
@@ -431,8 +431,8 @@ def silent_node(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """The URL of a "Tahoe node" whose port accepts connections (the kernel's backlog does) and
     never answers; the store's read timeout and backoff are shrunk from 600 s and 0.5 s so the
     product's own timeout and retry path runs in well under a second."""
-    monkeypatch.setattr(store.tahoe, "TIMEOUT", (1, 0.1))
-    monkeypatch.setattr(store.tahoe, "BACKOFF", 0.001)
+    monkeypatch.setattr(deltagrid.store.tahoe, "TIMEOUT", (1, 0.1))
+    monkeypatch.setattr(deltagrid.store.tahoe, "BACKOFF", 0.001)
     with socket.create_server(("127.0.0.1", 0), backlog=64) as server:
         yield f"tahoe://127.0.0.1:{server.getsockname()[1]}"
 
@@ -453,13 +453,15 @@ def test_a_silent_node_is_asked_once_more_and_an_absent_one_with_every_retry(
     monkeypatch.setattr(requests.Session, "request", request)
     with pytest.raises(StoreError, match=r"not reachable \(ReadTimeout\)"):
         open_store(silent_node, cap=CAP).read_root()
-    assert len(asked) == 1 + store.tahoe.TIMEOUT_RETRIES < 1 + store.tahoe.RETRIES
+    assert (
+        len(asked) == 1 + deltagrid.store.tahoe.TIMEOUT_RETRIES < 1 + deltagrid.store.tahoe.RETRIES
+    )
     asked.clear()
     with socket.create_server(("127.0.0.1", 0)) as closed:
         port = closed.getsockname()[1]
     with pytest.raises(StoreError, match=r"not reachable \(ConnectionError\)"):
         open_store(f"tahoe://127.0.0.1:{port}", cap=CAP).read_root()
-    assert len(asked) == 1 + store.tahoe.RETRIES
+    assert len(asked) == 1 + deltagrid.store.tahoe.RETRIES
 
 
 @pytest.mark.parametrize(

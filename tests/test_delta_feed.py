@@ -7,11 +7,11 @@ import random
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-import pyrsync
 import pytest
 
-from uploader.bytestream import ByteStream
-from uploader.reader import sign
+from deltagrid.floor import rdiff
+from deltagrid.uploader.delta_feed import ByteStream
+from deltagrid.uploader.reader import sign
 
 
 def test_a_delta_read_through_a_stream_is_the_delta_of_the_bytes() -> None:
@@ -27,12 +27,12 @@ def test_a_delta_read_through_a_stream_is_the_delta_of_the_bytes() -> None:
     sig = io.BytesIO()
     sign(io.BytesIO(basis), sig, len(basis), 2048)
     expected = io.BytesIO()
-    pyrsync.delta(io.BytesIO(bytes(new)), io.BytesIO(sig.getvalue()), expected)
+    rdiff.delta(io.BytesIO(bytes(new)), io.BytesIO(sig.getvalue()), expected)
 
     stream = ByteStream(limit=100_000)
     out = io.BytesIO()
     with ThreadPoolExecutor(1) as pool:
-        job = pool.submit(pyrsync.delta, stream, io.BytesIO(sig.getvalue()), out)
+        job = pool.submit(rdiff.delta, stream, io.BytesIO(sig.getvalue()), out)
         at = 0
         while at < len(new):
             n = rng.randrange(1, 200_000)

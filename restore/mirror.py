@@ -16,8 +16,8 @@ import stat
 from collections.abc import Callable
 from pathlib import Path
 
-from deltagrid.errors import DeltagridError, UsageError
-from store.filestore import fsync_dir
+from deltagrid.floor.errors import DeltagridError, UsageError
+from deltagrid.floor.fs import fsync_dir
 
 AT_FDCWD = -100
 RENAME_EXCHANGE = 2

@@ -22,7 +22,7 @@ from typing import Any
 
 import zstandard
 
-from store.pack import digest
+from deltagrid.store.pack import digest
 
 _WORKERS = 1
 _AHEAD = 2

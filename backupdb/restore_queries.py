@@ -13,8 +13,8 @@ import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from typing import NamedTuple
 
-from backupdb.nightly import bounds, rows_in
-from backupdb.uploading import Content
+from deltagrid.backupdb.sql import bounds, rows_in
+from deltagrid.backupdb.upload_queries import Content
 
 # --- snapshots -----------------------------------------------------------------------------------
 

@@ -1,85 +1,26 @@
 """Committing a snapshot: upload the backupdb's export (as an rdiff delta when possible), then
-replace the root pointer. Until the pointer moves the snapshot does not exist for readers.
-
-Root pointer document (JSON, UTF-8):
-
-    {"format": "deltagrid-root/1", "snapshot": 7, "committed_ns": ...,
-     "backupdb": [{"type": "full", "ref": R, "size": N, "hash": H0},
-                  {"type": "delta", "ref": R, "size": N, "base": H0, "hash": H1}, ...]}
-
-Each chain entry is a zstd-compressed object: the whole export, or the rdiff delta from the
-export whose BLAKE2b is `base` to the one whose BLAKE2b is `hash`.
-"""
+replace the root pointer (root.py). What is published must be committed to the backupdb first."""
 
 from __future__ import annotations
 
 import io
 import json
-import os
 import socket
 import sqlite3
 import tempfile
-import time
 from contextlib import closing
 from pathlib import Path
 from typing import Any
 
-import pyrsync
 import zstandard
 
-from backupdb import connection, export, nightly
-from deltagrid.errors import CorruptData, StoreError, naming
-from store.base import Store, check_stored
-from store.filestore import atomic_write
-from store.pack import digest, digest_file
-
-ROOT_FORMAT = "deltagrid-root/1"
-EXPORT_BLOCK = 1024  # small blocks: an export changes in scattered pages
-MAX_OBJECT = 1 << 34
-
-
-def parse_root(raw: bytes | None) -> dict[str, Any] | None:
-    """Decode and sanity-check a root pointer document."""
-    if raw is None:
-        return None
-    try:
-        doc = json.loads(raw)
-    except (ValueError, RecursionError):  # RecursionError: nested too deep to be a root
-        raise CorruptData("the store's root pointer is not JSON") from None
-    if not isinstance(doc, dict) or doc.get("format") != ROOT_FORMAT:
-        raise CorruptData("the store's root pointer is not a deltagrid root")
-    snap, chain = doc.get("snapshot"), doc.get("backupdb")
-    if not isinstance(snap, int) or snap < 0 or not isinstance(chain, list):
-        raise CorruptData("the store's root pointer is malformed")
-    for entry in chain:
-        if not (
-            isinstance(entry, dict)
-            and entry.get("type") in ("full", "delta")
-            and isinstance(entry.get("ref"), str)
-            and isinstance(entry.get("hash"), str)
-            and isinstance(entry.get("size"), int)
-            and entry["size"] >= 0
-        ):
-            raise CorruptData("the store's root pointer has a malformed backupdb entry")
-    if chain and chain[0]["type"] != "full":
-        raise CorruptData("the store's root pointer chain does not start with a full export")
-    return doc
-
-
-def published_snapshot(store: Store) -> int:
-    """The newest snapshot readers may see: the one the root pointer names."""
-    root = parse_root(store.read_root())
-    return int(root["snapshot"]) if root else 0
-
-
-def new_root(snapshot_id: int, chain: list[dict[str, Any]]) -> bytes:
-    doc = {
-        "format": ROOT_FORMAT,
-        "snapshot": snapshot_id,
-        "committed_ns": time.time_ns(),
-        "backupdb": chain,
-    }
-    return json.dumps(doc, indent=1).encode() + b"\n"
+from deltagrid.backupdb import connection, export, snapshots
+from deltagrid.floor import rdiff
+from deltagrid.floor.errors import StoreError, naming
+from deltagrid.floor.fs import atomic_write
+from deltagrid.repository.root import EXPORT_BLOCK, new_root, parse_root
+from deltagrid.store.base import Store, check_stored
+from deltagrid.store.pack import digest, digest_file
 
 
 class Publisher:
@@ -110,7 +51,7 @@ class Publisher:
         Returns the bytes of the backupdb object put, and the snapshot published (0: none).
         """
         with closing(connection.connect(self.db_path)) as conn:
-            latest = nightly.last_snapshot_id(conn)
+            latest = snapshots.last_snapshot_id(conn)
         root = parse_root(self.store.read_root())
         published = int(root["snapshot"]) if root else 0
         if published > latest:
@@ -128,9 +69,9 @@ class Publisher:
             export.write(self.db_path, path)
             new_hash = digest_file(path).hex()
             sig = io.BytesIO()  # about 4% of the export: small, and kept whole anyway
-            magic, _block, strong = pyrsync.get_signature_args(path.stat().st_size)
+            magic, _block, strong = rdiff.signature_args(path.stat().st_size)
             with open(path, "rb") as f:
-                pyrsync.signature(f, sig, strong, magic, EXPORT_BLOCK)
+                rdiff.signature(f, sig, strong, magic, EXPORT_BLOCK)
             entry = None if full else self._delta_entry(chain, path, new_hash)
             if entry is None:
                 blob = compress(path, work / "full.zst")
@@ -163,7 +104,7 @@ class Publisher:
             return None
         delta = path.with_name("delta")
         with open(path, "rb") as new, open(delta, "wb") as out:
-            pyrsync.delta(new, io.BytesIO(last[1]), out)
+            rdiff.delta(new, io.BytesIO(last[1]), out)
         blob = compress(delta, path.with_name("delta.zst"))
         size = blob.stat().st_size
         if sum(e["size"] for e in chain[1:]) + size > chain[0]["size"]:
@@ -190,35 +131,5 @@ def commit(
     stats: dict[str, int],
 ) -> dict[str, int]:
     """Record the snapshot in the backupdb, then publish it."""
-    nightly.commit_snapshot(conn, snapshot_id, started_ns, socket.gethostname(), stats)
+    snapshots.commit_snapshot(conn, snapshot_id, started_ns, socket.gethostname(), stats)
     return publisher.publish()
-
-
-def fetch_export(store: Store, root: dict[str, Any], dest: Path) -> None:
-    """Rebuild the newest backupdb export named by `root` into `dest`, checking every hash."""
-    from restore.rebuild import apply_delta  # here: restore's imports stay out of a quiet night
-
-    data = b""
-    for entry in root["backupdb"]:
-        try:
-            raw = zstandard.ZstdDecompressor().decompress(
-                store.get(entry["ref"]), max_output_size=MAX_OBJECT
-            )
-        except zstandard.ZstdError:
-            raise CorruptData(f"backupdb object {entry['ref']} does not decompress") from None
-        if entry["type"] == "full":
-            data = raw
-        else:
-            if digest(data).hex() != entry.get("base"):
-                raise CorruptData("backupdb delta chain is broken (base mismatch)")
-            out = io.BytesIO()
-            try:
-                apply_delta(io.BytesIO(data), io.BytesIO(raw), out, MAX_OBJECT)
-            except CorruptData as exc:
-                raise CorruptData(f"backupdb {exc}") from None
-            data = out.getvalue()
-        if digest(data).hex() != entry["hash"]:
-            raise CorruptData("backupdb export does not match its recorded hash")
-    dest.write_bytes(data)
-    with open(dest, "rb+") as f:
-        os.fsync(f.fileno())

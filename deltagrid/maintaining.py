@@ -9,10 +9,10 @@ from dataclasses import dataclass
 from sqlalchemy import Engine
 
 from deltagrid.home import Config, Home
+from deltagrid.maintenance.executor import Executor
 from deltagrid.output import Output
-from maintenance.rewrite import Executor
-from store.base import Store
-from uploader.commit import Publisher
+from deltagrid.repository.publisher import Publisher
+from deltagrid.store.base import Store
 
 
 @dataclass

@@ -22,12 +22,13 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine
 
-from backupdb import queries
-from restore.rebuild import DirectSource, chain_ids, load_chains, materialize
-from store.base import Store, check_stored
-from store.pack import PackWriter, digest
-from uploader.commit import Publisher, parse_root
-from uploader.spool import MAINTENANCE_PREFIX, clear_leftovers, new_pack
+from deltagrid.backupdb import queries
+from deltagrid.repository.publisher import Publisher
+from deltagrid.repository.root import parse_root
+from deltagrid.restore.rebuild import DirectSource, chain_ids, load_chains, materialize
+from deltagrid.store.base import Store, check_stored
+from deltagrid.store.pack import PackWriter, digest
+from deltagrid.uploader.spool import MAINTENANCE_PREFIX, clear_leftovers, new_pack
 
 
 @dataclass

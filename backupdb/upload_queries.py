@@ -13,8 +13,9 @@ import sqlite3
 from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
-from backupdb.nightly import LIVE, chunks, insert_many, insert_numbered, rows_in
-from deltagrid.errors import CorruptData
+from deltagrid.backupdb.scan_queries import LIVE
+from deltagrid.backupdb.sql import chunks, insert_many, insert_numbered, rows_in
+from deltagrid.floor.errors import CorruptData
 
 # --- the queue -----------------------------------------------------------------------------------
 

@@ -17,8 +17,8 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from backupdb import queries
-from maintenance.rewrite import Plan, chains_of, needed_versions
+from deltagrid.backupdb import queries
+from deltagrid.maintenance.executor import Plan, chains_of, needed_versions
 
 
 def _blobs_and_packs(

@@ -1,0 +1,171 @@
+"""The queries of a scan, in SQL on a plain sqlite3 connection: the live versions the scanner
+compares with the file system, and the scan and queue rows it writes.
+
+A night never imports SQLAlchemy (connection.py says why). Code that holds a SQLAlchemy
+connection may run these on the one under it (queries.driver), in the same transaction (reads
+only: the writers here begin and commit their own).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import stat
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any, NamedTuple
+
+from deltagrid.backupdb.connection import transaction
+from deltagrid.backupdb.sql import LIVE, bounds, rows_in
+
+
+class LiveEntry(NamedTuple):
+    """A live version as the scanner compares it in full and the uploader ends or keeps it."""
+
+    path: bytes
+    id: int
+    path_id: int
+    kind: str
+    mode: int
+    uid: int
+    gid: int
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+    inode: int
+    dev: int
+    nlink: int
+    target: bytes | None
+    content_id: int | None
+    recheck: int
+
+
+_ENTRY_COLUMNS = ", ".join(f"v.{name}" for name in LiveEntry._fields[1:])
+_ENTRIES = f"SELECT p.path, {_ENTRY_COLUMNS} FROM versions v JOIN paths p ON p.id = v.path_id"
+
+# Live children come as short plain tuples: (path, version id, path id, st_mode, uid, gid,
+# size, mtime_ns, ctime_ns, inode). An unchanged file or directory has exactly `row[STAT_KEY] ==
+# (st_mode, st_uid, st_gid, st_size, st_mtime_ns, st_ctime_ns, st_ino)` of its lstat; st_mode
+# is the mode with its file-type bits, or -1 for a symlink (its target must be read) and for a
+# version flagged `recheck`, so those never match and the scanner fetches the whole version.
+STAT_KEY = slice(3, 10)
+_LIVE_CHILDREN = f"""
+SELECT p.path, v.id, v.path_id,
+       CASE WHEN v.recheck THEN -1
+            WHEN v.kind = 'f' THEN v.mode | {stat.S_IFREG}
+            WHEN v.kind = 'd' THEN v.mode | {stat.S_IFDIR}
+            ELSE -1 END,
+       v.uid, v.gid, v.size, v.mtime_ns, v.ctime_ns, v.inode
+FROM paths p JOIN versions v ON v.path_id = p.id
+WHERE p.parent_id = ? AND {LIVE}
+"""
+
+
+def live_children(conn: sqlite3.Connection, parent_id: int) -> dict[bytes, tuple[Any, ...]]:
+    """Live versions of the direct children of a directory, by their path, as short tuples
+    (above). The scanner's hot path: one query a directory, with only the columns an unchanged
+    entry is compared on."""
+    return {row[0]: row for row in conn.execute(_LIVE_CHILDREN, (parent_id,))}
+
+
+def live_entry(conn: sqlite3.Connection, version_id: int) -> LiveEntry:
+    """The whole of a version `live_children` gave, for the full comparison."""
+    return LiveEntry._make(conn.execute(f"{_ENTRIES} WHERE v.id = ?", (version_id,)).fetchone())
+
+
+def live_entry_at(conn: sqlite3.Connection, path: bytes) -> LiveEntry | None:
+    """The live version of `path` (a root the scan starts from), if any."""
+    row = conn.execute(f"{_ENTRIES} WHERE p.path = ? AND {LIVE}", (path,)).fetchone()
+    return None if row is None else LiveEntry._make(row)
+
+
+def live_versions(conn: sqlite3.Connection, paths: Iterable[bytes]) -> dict[bytes, LiveEntry]:
+    """The live versions of many paths, by path: the uploader's batch of queue rows at once."""
+    query = f"{_ENTRIES} WHERE p.path IN ({{}}) AND {LIVE}"
+    return {row[0]: LiveEntry._make(row) for row in rows_in(conn, query, paths)}
+
+
+def live_entries_below(conn: sqlite3.Connection, path: bytes) -> list[LiveEntry]:
+    """Live versions strictly below `path` (a directory that is going away), in path order."""
+    query = f"{_ENTRIES} WHERE p.path > ? AND p.path < ? AND {LIVE} ORDER BY p.path"
+    return [LiveEntry._make(row) for row in conn.execute(query, bounds(path))]
+
+
+# --- scans and the queue -------------------------------------------------------------------------
+
+
+def begin_scan(conn: sqlite3.Connection, roots: list[str]) -> int:
+    """Start a scan (its own transaction): abandon the rows of any scan that never finished."""
+    unfinished = "SELECT id FROM scans WHERE finished_ns IS NULL"
+    with transaction(conn):
+        conn.execute(f"DELETE FROM queue WHERE scan_id IN ({unfinished}) AND done = 0")
+        conn.execute("UPDATE scans SET finished_ns = 0 WHERE finished_ns IS NULL")
+        cur = conn.execute(
+            "INSERT INTO scans (started_ns, roots, errors) VALUES (?, ?, 0)",
+            (time.time_ns(), json.dumps(roots)),
+        )
+    assert cur.lastrowid is not None
+    return cur.lastrowid
+
+
+_ENQUEUE = """
+INSERT INTO queue (scan_id, path, reason, kind, size, mtime_ns, inode, dev, prev_version_id, done)
+VALUES (:scan_id, :path, :reason, :kind, :size, :mtime_ns, :inode, :dev, :prev_version_id, 0)
+"""
+
+
+def enqueue(
+    conn: sqlite3.Connection,
+    scan_id: int,
+    rows: list[dict[str, Any]],
+    errors: Sequence[tuple[bytes, str]],
+) -> None:
+    """Add a batch of queue rows and scan errors (one transaction)."""
+    with transaction(conn):
+        conn.executemany(_ENQUEUE, rows)
+        conn.executemany(
+            "INSERT INTO scan_errors (scan_id, path, message) VALUES (?, ?, ?)",
+            [(scan_id, path, message) for path, message in errors],
+        )
+
+
+def finish_scan(
+    conn: sqlite3.Connection,
+    scan_id: int,
+    roots: Sequence[bytes],
+    counts: dict[str, int],
+    errors: int,
+) -> None:
+    """Complete a scan (one transaction): it supersedes the pending rows older scans left below
+    its roots."""
+    with transaction(conn):
+        for root in roots:
+            conn.execute(
+                "DELETE FROM queue WHERE scan_id != ? AND done = 0 "
+                "AND (path = ? OR (path > ? AND path < ?))",
+                (scan_id, root, *bounds(root)),
+            )
+        conn.execute(
+            "UPDATE scans SET finished_ns = ?, counts = ?, errors = ? WHERE id = ?",
+            (time.time_ns(), json.dumps(counts), errors, scan_id),
+        )
+
+
+def interrupted_scan(conn: sqlite3.Connection) -> bool:
+    """Whether the last scan never finished."""
+    row = conn.execute("SELECT finished_ns FROM scans ORDER BY id DESC LIMIT 1").fetchone()
+    return row is not None and row[0] is None
+
+
+def pending_totals(conn: sqlite3.Connection) -> tuple[int, int]:
+    """(rows, bytes) still to upload."""
+    rows, size = conn.execute(
+        "SELECT count(*), coalesce(sum(size), 0) FROM queue WHERE done = 0"
+    ).fetchone()
+    return rows, size
+
+
+def pending_by_reason(conn: sqlite3.Connection) -> dict[str, int]:
+    """Queue rows still to upload, by why they were queued (new, changed, meta, deleted)."""
+    rows = conn.execute("SELECT reason, count(*) FROM queue WHERE done = 0 GROUP BY reason")
+    return dict(rows.fetchall())

@@ -1,0 +1,1 @@
+"""The commit protocol: the root pointer and the backupdb exports it names."""

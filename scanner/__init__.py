@@ -1,0 +1,1 @@
+"""The scanner: walk the sources, compare with the backupdb, queue what changed."""
