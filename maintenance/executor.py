@@ -26,9 +26,10 @@ from deltagrid.backupdb import queries
 from deltagrid.repository.publisher import Publisher
 from deltagrid.repository.root import parse_root
 from deltagrid.restore.rebuild import DirectSource, chain_ids, load_chains, materialize
-from deltagrid.store.base import Store, check_stored
-from deltagrid.store.pack import PackWriter, digest
-from deltagrid.uploader.spool import MAINTENANCE_PREFIX, clear_leftovers, new_pack
+from deltagrid.store.base import Store
+from deltagrid.store.pack import digest
+from deltagrid.uploader.packing import Packer
+from deltagrid.uploader.spool import MAINTENANCE_PREFIX, clear_leftovers
 
 
 @dataclass
@@ -72,37 +73,38 @@ class Executor:
         self.publisher = publisher
         self.spool = spool
         self.piece_size = piece_size
-        self.pack_size = pack_size
         self.warn = warn
         self.outcome = Outcome()
-        self.writer: PackWriter | None = None
+        self.packer = Packer(spool, pack_size)
         self.written: list[tuple[str, int, list[tuple[Any, Any]]]] = []  # ref, size, blobs
-        self.pending: list[tuple[Any, Any]] = []  # (what, IndexEntry) in the open writer
+        self.pending: list[Any] = []  # what each blob of the open pack is, in order
 
     # --- step 1: new packs ---------------------------------------------------------------------
 
     def _add(self, what: Any, frame: bytes | None, raw: bytes | None, meta: Any = None) -> None:
-        if self.writer is None:
-            self.writer = new_pack(self.spool)
         if frame is not None:
-            entry = self.writer.add_frame(frame, meta.raw_length, meta.hash)
+            self.packer.add_frame(frame, meta.raw_length, meta.hash)
         else:
             assert raw is not None
-            entry = self.writer.add(raw, digest(raw))
-        self.pending.append((what, entry))
-        if self.writer.size >= self.pack_size:
+            self.packer.add(raw, digest(raw))
+        self.pending.append(what)
+        if self.packer.full:
             self._flush()
 
     def _flush(self) -> None:
-        if self.writer is None:
+        pack = self.packer.finish()
+        if pack is None:
             return
-        size = self.writer.finish()
-        ref = check_stored(self.store, self.store.put_file(self.writer.path), size)
-        self.writer.path.unlink()
-        self.written.append((ref, size, self.pending))
+        try:
+            ref = pack.put(self.store)
+        except BaseException:
+            pack.writer.discard()
+            raise
+        entries = [blob.entry for blob in pack.blobs]
+        self.written.append((ref, pack.size, list(zip(self.pending, entries, strict=True))))
         self.outcome.packs_written += 1
-        self.outcome.bytes_written += size
-        self.writer, self.pending = None, []
+        self.outcome.bytes_written += pack.size
+        self.pending = []
 
     def _keyframe(self, conn: Connection, content_id: int, work: Path) -> None:
         rebuilt = materialize(queries.driver(conn), DirectSource(self.store), content_id, work)
@@ -141,8 +143,7 @@ class Executor:
                 self._copy_out(conn, plan.repack, live_blobs)
                 self._flush()
             finally:
-                if self.writer is not None:
-                    self.writer.discard()
+                self.packer.discard()
             conn.commit()
             self._rewrite_catalog(conn, plan, snapshot_id)
             conn.commit()

@@ -393,8 +393,8 @@ def kill_points(o: dict[str, int]) -> dict[str, tuple[str, str, int, str]]:
     """By name, (module, Class.method, k-th call, before/after): one for each step of a prune."""
     files, deleted = "deltagrid.store.filestore", o["objects_deleted"]
     return {
-        "put_file-1-before": (files, "FileStore.put_file", 1, "before"),  # nothing put yet
-        "put_file-2-after": (files, "FileStore.put_file", 2, "after"),  # put, not recorded
+        "move_file-1-before": (files, "FileStore.move_file", 1, "before"),  # nothing put yet
+        "move_file-2-after": (files, "FileStore.move_file", 2, "after"),  # put, not recorded
         "flush-last-after": (
             "deltagrid.maintenance.executor",
             "Executor._flush",
@@ -414,7 +414,7 @@ def kill_points(o: dict[str, int]) -> dict[str, tuple[str, str, int, str]]:
             "before",
         ),  # committed
         # the export goes out as a file, after the packs; the root not moved yet
-        "put_export-after": (files, "FileStore.put_file", o["packs_written"] + 1, "after"),
+        "put_export-after": (files, "FileStore.put_file", 1, "after"),
         "replace_root-before": (files, "FileStore.replace_root", 1, "before"),
         "replace_root-after": (files, "FileStore.replace_root", 1, "after"),  # nothing deleted
         "delete-1-after": (files, "FileStore.delete", 1, "after"),

@@ -135,7 +135,7 @@ def test_the_checks_see_what_they_look_for() -> None:
     """Not vacuous: the graph holds known arrows, and the rule tells up and across from down."""
     assert len(MODULES) > 80
     assert any(t == "deltagrid.floor.errors" for t, _ in GRAPH["deltagrid.store.base"])
-    assert any(_room(t) == "restore" for t, _ in GRAPH["deltagrid.uploader.upload"])  # lazy one
+    assert any(_room(t) == "restore" for t, _ in GRAPH["deltagrid.uploader.contents"])  # lazy
     assert _upward("deltagrid.store.base", "deltagrid.cli")
     assert _upward("deltagrid.scanner.scan", "deltagrid.restore.rebuild")  # across one floor
     assert not _upward("deltagrid.cli", "deltagrid.store.base")

@@ -25,30 +25,21 @@ from collections.abc import Callable
 from concurrent.futures import Executor, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from queue import Empty, SimpleQueue
-from typing import BinaryIO, NamedTuple
+from typing import BinaryIO
 
 from deltagrid.backupdb import upload_queries
 from deltagrid.floor import rdiff
-from deltagrid.store.pack import PackWriter
 from deltagrid.uploader.delta_feed import ByteStream
+from deltagrid.uploader.packing import FinishedPack, Packer, PendingBlob
 from deltagrid.uploader.pieces import Cutter, Pieces, Squeezer
 from deltagrid.uploader.readahead import Prepared, begin
 from deltagrid.uploader.reader import read_opened, sign, signature_args
 from deltagrid.uploader.settings import UploadSettings
-from deltagrid.uploader.spool import PendingBlob, new_pack
 
 _SIGNING = 2  # pieces being signed at a time, beyond the one awaited
 _SIG_HEADER = 12  # a librsync signature's magic, block length and strong sum length
 _DELTA_WAITING = 8 << 20  # bytes read and not yet taken by the delta, at most
 _SIGNATURES_HELD = 64 << 20  # basis signatures handed to passes not yet done, at most
-
-
-class SidePack(NamedTuple):
-    """A finished pack of big files' pieces, for the main thread to put and record."""
-
-    writer: PackWriter
-    size: int
-    blobs: list[PendingBlob]
 
 
 class Stopped(Exception):
@@ -69,12 +60,12 @@ class BigReader:
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="dg-big")
         self.hashing = ThreadPoolExecutor(1, thread_name_prefix="dg-big-hash")
         self.deltas = ThreadPoolExecutor(1, thread_name_prefix="dg-big-delta")
-        self.finished: SimpleQueue[SidePack] = SimpleQueue()
+        self.finished: SimpleQueue[FinishedPack] = SimpleQueue()
         self.stopping = False
         self.holding = 0  # bytes of basis signatures handed over, their passes not yet done
         self.lock = threading.Lock()
-        self.writer: PackWriter | None = None  # only this thread's pass touches the two
-        self.blobs: list[PendingBlob] = []
+        # Side packs: only this thread's pass touches the open one.
+        self.packer = Packer(spool, settings.pack_size, settings.zstd_level)
 
     def submit(
         self, path: bytes, cut: bool, against: tuple[int, bytes] | None = None
@@ -91,7 +82,7 @@ class BigReader:
                     self.holding += len(against[1])
         return self.pool.submit(self._pass, path, cut, against)
 
-    def side_packs(self) -> list[SidePack]:
+    def side_packs(self) -> list[FinishedPack]:
         """The side packs finished since the last call."""
         packs = []
         while True:
@@ -107,7 +98,7 @@ class BigReader:
         self.deltas.shutdown(wait=True)
         if self.conn is not None:
             self.conn.close()
-        self._drop_writer()
+        self.packer.discard()
         for pack in self.side_packs():
             pack.writer.path.unlink(missing_ok=True)
 
@@ -170,14 +161,14 @@ class BigReader:
             )
         except BaseException:
             _cancel(cutter, signer, delta)
-            self._drop_writer()
+            self.packer.discard()
             if sig is not None:
                 sig.close()
             raise
         prepared.source = source
         if source.temporary or source.data is not None:  # moved on, or shrank, meanwhile
             _cancel(cutter, signer, delta)
-            self._drop_writer()  # pieces handed over before are left unused
+            self.packer.discard()  # pieces handed over before are left unused
             if signer is not None and sig is not None:  # what was signed is not this source
                 sig.seek(0)
                 sig.truncate()
@@ -215,11 +206,8 @@ class BigReader:
             if blob is None:
                 blob = self._stored_blob(done[0])
             if blob is None:
-                if self.writer is None:
-                    self.writer = new_pack(self.spool, self.settings.zstd_level)
-                blob = PendingBlob(self.writer.add_frame(done[1], len(raw), done[0]))
-                self.blobs.append(blob)
-                if self.writer.size >= self.settings.pack_size:
+                blob = self.packer.add_frame(done[1], len(raw), done[0])
+                if self.packer.full:
                     self._hand_over()
             seen[done[0]] = blob
             pieces.append(blob)
@@ -234,16 +222,9 @@ class BigReader:
         return upload_queries.blobs_by_hash(self.conn, [digest]).get(digest)
 
     def _hand_over(self) -> None:
-        writer, self.writer = self.writer, None
-        if writer is not None:
-            self.finished.put(SidePack(writer, writer.finish(), self.blobs))
-            self.blobs = []
-
-    def _drop_writer(self) -> None:
-        if self.writer is not None:
-            self.writer.discard()
-            self.writer = None
-            self.blobs = []
+        pack = self.packer.finish()
+        if pack is not None:
+            self.finished.put(pack)
 
 
 def _cancel(*parts: Cutter | PieceSigner | PassDelta | None) -> None:

@@ -24,9 +24,9 @@ import zstandard
 
 from deltagrid.backupdb.entries import KIND_FILE
 from deltagrid.uploader import reader
+from deltagrid.uploader.packing import PendingBlob
 from deltagrid.uploader.reader import Source, SourceError, read_opened
 from deltagrid.uploader.settings import UploadSettings
-from deltagrid.uploader.spool import PendingBlob
 
 _WORKERS = 2
 _WINDOW_BYTES = 64 << 20

@@ -10,10 +10,9 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
-from deltagrid.store.pack import LEVEL, IndexEntry, PackWriter
+from deltagrid.store.pack import LEVEL, PackWriter
 
 PACK_PREFIX = "pack-"  # a pack being filled, by an upload or a maintenance run
 WORK_PREFIX = "work-"  # an upload's private directory: signatures, deltas, copies of changing files
@@ -35,11 +34,3 @@ def new_pack(spool: Path, level: int = LEVEL) -> PackWriter:
     fd, name = tempfile.mkstemp(dir=spool, prefix=PACK_PREFIX)
     os.close(fd)
     return PackWriter(Path(name), level)
-
-
-@dataclass(eq=False)
-class PendingBlob:
-    """A blob in a spool pack; it gets its id when the pack is recorded."""
-
-    entry: IndexEntry
-    id: int | None = None

@@ -34,6 +34,7 @@ OURS = (f"{PACKAGE}{os.sep}",)
 MARKS = frozenset(
     {
         "put_file",
+        "move_file",
         "put_bytes",
         "replace_root",
         "delete",
