@@ -33,7 +33,7 @@ from deltagrid.uploader.delta_feed import ByteStream
 from deltagrid.uploader.packing import FinishedPack, Packer, PendingBlob
 from deltagrid.uploader.pieces import Cutter, Pieces, Squeezer
 from deltagrid.uploader.readahead import Prepared, begin
-from deltagrid.uploader.reader import read_opened, sign, signature_args
+from deltagrid.uploader.reader import Source, read_opened, sign, signature_args
 from deltagrid.uploader.settings import UploadSettings
 
 _SIGNING = 2  # pieces being signed at a time, beyond the one awaited
@@ -114,82 +114,40 @@ class BigReader:
         prepared, fd = begin(path)
         if fd is None:
             return prepared
-        st = prepared.st
         s = self.settings
-        sig: BinaryIO | None = None
-        delta: PassDelta | None = None
         try:
-            if s.takes_deltas(st.st_size):
-                sig = prepared.signature = tempfile.TemporaryFile(dir=self.workdir)  # noqa: SIM115 - the uploader closes it
-                if against is not None and not cut:
-                    delta = PassDelta(self.deltas, self.workdir, *against)
+            feed = PassFeed(self, prepared, cut, against)
         except BaseException:
             os.close(fd)
-            if sig is not None:
-                sig.close()
             raise
-        pieces: list[PendingBlob | int] = []
-        signer = None
-        args = signature_args(st.st_size, s.block_max)
-        if sig is not None and s.piece_size % args[1] == 0:
-            signer = PieceSigner(self.squeezer.pool, sig, args)
-        cutter = Cutter(self.squeezer, s.piece_size, self._taker(pieces, signer)) if cut else None
-        # Pieces for the signer alone, when the file is not cut (the cutter hands it its own).
-        split = Pieces(s.piece_size, signer.add) if signer is not None and not cut else None
-
-        def on_bytes(data: bytes) -> None:
-            if self.stopping:
-                raise Stopped
-            if cutter is not None:
-                cutter.add(data)
-            if split is not None:
-                split.add(data)
-            if delta is not None:
-                delta.add(data)
-
         try:
             source = read_opened(
                 fd,
-                st,
+                prepared.st,
                 path,
                 s.piece_size,
-                None if signer is not None else sig,
+                None if feed.signer is not None else prepared.signature,
                 s.block_max,
                 self.workdir,
-                on_bytes,
+                feed.add,
                 self.hashing,
             )
         except BaseException:
-            _cancel(cutter, signer, delta)
+            feed.cancel()
             self.packer.discard()
-            if sig is not None:
-                sig.close()
+            if prepared.signature is not None:
+                prepared.signature.close()
             raise
         prepared.source = source
         if source.temporary or source.data is not None:  # moved on, or shrank, meanwhile
-            _cancel(cutter, signer, delta)
+            feed.cancel()
             self.packer.discard()  # pieces handed over before are left unused
-            if signer is not None and sig is not None:  # what was signed is not this source
-                sig.seek(0)
-                sig.truncate()
-                with source.open() as f:
-                    sign(f, sig, source.meta.size, s.block_max)
+            feed.sign_again(source)
             return prepared
-        try:
-            if cutter is not None:
-                cutter.finish()
-            if split is not None:
-                split.finish()
-            if signer is not None:
-                signer.finish()
-        except BaseException:
-            _cancel(delta)  # else its thread waits for bytes that never come
-            raise
-        if delta is not None:
-            prepared.delta = delta.finish()
-        if cutter is not None:
+        prepared.delta = feed.finish()
+        if cut:
             self._hand_over()
-            prepared.spooled = pieces
+            prepared.spooled = feed.pieces
         return prepared
 
     def _taker(
@@ -225,6 +183,79 @@ class BigReader:
         pack = self.packer.finish()
         if pack is not None:
             self.finished.put(pack)
+
+
+class PassFeed:
+    """What one pass feeds with the bytes it reads: the cutter (the pieces of a file stored
+    whole), the piece signer and the splitter that serves it (the new signature), and the delta
+    against the previous version's signature."""
+
+    def __init__(
+        self, reader: BigReader, prepared: Prepared, cut: bool, against: tuple[int, bytes] | None
+    ) -> None:
+        s, st = reader.settings, prepared.st
+        self.reader = reader
+        self.prepared = prepared
+        self.pieces: list[PendingBlob | int] = []
+        self.stopping = lambda: reader.stopping
+        sig = None
+        self.delta: PassDelta | None = None
+        try:
+            if s.takes_deltas(st.st_size):
+                sig = prepared.signature = tempfile.TemporaryFile(dir=reader.workdir)  # noqa: SIM115 - the uploader closes it
+                if against is not None and not cut:
+                    self.delta = PassDelta(reader.deltas, reader.workdir, *against)
+        except BaseException:
+            if sig is not None:
+                sig.close()
+            raise
+        args = signature_args(st.st_size, s.block_max)
+        self.signer = None
+        if sig is not None and s.piece_size % args[1] == 0:
+            self.signer = PieceSigner(reader.squeezer.pool, sig, args)
+        self.cutter = (
+            Cutter(reader.squeezer, s.piece_size, reader._taker(self.pieces, self.signer))
+            if cut
+            else None
+        )
+        # Pieces for the signer alone, when the file is not cut (the cutter hands it its own).
+        self.split = (
+            Pieces(s.piece_size, self.signer.add) if self.signer is not None and not cut else None
+        )
+
+    def add(self, data: bytes) -> None:
+        if self.stopping():
+            raise Stopped
+        if self.cutter is not None:
+            self.cutter.add(data)
+        if self.split is not None:
+            self.split.add(data)
+        if self.delta is not None:
+            self.delta.add(data)
+
+    def finish(self) -> tuple[int, BinaryIO] | None:
+        """Wait for the pieces and the signature; the delta made, if any."""
+        try:
+            for part in (self.cutter, self.split, self.signer):
+                if part is not None:
+                    part.finish()
+        except BaseException:
+            _cancel(self.delta)  # else its thread waits for bytes that never come
+            raise
+        return self.delta.finish() if self.delta is not None else None
+
+    def cancel(self) -> None:
+        _cancel(self.cutter, self.signer, self.delta)
+
+    def sign_again(self, source: Source) -> None:
+        """The pass read another file than the source kept (a copy taken as it changed): what
+        was signed piece by piece is not this source's, so it is signed afresh."""
+        sig = self.prepared.signature
+        if self.signer is not None and sig is not None:
+            sig.seek(0)
+            sig.truncate()
+            with source.open() as f:
+                sign(f, sig, source.meta.size, self.reader.settings.block_max)
 
 
 def _cancel(*parts: Cutter | PieceSigner | PassDelta | None) -> None:
