@@ -1,10 +1,10 @@
-"""Records that cross module boundaries."""
+"""An entry as deltagrid records it: its kind and its metadata, the columns of a version."""
 
 from __future__ import annotations
 
 import os
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 KIND_FILE = "f"
@@ -60,32 +60,12 @@ class Meta:
 
     @classmethod
     def from_row(cls, row: Any) -> Meta:
-        return cls(
-            kind=row.kind,
-            mode=row.mode,
-            uid=row.uid,
-            gid=row.gid,
-            size=row.size,
-            mtime_ns=row.mtime_ns,
-            ctime_ns=row.ctime_ns,
-            inode=row.inode,
-            dev=row.dev,
-            nlink=row.nlink,
-            target=row.target,
-        )
+        return cls(*(getattr(row, name) for name in META_COLUMNS))
 
     def columns(self) -> dict[str, Any]:
         """The `versions` columns this record fills."""
-        return {
-            "kind": self.kind,
-            "mode": self.mode,
-            "uid": self.uid,
-            "gid": self.gid,
-            "size": self.size,
-            "mtime_ns": self.mtime_ns,
-            "ctime_ns": self.ctime_ns,
-            "inode": self.inode,
-            "dev": self.dev,
-            "nlink": self.nlink,
-            "target": self.target,
-        }
+        return dict(vars(self))  # the fields, in META_COLUMNS order
+
+
+# The metadata columns of a `versions` row, in Meta's order: the one list of them.
+META_COLUMNS = tuple(f.name for f in fields(Meta))

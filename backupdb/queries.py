@@ -65,7 +65,7 @@ _not_ended = ~exists().where(version_ends.c.version_id == versions.c.id)
 
 
 def live_in(snapshot_id: int) -> Any:
-    """SQL condition: the version is live in `snapshot_id`."""
+    """SQL condition: the version is live in `snapshot_id` (sql.LIVE_AT, for SQLAlchemy)."""
     ended_by = (
         select(version_ends.c.valid_until)
         .where(version_ends.c.version_id == versions.c.id)
@@ -232,16 +232,10 @@ def scan_errors_since(conn: Connection, first_scan_id: int) -> list[Row[Any]]:
 
 def only_in(conn: Connection, present: int, absent: int) -> dict[bytes, Row[Any]]:
     """Versions live in snapshot `present` but not in `absent`, by path."""
-    ended_by = (
-        select(version_ends.c.valid_until)
-        .where(version_ends.c.version_id == versions.c.id)
-        .scalar_subquery()
-    )
-    live_absent = and_(versions.c.valid_from <= absent, or_(ended_by.is_(None), ended_by > absent))
     rows = conn.execute(
         _versions(contents.c.hash.label("content_hash"))
         .outerjoin(contents, contents.c.id == versions.c.content_id)
-        .where(live_in(present), ~live_absent)
+        .where(live_in(present), ~live_in(absent))
     )
     return {row.path: row for row in rows}
 

@@ -13,7 +13,7 @@ import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from typing import NamedTuple
 
-from deltagrid.backupdb.sql import bounds, rows_in
+from deltagrid.backupdb.sql import LIVE_AT, bounds, rows_in
 from deltagrid.backupdb.upload_queries import Content
 
 # --- snapshots -----------------------------------------------------------------------------------
@@ -82,8 +82,7 @@ class Entry(NamedTuple):
 _VERSIONS = f"""
 SELECT p.path, {", ".join(f"v.{name}" for name in Entry._fields[1:-1])}, c.hash
 FROM versions v JOIN paths p ON p.id = v.path_id LEFT JOIN contents c ON c.id = v.content_id
-WHERE v.valid_from <= :s
-  AND NOT EXISTS (SELECT 1 FROM version_ends e WHERE e.version_id = v.id AND e.valid_until <= :s)
+WHERE {LIVE_AT}
 """
 _UNDER = "(p.path = :p{0} OR (p.path > :lo{0} AND p.path < :hi{0}))"  # a prefix, or below it
 

@@ -141,18 +141,7 @@ forgotten = Table(
 )
 Index("forgotten_by_snapshot", forgotten.c.snapshot_id, unique=True)
 
-CATALOG = [
-    schema_version,
-    snapshots,
-    paths,
-    versions,
-    version_ends,
-    contents,
-    content_blobs,
-    blobs,
-    packs,
-    forgotten,
-]
+# connection.CATALOG names the catalog tables, in export order; connection.LOCAL the rest.
 
 # Local tables: the machine's own work, never exported.
 
@@ -215,4 +204,3 @@ runs = Table(
     Column("errors", Text, nullable=False),  # JSON list of {path, error}, the first 1,000
 )
 
-LOCAL = [scans, queue, scan_errors, runs]

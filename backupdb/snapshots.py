@@ -7,6 +7,7 @@ import sqlite3
 import time
 
 from deltagrid.backupdb.connection import transaction
+from deltagrid.backupdb.sql import LIVE_AT
 
 
 def last_snapshot_id(conn: sqlite3.Connection) -> int:
@@ -49,9 +50,7 @@ def commit_snapshot(
                 if root not in sources:
                     sources.append(root)
         (files,) = conn.execute(
-            "SELECT count(*) FROM versions v WHERE v.kind = 'f' AND v.valid_from <= :s "
-            "AND NOT EXISTS (SELECT 1 FROM version_ends e "
-            "WHERE e.version_id = v.id AND e.valid_until <= :s)",
+            f"SELECT count(*) FROM versions v WHERE v.kind = 'f' AND {LIVE_AT}",
             {"s": snapshot_id},
         ).fetchone()
         (added,) = conn.execute(

@@ -58,5 +58,12 @@ def bounds(prefix: bytes) -> tuple[bytes, bytes]:
     return prefix + b"/", prefix + b"0"
 
 
-# SQL condition: the version `v` is live now (no end recorded yet).
+# The liveness rule, in SQL on the version `v`. A version is live from snapshot valid_from on,
+# until the snapshot its version_ends row names (valid_until), if it has one.
+# Live now: no end recorded yet.
 LIVE = "NOT EXISTS (SELECT 1 FROM version_ends e WHERE e.version_id = v.id)"
+# Live in the snapshot bound to :s.
+LIVE_AT = (
+    "v.valid_from <= :s AND NOT EXISTS "
+    "(SELECT 1 FROM version_ends e WHERE e.version_id = v.id AND e.valid_until <= :s)"
+)

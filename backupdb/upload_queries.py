@@ -13,8 +13,8 @@ import sqlite3
 from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
-from deltagrid.backupdb.scan_queries import LIVE
-from deltagrid.backupdb.sql import chunks, insert_many, insert_numbered, rows_in
+from deltagrid.backupdb.entries import META_COLUMNS
+from deltagrid.backupdb.sql import LIVE, chunks, insert_many, insert_numbered, rows_in
 from deltagrid.floor.errors import CorruptData
 
 # --- the queue -----------------------------------------------------------------------------------
@@ -231,10 +231,7 @@ def version_row(
     }
 
 
-_VERSION_COLUMNS = (
-    "path_id", "valid_from", "kind", "mode", "uid", "gid", "size", "mtime_ns", "ctime_ns", "inode",
-    "dev", "nlink", "target", "content_id", "recheck",
-)  # fmt: skip
+_VERSION_COLUMNS = ("path_id", "valid_from", *META_COLUMNS, "content_id", "recheck")
 
 
 def add_versions(conn: sqlite3.Connection, rows: list[dict[str, Any]]) -> None:

@@ -28,12 +28,11 @@ from pathlib import Path
 from typing import Any
 
 from deltagrid.floor.errors import UsageError
-from deltagrid.maintenance.retention import Policy, parse_duration
+from deltagrid.maintenance.retention import COUNTS, Policy, parse_duration
 from deltagrid.scanner.excludes import compile_pattern
 from deltagrid.uploader.settings import UploadSettings
 
 SECRET_KEYS = ("store_cap",)
-BUCKETS = ("last", "hourly", "daily", "weekly", "monthly", "yearly")
 
 
 @dataclass(frozen=True)
@@ -50,7 +49,7 @@ class Retention:
 
     def policy(self) -> Policy:
         return Policy(
-            **{b: getattr(self, f"keep_{b}") for b in BUCKETS},
+            **{b: getattr(self, f"keep_{b}") for b in COUNTS},
             within_ns=parse_duration(self.keep_within) if self.keep_within else 0,
         )
 

@@ -54,6 +54,10 @@ _BUCKETS: dict[str, Callable[[datetime], tuple[int, ...]]] = {
 }
 
 
+# What a policy counts: the newest N, then the newest snapshot of each of N buckets.
+COUNTS = ("last", *_BUCKETS)
+
+
 def keep(snapshots: Sequence[tuple[int, int]], policy: Policy) -> dict[int, list[str]]:
     """For (id, committed_ns) snapshots: the ids kept, each with the reasons it is kept."""
     if policy.empty():

@@ -59,6 +59,13 @@ def dg(home: Path, *args: str | Path, timeout: float = 120) -> Run:
     return Run(proc.returncode, proc.stdout, proc.stderr)
 
 
+def backed_up(cli: Callable[..., Run], src: Path) -> dict[str, Any]:
+    """`backup SRC` through a `cli` fixture: it succeeded; its --json document."""
+    run = cli("--json", "backup", src)
+    assert run.code == 0, run.err
+    return run.json
+
+
 def describe(root: Path, mtimes: bool = True) -> dict[bytes, tuple]:
     """Every entry below `root`: kind, mode, size, content hash, link target, mtime, link group.
 

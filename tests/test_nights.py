@@ -7,7 +7,7 @@ import shutil
 import time
 from pathlib import Path
 
-from tests.helpers import describe, restored_root
+from tests.helpers import backed_up, describe, restored_root
 
 OLD = 1_600_000_000  # mtimes well in the past: no file is re-read for being recent
 DAY = 86_400
@@ -33,12 +33,6 @@ def _patch(path: Path, edits: list[tuple[int, bytes]], night: int) -> None:
     _stamp(path, night)
 
 
-def _backup(cli, src: Path) -> dict:
-    run = cli("--json", "backup", src)
-    assert run.code == 0, run.err
-    return run.json
-
-
 def _set_upload(cli, home: Path, **settings: int) -> None:
     assert cli("init").code == 0
     with open(home / "config.toml", "a") as f:
@@ -62,7 +56,7 @@ def test_every_night_of_edits_restores_exactly(tmp_path: Path, cli) -> None:
     uploaded: list[dict] = []
 
     def night_done() -> None:
-        uploaded.append(_backup(cli, src))
+        uploaded.append(backed_up(cli, src))
         nights.append(describe(src))
 
     # night 1: the first tree
@@ -160,7 +154,7 @@ def test_a_chain_past_max_chain_gets_a_keyframe(tmp_path: Path, home: Path, cli)
     for night in range(1, 8):
         if night > 1:
             _patch(big, [(night * 10_000, os.urandom(100))], night)
-        doc = _backup(cli, src)
+        doc = backed_up(cli, src)
         counts.append(doc["counts"])
         nights.append(describe(src))
 
@@ -188,13 +182,13 @@ def test_a_scattered_edit_in_a_large_file_uploads_a_small_delta(tmp_path: Path, 
     big = src / "disk.img"
     size = 32 << 20
     _random_file(big, size)
-    first = _backup(cli, src)
+    first = backed_up(cli, src)
     assert first["bytes_uploaded"] > size
     before = describe(src)
 
     step = size // 20
     _patch(big, [(i * step + 777, os.urandom(100)) for i in range(20)], 1)
-    second = _backup(cli, src)
+    second = backed_up(cli, src)
     assert second["counts"]["deltas"] == 1
     assert second["counts"].get("keyframes", 0) == 0
     assert second["bytes_read"] == size
@@ -209,12 +203,12 @@ def test_renaming_a_directory_uploads_no_file_data(tmp_path: Path, cli) -> None:
     for i in range(99):
         _random_file(photos / f"img-{i:03}.raw", 1000 + 37 * i)
     _random_file(photos / "panorama.raw", 1 << 20)  # above delta_min_size too
-    first = _backup(cli, src)
+    first = backed_up(cli, src)
     assert first["counts"]["files"] == 100
     before = describe(src)
 
     photos.rename(src / "photos-2024")
-    second = _backup(cli, src)
+    second = backed_up(cli, src)
     assert second["counts"]["files"] == 100
     assert second["counts"]["deduplicated"] == 100
     assert second["counts"]["deleted"] == 101  # the old directory and its files
@@ -229,14 +223,14 @@ def test_a_file_moved_then_edited_uploads_a_delta(tmp_path: Path, cli) -> None:
     report = src / "inbox" / "report.bin"
     size = 2 << 20
     _random_file(report, size)
-    _backup(cli, src)
+    backed_up(cli, src)
     before = describe(src)
 
     (src / "archive" / "2024").mkdir(parents=True)
     moved = src / "archive" / "2024" / "report-final.bin"
     report.rename(moved)
     _patch(moved, [(size // 2, b"final edit" * 10)], 1)
-    second = _backup(cli, src)
+    second = backed_up(cli, src)
     assert second["counts"]["deltas"] == 1
     assert second["counts"].get("keyframes", 0) == 0
     assert second["counts"]["deleted"] == 1
@@ -249,11 +243,11 @@ def test_a_rewrite_of_most_of_a_file_is_stored_whole(tmp_path: Path, cli) -> Non
     src.mkdir()
     doc = src / "doc.bin"
     _random_file(doc, 256 << 10)
-    _backup(cli, src)
+    backed_up(cli, src)
     before = describe(src)
 
     _patch(doc, [(0, os.urandom(160 << 10))], 1)  # a delta would outweigh half the file
-    second = _backup(cli, src)
+    second = backed_up(cli, src)
     assert second["counts"]["keyframes"] == 1
     assert second["counts"]["keyframes_by_bound"] == 1
     assert second["counts"].get("deltas", 0) == 0
@@ -266,11 +260,11 @@ def test_a_small_file_is_always_stored_whole(tmp_path: Path, cli) -> None:
     small = src / "small.txt"
     small.write_bytes(b"line\n" * 10_000)  # 50 000 bytes, below delta_min_size
     _stamp(small, 0)
-    _backup(cli, src)
+    backed_up(cli, src)
     before = describe(src)
 
     _patch(small, [(100, b"edit")], 1)
-    second = _backup(cli, src)
+    second = backed_up(cli, src)
     assert second["counts"]["keyframes"] == 1
     assert second["counts"].get("deltas", 0) == 0
     assert second["counts"].get("keyframes_by_bound", 0) == 0
@@ -282,12 +276,12 @@ def test_a_lost_signature_cache_still_gives_a_delta(tmp_path: Path, home: Path, 
     src.mkdir()
     big = src / "big.bin"
     _random_file(big, 1 << 20)
-    _backup(cli, src)
+    backed_up(cli, src)
     before = describe(src)
 
     shutil.rmtree(home / "sigs")  # the basis signature is rebuilt from the store
     _patch(big, [(5000, b"changed")], 1)
-    second = _backup(cli, src)
+    second = backed_up(cli, src)
     assert second["counts"]["deltas"] == 1
     assert second["bytes_uploaded"] < 16 << 10
     _restore_each(cli, tmp_path, src, [before, describe(src)])
@@ -308,11 +302,11 @@ def _still_tree(src: Path) -> None:
 def test_a_night_with_no_changes_uploads_nothing_and_still_commits(tmp_path: Path, cli) -> None:
     src = tmp_path / "src"
     _still_tree(src)
-    first = _backup(cli, src)
+    first = backed_up(cli, src)
     assert first["counts"]["files"] == 3
     before = describe(src)
 
-    second = _backup(cli, src)
+    second = backed_up(cli, src)
     assert second["snapshot_id"] == 2
     assert second["scan"]["queued"] == {"new": 0, "changed": 0, "meta": 0, "deleted": 0}
     assert second["counts"] == {}
@@ -331,15 +325,15 @@ def test_a_file_written_just_before_a_backup_is_read_once_more_then_left_alone(
     (src / "hot.txt").write_text("written a moment ago\n")
     _random_file(src / "cold.bin", 100 << 10)  # an old mtime: trusted at once
     os.utime(src, (OLD, OLD))
-    _backup(cli, src)
+    backed_up(cli, src)
     time.sleep(1.1)  # the next run is more than a second after the write
 
-    second = _backup(cli, src)
+    second = backed_up(cli, src)
     assert second["scan"]["queued"]["changed"] == 1
     assert second["bytes_read"] == len("written a moment ago\n")
     assert second["bytes_uploaded"] == 0
 
-    third = _backup(cli, src)
+    third = backed_up(cli, src)
     assert third["scan"]["queued"]["changed"] == 0
     assert (third["bytes_read"], third["bytes_uploaded"]) == (0, 0)
     target = tmp_path / "restore"

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from deltagrid.backupdb import db, queries, schema
-from tests.helpers import Run, describe, restored_root, root_of
+from tests.helpers import Run, backed_up, describe, restored_root, root_of
 
 OLD = 1_600_000_000 * 10**9  # mtimes well in the past: no file is re-read for being recent
 DAY = 86_400 * 10**9
@@ -41,12 +41,6 @@ def _age_dirs(root: Path) -> None:
                 os.utime(path, ns=(t, t))
     if root.stat().st_mtime_ns != OLD:
         os.utime(root, ns=(OLD, OLD))
-
-
-def _backup(cli, src: Path) -> dict:
-    run = cli("--json", "backup", src)
-    assert run.code == 0, run.err
-    return run.json
 
 
 def _night_1(src: Path, per_dir: int = 5) -> None:
@@ -102,11 +96,11 @@ def test_attach_on_a_fresh_home_restores_every_snapshot_and_continues(
 ) -> None:
     src = tmp_path / "src"
     _night_1(src, per_dir=100)  # enough rows for the full export to dwarf a night's delta
-    full_export = _backup(cli, src)["backupdb_bytes"]  # snapshot 1's is the full export
+    full_export = backed_up(cli, src)["backupdb_bytes"]  # snapshot 1's is the full export
     nights = [describe(src)]
     for n in (2, 3):
         _night(src, n)
-        _backup(cli, src)
+        backed_up(cli, src)
         nights.append(describe(src))
 
     other = tmp_path / "other-machine"
@@ -154,7 +148,7 @@ def test_attach_on_a_fresh_home_restores_every_snapshot_and_continues(
     assert len(_aside(home)) == 1  # its previous backupdb, kept
     _restore_each(cli, tmp_path, src, nights, "first", only=(1, 4))
     _night(src, 5)
-    fifth = _backup(cli, src)
+    fifth = backed_up(cli, src)
     assert fifth["snapshot_id"] == 5
     assert _chain(home) == ["full", "delta", "delta", "delta", "delta"]
 
@@ -168,10 +162,10 @@ def test_attach_repairs_a_lost_or_damaged_backupdb(
 ) -> None:
     src = tmp_path / "src"
     _night_1(src)
-    _backup(cli, src)
+    backed_up(cli, src)
     nights = [describe(src)]
     _night(src, 2)
-    _backup(cli, src)
+    backed_up(cli, src)
     nights.append(describe(src))
 
     path = home / "backupdb.sqlite"
@@ -208,7 +202,7 @@ def test_attach_repairs_a_lost_or_damaged_backupdb(
     _restore_each(cli, tmp_path, src, nights, "repaired")
     # The rebuilt backupdb describes the disk exactly: nothing to queue, nothing to upload, and
     # the backupdb chain continues.
-    doc = _backup(cli, src)
+    doc = backed_up(cli, src)
     assert doc["snapshot_id"] == 3
     assert doc["scan"]["queued"] == {"new": 0, "changed": 0, "meta": 0, "deleted": 0}
     assert doc["bytes_uploaded"] == 0
@@ -223,10 +217,10 @@ def test_verify_read_data_subset_checks_about_that_share_of_versions(
 ) -> None:
     src = tmp_path / "src"
     _night_1(src)
-    _backup(cli, src)
+    backed_up(cli, src)
     for n in (2, 3):
         _night(src, n)
-        _backup(cli, src)
+        backed_up(cli, src)
     conn = sqlite3.connect(home / "backupdb.sqlite")
     try:
         (total,) = conn.execute("SELECT count(*) FROM contents").fetchone()
@@ -283,7 +277,7 @@ def test_restore_puts_no_hard_link_outside_the_target(
     src = tmp_path / "src"
     src.mkdir()
     (src / "a.txt").write_text("the linked file\n")
-    _backup(cli, src)
+    backed_up(cli, src)
     base = os.fsencode(src)
     # Paths restore in path order, hard links after the first name of their file.
     evil_dir = b"a-evil" if evil_first else b"z-evil"
@@ -324,7 +318,7 @@ def test_a_hard_link_replaces_a_planted_symlink_and_leaves_its_target_alone(
     src = tmp_path / "src"
     src.mkdir()
     (src / "a.txt").write_text("the linked file\n")
-    _backup(cli, src)
+    backed_up(cli, src)
     base = os.fsencode(src)
     _add_link_pair(home, src / "a.txt", [base + b"/m.txt", base + b"/n.txt"])
 

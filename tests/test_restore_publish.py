@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import describe
+from tests.helpers import backed_up, describe
 
 OLD = 1_600_000_000 * 10**9  # mtimes well in the past: no file is re-read for being recent
 DAY = 86_400 * 10**9
@@ -51,12 +51,6 @@ def _stamp(path: Path, night: int) -> None:
     """The mtime `path` has when last written on `night` (a stable nanosecond part per name)."""
     t = OLD + night * DAY + _name_ns(path.name)
     os.utime(path, ns=(t, t), follow_symlinks=False)
-
-
-def _backup(cli, src: Path) -> dict:
-    run = cli("--json", "backup", src)
-    assert run.code == 0, run.err
-    return run.json
 
 
 def _restore_into(cli, *args: str | Path) -> dict:
@@ -119,10 +113,10 @@ def _tree_night_2(src: Path) -> None:
 
 def _two_snapshots(cli, src: Path) -> tuple[dict, dict]:
     _tree_night_1(src)
-    _backup(cli, src)
+    backed_up(cli, src)
     one = describe(src)
     _tree_night_2(src)
-    _backup(cli, src)
+    backed_up(cli, src)
     two = describe(src)
     assert one != two
     return one, two
@@ -381,7 +375,7 @@ def test_link_dest_shares_unchanged_files_with_the_previous_mirror(tmp_path: Pat
         _stamp(src / name, 1)
     _age(src)
     nights = [None]  # nights[n]: describe(src) after night n
-    _backup(cli, src)
+    backed_up(cli, src)
     nights.append(describe(src))
 
     mirrors = tmp_path / "mirrors"
@@ -402,7 +396,7 @@ def test_link_dest_shares_unchanged_files_with_the_previous_mirror(tmp_path: Pat
     _write(src / "docs" / "new.txt", "new on night 2\n")
     _stamp(src / "docs" / "new.txt", 2)
     _age(src)
-    _backup(cli, src)
+    backed_up(cli, src)
     nights.append(describe(src))
 
     # The mirror's copy of tampered.txt is damaged in place, keeping size and mtime: only the
@@ -431,7 +425,7 @@ def test_link_dest_shares_unchanged_files_with_the_previous_mirror(tmp_path: Pat
     (src / "docs" / "doc0.txt").write_bytes(b"rewritten on night 3\n")
     _stamp(src / "docs" / "doc0.txt", 3)
     _age(src)
-    _backup(cli, src)
+    backed_up(cli, src)
     nights.append(describe(src))
     m3 = mirrors / "night-3"
     doc = _restore_into(cli, "--snapshot", 3, "--path", src, "--into", m3, "--link-dest", m2)
@@ -464,7 +458,7 @@ def test_restore_at_each_of_six_nights_and_diff_reports_what_changed(tmp_path: P
 
     def night_done(expected: set[tuple[str, str]]) -> None:
         _age(src)
-        _backup(cli, src)
+        backed_up(cli, src)
         nights.append(describe(src))
         diffs.append({(f"{s}/{p}" if p else s, m) for p, m in expected})
         time.sleep(0.01)
@@ -578,7 +572,7 @@ def test_swap_replaces_a_dir_that_is_a_symlink_or_a_file_and_not_what_it_points_
     src.mkdir()
     (src / "f.txt").write_text("restored\n")
     os.utime(src / "f.txt", ns=(OLD, OLD))
-    _backup(cli, src)
+    backed_up(cli, src)
     expected = describe(src)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()

@@ -9,19 +9,19 @@ from __future__ import annotations
 import argparse
 
 from deltagrid.backupdb import queries
-from deltagrid.config import BUCKETS, Retention
+from deltagrid.config import Retention
 from deltagrid.floor.errors import UsageError
 from deltagrid.floor.units import iso
 from deltagrid.home import Home
 from deltagrid.maintaining import maintaining
-from deltagrid.maintenance.retention import Policy, keep
+from deltagrid.maintenance.retention import COUNTS, Policy, keep
 from deltagrid.output import Output
 from deltagrid.repository.root import published_snapshot
 
 
 def add(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("forget", parents=[common], help="forget snapshots outside a policy")
-    for bucket in BUCKETS:
+    for bucket in COUNTS:
         p.add_argument(f"--keep-{bucket}", type=int, metavar="N")
     p.add_argument("--keep-within", metavar="DURATION", help="e.g. 7d, 2w, 1y6m")
     p.add_argument("--dry-run", action="store_true", help="only print what would be forgotten")
@@ -30,7 +30,7 @@ def add(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> Non
 
 def policy_of(args: argparse.Namespace, home: Home) -> Policy:
     """The command line's --keep-* options, or else config.toml's [retention]."""
-    given = {b: getattr(args, f"keep_{b}") for b in BUCKETS}
+    given = {b: getattr(args, f"keep_{b}") for b in COUNTS}
     if any(v is not None for v in given.values()) or args.keep_within:
         keeps = {f"keep_{b}": v or 0 for b, v in given.items()}
         policy = Retention(**keeps, keep_within=args.keep_within).policy()
