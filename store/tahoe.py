@@ -145,7 +145,12 @@ class TahoeStore(Store):
         return data
 
     def size(self, ref: str) -> int:
-        return int(self.info(ref)["size"])
+        """The size an immutable cap encodes is known without its shares: a one-byte read
+        proves the grid holds the object (an object whose shares are gone is an error)."""
+        size = int(self.info(ref)["size"])
+        if size and ref.startswith("URI:CHK:"):
+            self.get(ref, 0, 1)
+        return size
 
     def info(self, cap: str) -> dict[str, Any]:
         response = self._check(self._request("GET", self._path(cap) + "?t=json"), cap)
