@@ -203,4 +203,3 @@ runs = Table(
     Column("error_count", Integer, nullable=False),
     Column("errors", Text, nullable=False),  # JSON list of {path, error}, the first 1,000
 )
-
