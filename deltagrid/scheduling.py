@@ -1,9 +1,10 @@
 """Nightly backups and weekly maintenance, as systemd user units or a crontab block.
 
 Two jobs: `backup` every night at a given time, and `forget` (the config's [retention]) then
-`prune` once a week, an hour later. Both name the deltagrid executable and the home by absolute
-path, and pass `--wait`, so a job that starts while the other still runs waits for the home's
-lock instead of failing.
+`prune` once a week, an hour later; on a Tahoe grid the weekly job then renews the leases of
+every live object (`check --renew-leases`), so a grid that collects garbage keeps them. Both
+name the deltagrid executable and the home by absolute path, and pass `--wait`, so a job that
+starts while the other still runs waits for the home's lock instead of failing.
 """
 
 from __future__ import annotations
@@ -38,9 +39,17 @@ class Schedule:
     weekday: int  # 0 = Monday: the day of the weekly forget + prune
     program: tuple[str, ...]  # how to run deltagrid: an absolute path, or python -m deltagrid
     home: Path
+    renew_leases: bool = False  # a Tahoe store: its objects' leases run out unless renewed
 
     def command(self, wait: int, *args: str) -> list[str]:
         return [*self.program, "--home", str(self.home), "--wait", str(wait), *args]
+
+    def weekly(self, *quiet: str) -> list[list[str]]:
+        """The weekly job's commands, in order."""
+        steps = [["forget"], ["prune"]] + (
+            [["check", "--renew-leases"]] if self.renew_leases else []
+        )
+        return [self.command(MAINTENANCE_WAIT, *quiet, *step) for step in steps]
 
     @property
     def maintenance(self) -> tuple[int, int, int]:
@@ -119,11 +128,10 @@ def systemd_units(s: Schedule) -> dict[str, str]:
         + "WantedBy=timers.target\n",
         "deltagrid-maintenance.service": head
         + "[Unit]\n"
-        + f"Description=deltagrid forget (config.toml [retention]) and prune ({s.home})\n\n"
+        + f"Description=deltagrid {_weekly_words(s)} ({s.home})\n\n"
         + "[Service]\n"
         + "Type=oneshot\n"
-        + f"ExecStart={systemd_quote(s.command(MAINTENANCE_WAIT, 'forget'))}\n"
-        + f"ExecStart={systemd_quote(s.command(MAINTENANCE_WAIT, 'prune'))}\n"
+        + "".join(f"ExecStart={systemd_quote(c)}\n" for c in s.weekly())
         + "Nice=10\n"
         + "IOSchedulingClass=idle\n",
         "deltagrid-maintenance.timer": head
@@ -135,6 +143,11 @@ def systemd_units(s: Schedule) -> dict[str, str]:
         + "[Install]\n"
         + "WantedBy=timers.target\n",
     }
+
+
+def _weekly_words(s: Schedule) -> str:
+    words = "forget (config.toml [retention]) and prune"
+    return words + ", then renew leases" if s.renew_leases else words
 
 
 def systemd_dir() -> Path:
@@ -166,12 +179,11 @@ def crontab_block(s: Schedule) -> str:
     begin, end = cron_markers(s.home)
     day, hour, minute = s.maintenance
     cron_day = (day + 1) % 7  # cron counts from Sunday = 0
-    forget = cron_quote(s.command(MAINTENANCE_WAIT, "-q", "forget"))
-    prune = cron_quote(s.command(MAINTENANCE_WAIT, "-q", "prune"))
+    weekly = " && ".join(cron_quote(c) for c in s.weekly("-q"))
     return (
         f"{begin} (written by 'deltagrid schedule --cron'; run it again to change)\n"
         f"{s.minute} {s.hour} * * * {cron_quote(s.command(BACKUP_WAIT, '-q', 'backup'))}\n"
-        f"{minute} {hour} * * {cron_day} {forget} && {prune}\n"
+        f"{minute} {hour} * * {cron_day} {weekly}\n"
         f"{end}\n"
     )
 

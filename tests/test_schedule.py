@@ -184,3 +184,25 @@ def test_cron_install_merges_into_the_users_crontab(configured: Path, tmp_path: 
 )
 def test_bad_times_and_days_are_usage_errors(cli, args: list[str], fragment: str) -> None:
     one_error(cli("schedule", *args), 2, fragment)
+
+
+def test_on_a_tahoe_grid_the_weekly_job_renews_leases_after_prune(home: Path) -> None:
+    home.mkdir()
+    (home / "config.toml").write_text(
+        'store = "tahoe://127.0.0.1:3456"\nstore_cap = "URI:MDMF:x:y"\n'
+        "[retention]\nkeep_daily = 7\n"
+    )
+    base = f"{DELTAGRID} --home {home} --wait 14400"
+    units = run(home, "--json", "schedule", "--at", "02:30").json["units"]
+    maintenance = units["deltagrid-maintenance.service"]
+    prune = maintenance.index(f"ExecStart={base} prune\n")
+    assert maintenance.index(f"ExecStart={base} check --renew-leases\n") > prune
+    assert "renew leases" in maintenance
+    block = run(home, "--json", "schedule", "--cron", "--at", "02:30").json["crontab"]
+    weekly = block.splitlines()[2]
+    assert weekly.endswith(f"{base} -q prune && {base} -q check --renew-leases")
+
+
+def test_on_a_file_store_the_weekly_job_renews_no_leases(configured: Path) -> None:
+    units = run(configured, "--json", "schedule").json["units"]
+    assert "renew" not in units["deltagrid-maintenance.service"]

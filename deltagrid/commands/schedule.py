@@ -1,7 +1,8 @@
 """`deltagrid schedule [--at HH:MM] [--weekly DAY] [--systemd | --cron] [--install]`.
 
 Prints (or, with --install, installs) a nightly `backup` of the configured sources and a weekly
-`forget` + `prune`: systemd user units (the default) or a crontab block. See docs/everyday.md.
+`forget` + `prune` (+ `check --renew-leases` on a Tahoe grid): systemd user units (the default)
+or a crontab block. See docs/everyday.md.
 """
 
 from __future__ import annotations
@@ -61,7 +62,8 @@ def _warn_about_config(home: Home, out: Output) -> None:
 
 def run(args: argparse.Namespace, home: Home, out: Output) -> int:
     hour, minute = parse_time(args.at)
-    schedule = Schedule(hour, minute, parse_day(args.weekly), program(), home.path)
+    tahoe = (home.settings().store or "").startswith("tahoe://")
+    schedule = Schedule(hour, minute, parse_day(args.weekly), program(), home.path, tahoe)
     _warn_about_config(home, out)
     if args.cron:
         return _cron(schedule, args.install, out)
