@@ -216,6 +216,7 @@ def _runs(f: Figures) -> str:
 
 
 def render(f: Figures) -> str:
+    """The report as one HTML page. Long because it is the page's template, in page order."""
     latest = f.latest
     last_run = f.runs[0] if f.runs else None
     kpis = "".join(

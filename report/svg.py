@@ -98,7 +98,8 @@ def area_chart(
     width: int = 1040,
     height: int = 240,
 ) -> str:
-    """A step-free line over time, filled below: points are (time ns, value), oldest first."""
+    """A step-free line over time, filled below: points are (time ns, value), oldest first.
+    One drawing from frame to last label, kept whole so its coordinates read in one place."""
     ticks = nice_ticks(max((v for _, v in points), default=0))
     parts = _frame(width, height, ticks, fmt, label)
     plot_w, plot_h = width - LEFT - RIGHT, height - TOP - BOTTOM

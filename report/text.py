@@ -26,6 +26,8 @@ def day(ns: int) -> str:
 
 
 def render(f: Figures, line: Callable[[str], None], snapshots: int = 30) -> None:
+    """The report as lines, top to bottom. Long because it is the page's template: each
+    statement is one block of the output, read in the order it prints."""
     latest = f.latest
     line(f"deltagrid report: {f.home}")
     line(f"store {f.store_url}")

@@ -106,19 +106,7 @@ class Uploader:
         try:
             conn = self.conn
             self.result = UploadResult(snapshots.last_snapshot_id(conn) + 1)
-            self.contents = Contents(
-                conn,
-                self.store,
-                self.sigcache,
-                self.settings,
-                self.catalog,
-                self.packer,
-                self.squeezer,
-                self.workdir,
-                self.result,
-                self.warn,
-                on_full=self._flush_pack,
-            )
+            self.contents = self._contents()
             after = 0
             while rows := upload_queries.pending(conn, after, _BATCH):
                 lives = scan_queries.live_versions(conn, [row.path for row in rows])
@@ -150,6 +138,21 @@ class Uploader:
             self.packer.discard()
             shutil.rmtree(self.workdir, ignore_errors=True)
         return self.result
+
+    def _contents(self) -> Contents:
+        return Contents(
+            self.conn,
+            self.store,
+            self.sigcache,
+            self.settings,
+            self.catalog,
+            self.packer,
+            self.squeezer,
+            self.workdir,
+            self.result,
+            self.warn,
+            on_full=self._flush_pack,
+        )
 
     def _process_prepared(self, row: QueueRow, live: LiveEntry | None) -> None:
         self._process(row, live)
