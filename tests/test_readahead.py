@@ -93,6 +93,32 @@ def test_copies_across_records_and_runs_are_stored_once(
     assert restored(cli, tmp_path / "r", src) == expected
 
 
+def test_a_first_backup_past_the_bound_asks_the_catalog_only_about_copies(
+    tmp_path: Path, cli, tree, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Dropping the cache's answers on a first backup must not make every later file a question
+    to the catalog (each a query walking the GIL round the reader threads): the prefixes of what
+    was added say which hashes may be there. Only the copies (and their batch-mates asked with
+    them) are asked about; without the prefixes every file after the first 40 hashes is."""
+    monkeypatch.setattr(deltagrid.uploader.catalog, "_MAX", 40)
+    asked: list[int] = []
+    real = deltagrid.uploader.catalog.upload_queries.contents_by_hash
+
+    def counting(conn, digests):
+        digests = set(digests)
+        asked.append(len(digests))
+        return real(conn, digests)
+
+    monkeypatch.setattr(deltagrid.uploader.catalog.upload_queries, "contents_by_hash", counting)
+    with open(tmp_path / "home" / "config.toml", "a") as f:
+        f.write(f"pack_size = {PIECE_SIZE}\n")  # many records, each dropping the answers
+    src, files = tree
+    assert cli("backup", src).code == 0
+    copies = len(files) - len(set(files.values()))
+    assert 0 < len(asked) <= copies  # at most one question per copy, none for a new file
+    assert restored(cli, tmp_path / "r", src) == files
+
+
 def test_unreadable_files_read_ahead_are_reported_for_themselves(
     tmp_path: Path, cli, tree, monkeypatch: pytest.MonkeyPatch
 ) -> None:
