@@ -233,7 +233,7 @@ def version_row(
 
 _VERSION_COLUMNS = (
     "path_id", "valid_from", "kind", "mode", "uid", "gid", "size", "mtime_ns", "ctime_ns", "inode",
-    "dev", "nlink", "target", "content_id", "recheck",
+    "dev", "nlink", "target", "content_id", "recheck", "xattrs",
 )  # fmt: skip
 
 
