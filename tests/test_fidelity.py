@@ -164,6 +164,30 @@ def test_attributes_are_read_only_for_entries_whose_ctime_moved(
 
 
 @needs_acl_tools
+def test_a_checksum_night_records_the_attributes_an_older_backupdb_lacks(
+    tmp_path: Path, home: Path
+) -> None:
+    src, target = tmp_path / "src", tmp_path / "r"
+    attributed_tree(src)
+    ok(dg(home, "backup", src))
+    with sqlite3.connect(home / "backupdb.sqlite") as conn:  # as a schema-3 backup left them
+        conn.execute("UPDATE versions SET xattrs = NULL")
+    ok(dg(home, "backup", src))  # a quiet night: nothing read
+    ok(dg(home, "backup", "--checksum", src))  # every entry looked at again
+    changed = ok(dg(home, "diff", "2", "3")).out.splitlines()
+    assert changed == [
+        f"U {src / 'd'}",
+        f"U {src / 'd' / 'inner.txt'}",
+        f"U {src / 'd' / 'tagged-link.txt'}",
+        f"U {src / 'shared.txt'}",
+        f"U {src / 'tagged.txt'}",
+        "0 added, 0 deleted, 0 changed, 0 changed type, 5 metadata only",
+    ]
+    ok(dg(home, "restore", target))
+    assert differences(src, restored_root(target, src)) == []
+
+
+@needs_acl_tools
 def test_an_acl_is_read_as_the_permissions_it_gave() -> None:
     """mode_without_acl on ACLs the kernel made: the group and other bits never give anyone
     more than the ACL did."""
