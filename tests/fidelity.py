@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import stat
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -48,14 +49,16 @@ def same_bytes(a: Path, b: Path) -> bool:
 
 
 def _link_groups(entries: dict[str, os.stat_result]) -> dict[str, str]:
-    """For each hard-linked file, the first path (in sorted order) of its group."""
+    """For each file hard-linked to another in the tree, the first path (sorted) of its group.
+    (A link to a file outside the tree, as --link-dest makes, is no group of the tree.)"""
     first: dict[tuple[int, int], str] = {}
     groups = {}
     for rel in sorted(entries):
         st = entries[rel]
         if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
             groups[rel] = first.setdefault((st.st_dev, st.st_ino), rel)
-    return groups
+    size = Counter(groups.values())
+    return {rel: group for rel, group in groups.items() if size[group] > 1}
 
 
 def _entry(

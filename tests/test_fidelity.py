@@ -163,6 +163,26 @@ def test_attributes_are_read_only_for_entries_whose_ctime_moved(
     assert listed == [os.fsencode(src / "f7")]
 
 
+def test_link_dest_links_a_file_only_if_its_attributes_match(tmp_path: Path, home: Path):
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("same", "retagged"):
+        (src / name).write_text(f"{name}\n")
+        os.setxattr(src / name, "user.state", b"draft")
+    settle(src)
+    ok(dg(home, "backup", src))
+    ok(dg(home, "restore", tmp_path / "r1"))
+    os.setxattr(src / "retagged", "user.state", b"final")
+    ok(dg(home, "backup", src))
+    run = ok(dg(home, "--json", "restore", "--link-dest", tmp_path / "r1", tmp_path / "r2"))
+    assert run.json["linked"] == 1
+    old, new = restored_root(tmp_path / "r1", src), restored_root(tmp_path / "r2", src)
+    assert os.stat(new / "same").st_ino == os.stat(old / "same").st_ino
+    assert os.getxattr(new / "retagged", "user.state") == b"final"
+    assert os.getxattr(old / "retagged", "user.state") == b"draft"
+    assert differences(src, new) == []
+
+
 @needs_acl_tools
 def test_a_checksum_night_records_the_attributes_an_older_backupdb_lacks(
     tmp_path: Path, home: Path
@@ -355,3 +375,39 @@ def test_a_users_own_tree_round_trips_as_that_user(
         run = ok(dg_as(user, home, "restore", target))
         assert warnings(run) == []
         assert differences(src, restored_root(target, src)) == []  # owners too: all the user's
+
+
+def test_the_checker_sees_every_kind_of_difference(tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    for root in (a, b):
+        root.mkdir()
+        for name in ("mode", "xattr", "content", "linked"):
+            (root / name).write_text("same\n")
+        (root / "link").symlink_to("mode")
+        os.link(root / "linked", root / "linked-too")
+    (b / "mode").chmod(0o600)
+    os.setxattr(b / "xattr", "user.extra", b"1")
+    (b / "content").write_text("other\n")
+    (b / "link").unlink()
+    (b / "link").symlink_to("xattr")
+    (b / "linked-too").unlink()
+    (b / "linked-too").write_text("same\n")
+    (b / "only-here").mkdir()
+    with open(a / "sparse", "wb") as f:
+        f.truncate(1 << 20)  # a hole
+    (b / "sparse").write_bytes(bytes(1 << 20))  # the same bytes, allocated
+    os.utime(a / "content", ns=(5, 5))
+    os.utime(b / "content", ns=(5, 6))
+    text = "\n".join(differences(a, b, owner=False))
+    for expected in (
+        "mode: mode 644 != 600",
+        "xattr: xattr user.extra None != b'1'",
+        "content: content differs",
+        "content: mtime 5 != 6",
+        "link: target 'mode' != 'xattr'",
+        "linked: hard-linked with linked != None",
+        "linked-too: hard-linked with linked != None",
+        "sparse: allocated 0 != 1048576 bytes",
+        f"only-here: only in {b}",
+    ):
+        assert expected in text, text
