@@ -17,11 +17,12 @@ from pathlib import Path
 
 from deltagrid.floor.errors import BackupDBError
 
-SCHEMA_VERSION = 3
-# Version history (every change so far only adds tables, so migrating is creating them):
+SCHEMA_VERSION = 4
+# Version history (migrating creates the tables added since, and adds the columns of ADDED_COLUMNS):
 #   1  first release
 #   2  `forgotten`: snapshots marked by `forget`, dropped from listings, their data pruned
 #   3  `runs` (local): the history of writer runs, for `deltagrid log` and `report`
+#   4  `versions.xattrs`: extended attributes and POSIX ACLs (NULL in older rows: none known)
 
 # The tables of schema.py (tests hold the two together): the catalog, in export order, then the
 # local ones.
@@ -38,6 +39,9 @@ CATALOG = (
     "forgotten",
 )
 LOCAL = ("scans", "queue", "scan_errors", "runs")
+# Columns added to existing tables, last in their table (as schema.py declares them), so an
+# older table altered and a new one created alike have the same columns in the same order.
+ADDED_COLUMNS = (("versions", "xattrs", "BLOB"),)
 # What `create` runs: generated from schema.py by `python -m deltagrid.backupdb.schema_sql`.
 SCHEMA_SQL = Path(__file__).with_name("schema.sql")
 _CREATE = re.compile(r"^(CREATE (?:UNIQUE )?(?:TABLE|INDEX)) ")
@@ -82,11 +86,15 @@ def create(path: Path) -> sqlite3.Connection:
 
 
 def migrate(conn: sqlite3.Connection) -> None:
-    """Bring an older backupdb to SCHEMA_VERSION: so far every change only adds tables and
-    indexes, so migrating is creating what is missing, in one transaction."""
+    """Bring an older backupdb to SCHEMA_VERSION, in one transaction: create the tables and
+    indexes it lacks, and add the columns added to existing tables since."""
     with transaction(conn):
         for statement in _ddl(if_missing=True):
             conn.execute(statement)
+        for table, column, ddl in ADDED_COLUMNS:
+            have = {row[1] for row in conn.execute(f'PRAGMA table_info("{table}")')}
+            if column not in have:
+                conn.execute(f'ALTER TABLE "{table}" ADD COLUMN "{column}" {ddl}')
         conn.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
 
 

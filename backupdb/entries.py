@@ -25,7 +25,8 @@ def kind_of(mode: int) -> str | None:
 
 @dataclass(frozen=True)
 class Meta:
-    """An entry's metadata as the scanner compares it and restore sets it."""
+    """An entry's metadata as the scanner compares it and restore sets it. `from_stat` leaves
+    `xattrs` unread: only the uploader reads them, for entries whose ctime moved."""
 
     kind: str
     mode: int
@@ -38,6 +39,7 @@ class Meta:
     dev: int
     nlink: int
     target: bytes | None = None
+    xattrs: bytes | None = None  # extended attributes and ACLs, as floor/xattrs.py stores them
 
     @classmethod
     def from_stat(cls, st: os.stat_result, target: bytes | None = None) -> Meta:

@@ -76,6 +76,7 @@ class Entry(NamedTuple):
     target: bytes | None
     content_id: int | None
     recheck: int
+    xattrs: bytes | None
     content_hash: bytes | None
 
 

@@ -38,6 +38,7 @@ class LiveEntry(NamedTuple):
     target: bytes | None
     content_id: int | None
     recheck: int
+    xattrs: bytes | None
 
 
 _ENTRY_COLUMNS = ", ".join(f"v.{name}" for name in LiveEntry._fields[1:])

@@ -74,6 +74,7 @@ versions = Table(
     Column("target", LargeBinary),  # symlink target
     Column("content_id", Integer),  # regular files only
     Column("recheck", Boolean, nullable=False),  # the next scan must read it again
+    Column("xattrs", LargeBinary),  # extended attributes and ACLs (floor/xattrs.py); NULL: none
 )
 Index("versions_by_path", versions.c.path_id, versions.c.id)
 Index("versions_by_content", versions.c.content_id)

@@ -22,10 +22,12 @@ from typing import Any
 
 from deltagrid.backupdb import restore_queries
 from deltagrid.backupdb.entries import KIND_DIR, KIND_FILE, KIND_LINK
+from deltagrid.floor import xattrs
 from deltagrid.floor.errors import DeltagridError
 from deltagrid.floor.fs import sync_filesystem
 from deltagrid.restore.background import Background
 from deltagrid.restore.fetch import Fetcher, Piece
+from deltagrid.restore.metadata import MetadataWriter
 from deltagrid.restore.rebuild import (
     IN_MEMORY,
     chain_ids,
@@ -53,6 +55,8 @@ class RestoreResult:
     linked: int = 0  # files hard-linked from --link-dest instead of written
     size: int = 0
     errors: list[tuple[bytes, str]] = field(default_factory=list)
+    warnings: list[tuple[bytes, str]] = field(default_factory=list)  # attributes not restored
+    setid_dropped: int = 0  # set-user/group-ID bits dropped: the owner could not be restored
 
 
 def check_path(path: bytes) -> list[bytes]:
@@ -89,6 +93,7 @@ class Restorer:
         self.strip = check_path(strip) if strip else []
         self.link_dest = os.fsencode(os.path.abspath(link_dest)) if link_dest else None
         self.as_root = os.geteuid() == 0
+        self.meta = MetadataWriter()
         self.result = RestoreResult()
         self.made: set[bytes] = set()
         self.chains: dict[int, list[Any]] = {}  # content id -> its chain rows, from the plan
@@ -100,6 +105,17 @@ class Restorer:
     def run(self, snapshot_id: int, prefixes: list[bytes]) -> RestoreResult:
         """Restore; files are rebuilt in store order, and made durable by one sync at the end."""
         os.makedirs(self.target, exist_ok=True)
+        try:
+            self.meta.make_writable(self.target, os.stat(self.target))
+            self._entries(snapshot_id, prefixes)
+        finally:
+            self.meta.give_back()  # read-only directories made writable, not restored
+            self.result.warnings = self.meta.warnings
+            self.result.setid_dropped = len(self.meta.setid_dropped)
+        sync_filesystem(self.target)
+        return self.result
+
+    def _entries(self, snapshot_id: int, prefixes: list[bytes]) -> None:
         dirs: list[Any] = []
         files: list[Any] = []
         links: list[Any] = []
@@ -119,8 +135,6 @@ class Restorer:
             self._guard(e, self._symlink)
         for e in reversed(dirs):
             self._guard(e, self._dir_meta)
-        sync_filesystem(self.target)
-        return self.result
 
     def _files(self, files: list[Any]) -> None:
         """Rebuild and write the files in store order; large ones in the background."""
@@ -215,6 +229,7 @@ class Restorer:
             st = os.lstat(path)
         if not stat.S_ISDIR(st.st_mode):
             raise UnsafePath(f"{os.fsdecode(path)} is in the way and not a directory")
+        self.meta.make_writable(path, st)  # a read-only one an earlier restore left
         self.made.add(path)
 
     def _dest(self, path: bytes) -> bytes:
@@ -238,19 +253,12 @@ class Restorer:
         dest = self._dest(e.path)
         if dest not in self.made or not stat.S_ISDIR(os.lstat(dest).st_mode):
             return  # _dir refused it (a symlink in the way?) and said so: never follow it
-        self._set_meta(dest, e, follow=True)
-
-    def _set_meta(self, dest: bytes, e: Any, follow: bool) -> None:
-        if self.as_root:
-            os.chown(dest, e.uid, e.gid, follow_symlinks=follow)
-        if follow:
-            os.chmod(dest, e.mode)
-        os.utime(dest, ns=(e.mtime_ns, e.mtime_ns), follow_symlinks=follow)
+        self.meta.apply(dest, dest, e, follow=True)
 
     def _install_as(self, tmp: bytes, dest: bytes, e: Any, follow: bool) -> None:
         """Give the temporary entry its metadata and rename it into place; drop it on failure."""
         try:
-            self._set_meta(tmp, e, follow=follow)
+            self.meta.apply(tmp, dest, e, follow)
             self._install(tmp, dest)
         except BaseException:
             if os.path.lexists(tmp):
@@ -331,10 +339,7 @@ class Restorer:
                     written = 0
                     while written < len(view):
                         written += os.write(fd, view[written:])
-                if self.as_root:
-                    os.fchown(fd, e.uid, e.gid)
-                os.fchmod(fd, e.mode)
-                os.utime(fd, ns=(e.mtime_ns, e.mtime_ns))
+                self.meta.apply(fd, dest, e, follow=True)
             finally:
                 os.close(fd)
             self._install(tmp, dest)
@@ -358,6 +363,7 @@ class Restorer:
             and (st.st_size, st.st_mtime_ns, stat.S_IMODE(st.st_mode))
             == (e.size, e.mtime_ns, e.mode)
             and (not self.as_root or (st.st_uid, st.st_gid) == (e.uid, e.gid))
+            and xattrs.read(previous) == e.xattrs
             and digest_file(Path(os.fsdecode(previous))) == e.content_hash
         ):
             return False

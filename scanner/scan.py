@@ -73,6 +73,8 @@ def reason_for(prev: Any, meta: Meta, checksum: bool) -> str | None:
         return "changed"
     if meta.kind == KIND_LINK and prev.target != meta.target:
         return "changed"
+    if checksum:  # everything looked at again: attributes too (a backupdb older than them)
+        return "meta"
     if (prev.mode, prev.uid, prev.gid, prev.mtime_ns, prev.ctime_ns, prev.inode) != (
         meta.mode,
         meta.uid,

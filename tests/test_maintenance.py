@@ -669,6 +669,7 @@ def _to_schema_1(db_path: Path) -> None:
         with db:
             db.execute("DROP TABLE forgotten")  # added in version 2
             db.execute("DROP TABLE IF EXISTS runs")  # a local table added in version 3
+            db.execute("ALTER TABLE versions DROP COLUMN xattrs")  # added in version 4
             db.execute("UPDATE schema_version SET version = 1")
     finally:
         db.close()

@@ -20,6 +20,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, wait
 from contextlib import ExitStack
+from dataclasses import replace
 from pathlib import Path
 from typing import BinaryIO
 
@@ -28,6 +29,7 @@ from deltagrid.backupdb.connection import transaction
 from deltagrid.backupdb.entries import KIND_DIR, KIND_FILE, KIND_LINK, Meta, kind_of
 from deltagrid.backupdb.scan_queries import LiveEntry
 from deltagrid.backupdb.upload_queries import QueueRow
+from deltagrid.floor import xattrs
 from deltagrid.floor.errors import naming
 from deltagrid.store.base import Store
 from deltagrid.uploader.bigfiles import BigReader
@@ -297,6 +299,10 @@ class Uploader:
                 except OSError as exc:
                     raise SourceError(exc) from exc
             meta = Meta.from_stat(st, target)
+        try:  # an entry's attributes are part of its metadata: a change to them is a version
+            meta = replace(meta, xattrs=xattrs.read(row.path))
+        except OSError as exc:
+            raise SourceError(exc) from exc
         if (
             live is not None
             and not live.recheck

@@ -1,7 +1,7 @@
 """`deltagrid diff SNAP_A SNAP_B`: what was added, deleted or changed between two snapshots.
 
 Marks, as restic prints them: `+` added, `-` deleted, `M` content changed, `T` type changed,
-`U` only metadata (mode, owner, times) changed.
+`U` only metadata (mode, owner, times, extended attributes or ACLs) changed.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ def add(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> Non
     p.set_defaults(run=run)
 
 
-_SHOWN = ("kind", "mode", "uid", "gid", "size", "mtime_ns", "target", "content_hash")
+_SHOWN = ("kind", "mode", "uid", "gid", "size", "mtime_ns", "target", "content_hash", "xattrs")
 
 
 def mark(old: Any, new: Any) -> str | None:

@@ -108,6 +108,18 @@ def report(
 ) -> None:
     for path, message in result.errors:
         out.warn(f"cannot restore {os.fsdecode(path)}: {message}")
+    for path, message in result.warnings:
+        out.warn(f"{os.fsdecode(path)}: {message}")
+    if result.warnings:
+        out.warn(
+            f"{len(result.warnings)} attributes could not be restored (the file system or "
+            "this user's rights refused them)"
+        )
+    if result.setid_dropped:
+        out.warn(
+            f"{result.setid_dropped} set-user-ID/set-group-ID bits dropped: their owner or "
+            "group could not be restored (restore as root to keep them)"
+        )
     if into and how is None:
         out.warn(f"nothing was published: {where} is as it was")
     out.line(
@@ -129,5 +141,7 @@ def report(
             "symlinks": result.symlinks,
             "published": how,
             "errors": [{"path": os.fsdecode(p), "error": m} for p, m in result.errors],
+            "warnings": [{"path": os.fsdecode(p), "warning": m} for p, m in result.warnings],
+            "setid_dropped": result.setid_dropped,
         }
     )

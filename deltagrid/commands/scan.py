@@ -45,7 +45,11 @@ def add_scan_options(p: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="read exclude patterns from FILE, one a line",
     )
-    p.add_argument("--checksum", action="store_true", help="queue every file: read and hash all")
+    p.add_argument(
+        "--checksum",
+        action="store_true",
+        help="queue every entry: read and hash all files, read all attributes",
+    )
     p.add_argument(
         "--one-file-system",
         action=argparse.BooleanOptionalAction,
