@@ -420,6 +420,8 @@ class Restorer:
     def _existing(self, e: Any, dest: bytes, same: Callable[[], bool] | None = None) -> Verdict:
         """Judge what is at `dest` for entry `e` (restore/policy.py); note a kept entry, and
         clear one of the other kind (file or directory) that is to be replaced."""
+        if dest in self.made and e.kind != KIND_DIR:
+            raise UnsafePath(f"{os.fsdecode(dest)} is a directory in the way")  # of the snapshot's
         try:
             found: os.stat_result | None = os.lstat(dest)
         except FileNotFoundError:
@@ -490,7 +492,7 @@ class Restorer:
                 raise
             if not self.delete:
                 raise DeltagridError(
-                    f"{os.fsdecode(dest)} is a directory with entries in the way "
+                    f"{os.fsdecode(dest)} is a directory in the way, not empty "
                     "(--delete replaces it)"
                 ) from None
             shutil.rmtree(dest)
