@@ -4,11 +4,15 @@ Entries land at TARGET + their original absolute path. Nothing is written outsid
 path from the backupdb is checked component by component, directories under TARGET are created
 by us and re-checked to be real directories (never symlinks) before anything is put in them,
 files are written to a temporary name and renamed into place, and symlinks are created last, so
-no link restored in this run can redirect a later write.
+no link restored in this run can redirect a later write. What is already in the target is judged
+by `--overwrite` (restore/policy.py); `--delete` removes what the snapshot lacks
+(restore/extras.py).
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import itertools
 import os
 import shutil
@@ -16,6 +20,7 @@ import stat
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from hashlib import file_digest
 from pathlib import Path
 from sqlite3 import Connection
 from typing import Any
@@ -26,8 +31,10 @@ from deltagrid.floor import xattrs
 from deltagrid.floor.errors import DeltagridError
 from deltagrid.floor.fs import sync_filesystem
 from deltagrid.restore.background import Background
+from deltagrid.restore.extras import remove_extras
 from deltagrid.restore.fetch import Fetcher, Piece
 from deltagrid.restore.metadata import MetadataWriter
+from deltagrid.restore.policy import DEFAULT, Verdict, judge
 from deltagrid.restore.rebuild import (
     IN_MEMORY,
     chain_ids,
@@ -46,6 +53,10 @@ class UnsafePath(DeltagridError):
     """A path from the backupdb would leave the target."""
 
 
+class Blocked(Exception):
+    """The entry lies below one the target keeps in place of a directory: it is not restored."""
+
+
 @dataclass
 class RestoreResult:
     files: int = 0
@@ -53,7 +64,13 @@ class RestoreResult:
     symlinks: int = 0
     hardlinks: int = 0
     linked: int = 0  # files hard-linked from --link-dest instead of written
-    size: int = 0
+    size: int = 0  # bytes of the files now in the target as the snapshot has them
+    written: int = 0  # ... of which written by this run
+    same: int = 0  # files found identical (size, mtime, hash), not written
+    skipped: int = 0  # their bytes
+    kept: list[bytes] = field(default_factory=list)  # entries in the way, kept (--overwrite)
+    blocked: int = 0  # entries below a kept one, not restored
+    deleted: list[bytes] = field(default_factory=list)  # removed by --delete
     errors: list[tuple[bytes, str]] = field(default_factory=list)
     warnings: list[tuple[bytes, str]] = field(default_factory=list)  # attributes not restored
     setid_dropped: int = 0  # set-user/group-ID bits dropped: the owner could not be restored
@@ -85,6 +102,8 @@ class Restorer:
         strip: bytes | None = None,
         link_dest: Path | None = None,
         on_total: Callable[[int], None] | None = None,
+        overwrite: str = DEFAULT,
+        delete: bool = False,
     ) -> None:
         self.conn = conn
         self.store = store
@@ -101,6 +120,9 @@ class Restorer:
         self.names = itertools.count()
         self.workdirs: dict[bytes, Path] = {}
         self.on_total = on_total or (lambda _n: None)
+        self.overwrite = overwrite
+        self.delete = delete
+        self.blocked: set[bytes] = set()  # directories of the snapshot kept as something else
 
     def run(self, snapshot_id: int, prefixes: list[bytes]) -> RestoreResult:
         """Restore; files are rebuilt in store order, and made durable by one sync at the end."""
@@ -133,6 +155,8 @@ class Restorer:
             shutil.rmtree(work, ignore_errors=True)
         for e in links:
             self._guard(e, self._symlink)
+        if self.delete:
+            self._remove_extras(dirs + files + links, dirs)
         for e in reversed(dirs):
             self._guard(e, self._dir_meta)
 
@@ -189,6 +213,8 @@ class Restorer:
     def _guard(self, entry: Any, action: Callable[[Any], None]) -> None:
         try:
             action(entry)
+        except Blocked:
+            self.result.blocked += 1
         except ENTRY_ERRORS as exc:
             self._failed(entry, exc)
 
@@ -216,6 +242,8 @@ class Restorer:
         current = self.target
         for part in parts[:-1]:
             current = current + b"/" + part
+            if current in self.blocked:
+                raise Blocked()
             if current not in self.made:
                 self._real_dir(current)
         return current
@@ -246,7 +274,11 @@ class Restorer:
         return dest
 
     def _dir(self, e: Any) -> None:
-        self._real_dir(self._dest(e.path))
+        dest = self._dest(e.path)
+        if dest != self.target and self._existing(e, dest) is Verdict.KEEP:
+            self.blocked.add(dest)
+            return
+        self._real_dir(dest)
         self.result.dirs += 1
 
     def _dir_meta(self, e: Any) -> None:
@@ -282,10 +314,16 @@ class Restorer:
         key = (e.dev, e.inode)
         first = linked.get(key) if e.nlink > 1 else None
         if first is not None and first[1] == e.content_hash:
+            if not self._wanted(e, dest, lambda: _same_inode(dest, first[0]), self._count_link):
+                return
             tmp = self._temporary(parent, b"link")
             os.link(first[0], tmp)
             self._install(tmp, dest)
-            self.result.hardlinks += 1
+            self._count_link(e)
+            return
+        if not self._wanted(e, dest, lambda: self._same_bytes(e, dest), self._count_same):
+            if e.nlink > 1 and dest not in self.result.kept:
+                linked[key] = (dest, e.content_hash)  # found identical: later names join it
             return
         if e.size > IN_MEMORY and e.nlink == 1 and e.content_id in self.chains:
             self.background.submit(e, self._new_file, e, dest)
@@ -325,6 +363,7 @@ class Restorer:
         self.result.files += 1
         self.result.linked += linked
         self.result.size += e.size
+        self.result.written += 0 if linked else e.size
         self.on_progress(e.size)
 
     def _write_new(self, data: bytes, parent: bytes, dest: bytes, e: Any) -> None:
@@ -374,8 +413,138 @@ class Restorer:
 
     def _symlink(self, e: Any) -> None:
         dest = self._leaf(e.path)
+        if not self._wanted(e, dest, lambda: os.readlink(dest) == e.target, self._count_same):
+            return
         parent = dest.rsplit(b"/", 1)[0]
         tmp = self._temporary(parent, b"link")
         os.symlink(e.target, tmp)
         self._install_as(tmp, dest, e, follow=False)
         self.result.symlinks += 1
+
+    # --- what is already in the target: --overwrite and --delete -------------------------------
+
+    def _existing(self, e: Any, dest: bytes, same: Callable[[], bool] | None = None) -> Verdict:
+        """Judge what is at `dest` for entry `e` (restore/policy.py); note a kept entry, and
+        clear one of the other kind (file or directory) that is to be replaced."""
+        if dest in self.made and e.kind != KIND_DIR:
+            raise UnsafePath(f"{os.fsdecode(dest)} is a directory in the way")  # of the snapshot's
+        try:
+            found: os.stat_result | None = os.lstat(dest)
+        except FileNotFoundError:
+            found = None
+        verdict = judge(self.overwrite, e.kind, e.size, e.mtime_ns, found, same or (lambda: False))
+        if verdict is Verdict.KEEP:
+            self.result.kept.append(dest)
+        elif verdict is Verdict.REPLACE and found is not None:
+            if stat.S_ISDIR(found.st_mode):
+                self._clear_dir(dest)
+            elif e.kind == KIND_DIR:
+                os.unlink(dest)  # a file or symlink where the snapshot has a directory
+        return verdict
+
+    def _wanted(
+        self, e: Any, dest: bytes, same: Callable[[], bool], count: Callable[[Any], None]
+    ) -> bool:
+        """Whether file or symlink `e` is to be written at `dest`; when it is already there,
+        give it the snapshot's metadata if the mode says so, and `count` it."""
+        if dest == self.target:
+            return True  # --into: the fresh staging directory itself, nothing of the user's
+        verdict = self._existing(e, dest, same)
+        if verdict in (Verdict.WRITE, Verdict.REPLACE):
+            return True
+        if verdict is Verdict.META:
+            self._meta_in_place(e, dest)
+        if verdict is not Verdict.KEEP:
+            count(e)
+        return False
+
+    def _same_bytes(self, e: Any, dest: bytes) -> bool:
+        """Whether the regular file at `dest` holds exactly `e`'s bytes (hashed, not assumed);
+        a file that cannot be read is not the same."""
+        try:
+            fd = os.open(dest, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            return False
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return False
+            try:
+                return bool(file_digest(f, _hasher).digest() == e.content_hash)
+            except OSError:
+                return False
+
+    def _meta_in_place(self, e: Any, dest: bytes) -> None:
+        """Give the entry found at `dest` the snapshot's metadata, through a descriptor opened
+        without following a symlink (a symlink's own through l-calls)."""
+        if e.kind == KIND_LINK:
+            self.meta.apply(dest, dest, e, follow=False)
+            return
+        fd = os.open(dest, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            self.meta.apply(fd, dest, e, follow=True)
+        finally:
+            os.close(fd)
+
+    def _clear_dir(self, dest: bytes) -> None:
+        """Remove the directory at `dest` to put a file or symlink there: an empty one always,
+        one with entries only with --delete (without following symlinks)."""
+        try:
+            os.rmdir(dest)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
+            if not self.delete:
+                raise DeltagridError(
+                    f"{os.fsdecode(dest)} is a directory in the way, not empty "
+                    "(--delete replaces it)"
+                ) from None
+            shutil.rmtree(dest)
+            self.result.deleted.append(dest)
+
+    def _count_link(self, _e: Any) -> None:
+        self.result.hardlinks += 1
+
+    def _count_same(self, e: Any) -> None:
+        if e.kind == KIND_FILE:
+            self.result.files += 1
+            self.result.same += 1
+            self.result.size += e.size
+            self.result.skipped += e.size
+            self.on_progress(e.size)
+        else:
+            self.result.symlinks += 1
+
+    def _remove_extras(self, entries: list[Any], dirs: list[Any]) -> None:
+        """--delete: below the topmost restored directories, what the snapshot does not have."""
+        where = {e.path: self._where(e.path) for e in entries}
+        dir_paths = {e.path for e in dirs}
+        roots = [
+            where[e.path]
+            for e in dirs
+            if e.path.rsplit(b"/", 1)[0] not in dir_paths and where[e.path] in self.made
+        ]
+        remove_extras(
+            self.target,
+            [r for r in roots if r is not None],
+            {w for w in where.values() if w is not None},
+            {w for p, w in where.items() if p in dir_paths and w in self.made},
+            self.result.deleted.append,
+            lambda path, exc: self.result.errors.append((path, exc.strerror or str(exc))),
+        )
+
+    def _where(self, path: bytes) -> bytes | None:
+        """Where a backupdb path lands under the target (None: a path restore refused)."""
+        try:
+            parts = self._parts(path)
+        except UnsafePath:
+            return None
+        return b"/".join([self.target, *parts]) if parts else self.target
+
+
+def _same_inode(a: bytes, b: bytes) -> bool:
+    sa, sb = os.lstat(a), os.lstat(b)
+    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
+
+
+def _hasher() -> Any:
+    return hashlib.blake2b(digest_size=32)

@@ -323,7 +323,7 @@ def test_restore_leaves_a_directory_where_a_file_goes_and_names_it(
     target = tmp_path / "target"
     in_the_way = restored_root(target, repo) / "a.txt" / "kept"
     in_the_way.mkdir(parents=True)
-    run = cli("--json", "restore", target)
+    run = cli("--json", "restore", "--overwrite", "always", target)
     assert run.code == 1
     assert [e["path"] for e in run.json["errors"]] == [str(repo / "a.txt")]
     assert "is a directory in the way" in run.json["errors"][0]["error"]
@@ -340,19 +340,25 @@ def test_restore_does_not_follow_a_symlink_below_the_top(tmp_path: Path, cli, re
     target = tmp_path / "target"
     root = restored_root(target, repo)
     root.mkdir(parents=True)
-    (root / "sub").symlink_to(outside)  # a directory's place: refused
-    (root / "a.txt").symlink_to(outside / "victim.txt")  # a file's place: the link is replaced
+    (root / "sub").symlink_to(outside)  # a directory's place
+    (root / "a.txt").symlink_to(outside / "victim.txt")  # a file's place
     os.chmod(outside, 0o751)
     before, victim = os.stat(outside), os.stat(outside / "victim.txt")
-    run = cli("--json", "restore", target)
-    assert run.code == 1
-    assert {os.path.relpath(e["path"], repo) for e in run.json["errors"]} == {"sub", "sub/b.bin"}
+    kept = cli("--json", "restore", target)  # --overwrite never: both links kept as they are
+    assert kept.code == 0, kept.err
+    assert sorted(kept.json["kept"]) == [str(root / "a.txt"), str(root / "sub")]
+    assert kept.json["not_restored_below_kept"] == 1  # sub/b.bin
+    assert (root / "a.txt").is_symlink() and (root / "sub").is_symlink()
+    run = cli("--json", "restore", "--overwrite", "always", target)  # replaced, not followed
+    assert run.code == 0, run.err
     assert sorted(p.name for p in outside.iterdir()) == ["victim.txt"]
     assert (outside / "victim.txt").read_text() == "not yours\n"
     assert_untouched(outside, before)  # not even the restored directory's mode or times
     assert_untouched(outside / "victim.txt", victim)
     assert not (root / "a.txt").is_symlink()
     assert (root / "a.txt").read_text() == "a\n"
+    assert not (root / "sub").is_symlink()
+    assert (root / "sub" / "b.bin").read_bytes() == (repo / "sub" / "b.bin").read_bytes()
 
 
 def test_restore_puts_no_file_through_a_symlink_of_the_same_snapshot(

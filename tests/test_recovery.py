@@ -330,7 +330,10 @@ def test_a_hard_link_replaces_a_planted_symlink_and_leaves_its_target_alone(
     root.mkdir(parents=True)
     (root / "n.txt").symlink_to(victim)  # the second name's place: replaced, never followed
 
-    run = cli("--json", "restore", target)
+    kept = cli("--json", "restore", target)  # --overwrite never: the symlink stays as it is
+    assert kept.code == 0, kept.err
+    assert kept.json["kept"] == [str(root / "n.txt")] and (root / "n.txt").is_symlink()
+    run = cli("--json", "restore", "--overwrite", "always", target)
     assert run.code == 0, run.err
     assert run.json["hardlinks"] == 1
     assert victim.read_text() == "not yours\n"

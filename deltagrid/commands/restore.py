@@ -1,17 +1,20 @@
-"""`deltagrid restore [--snapshot ID | --at TIME] [--path P]... TARGET`, or, to publish one
-subtree atomically, `restore [--path P] --into DIR [--swap[=rename]] [--keep-old NAME]`."""
+"""`deltagrid restore [--snapshot ID | --at TIME] [--path P]... [--overwrite MODE] [--delete]
+TARGET`, or, to publish one subtree atomically, `restore [--path P] --into DIR [--swap[=rename]]
+[--keep-old NAME]`."""
 
 from __future__ import annotations
 
 import argparse
 import os
 from pathlib import Path
+from typing import Any
 
 from deltagrid.floor.errors import EXIT_ERROR, EXIT_OK, UsageError
 from deltagrid.floor.units import human_bytes
 from deltagrid.home import Home, plain_reading
 from deltagrid.output import Output
 from deltagrid.restore.mirror import publish, remove_tree, staging_for
+from deltagrid.restore.policy import DEFAULT, MODES
 from deltagrid.restore.resolve import resolve
 from deltagrid.restore.restore import Restorer, RestoreResult
 
@@ -49,8 +52,30 @@ def add(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> Non
         metavar="PREV_DIR",
         help="hard-link files identical to those in PREV_DIR instead of writing them",
     )
+    add_policy(p)
     p.add_argument("target", type=Path, nargs="?", metavar="TARGET")
     p.set_defaults(run=run)
+
+
+def add_policy(p: argparse.ArgumentParser) -> None:
+    """--overwrite and --delete: what happens to what TARGET already holds."""
+    p.add_argument(
+        "--overwrite",
+        choices=MODES,
+        metavar="MODE",
+        help="what to do with an entry already in TARGET that differs from the snapshot: "
+        "'always' replace it; 'if-changed' the same, but trust an equal size and mtime "
+        "instead of hashing; 'if-newer' replace it only if the snapshot's is newer (mtime); "
+        f"'never' keep it (default: {DEFAULT}, so a restore destroys nothing unless asked). "
+        "Entries identical in size, mtime and hash are never written again, in every mode: "
+        "rerun a killed restore and it resumes",
+    )
+    p.add_argument(
+        "--delete",
+        action="store_true",
+        help="remove what TARGET holds under the restored directories that the snapshot does "
+        "not have (never outside them, never through a symlink)",
+    )
 
 
 def _check(args: argparse.Namespace) -> None:
@@ -66,6 +91,10 @@ def _check(args: argparse.Namespace) -> None:
             raise UsageError("--into publishes one subtree: give at most one --path")
         if args.keep_old and not args.swap:
             raise UsageError("--keep-old goes with --swap")
+        if args.overwrite is not None or args.delete:
+            raise UsageError(
+                "--into publishes a fresh tree in one step: --overwrite and --delete are for TARGET"
+            )
     if args.link_dest is not None and not args.link_dest.is_dir():
         raise UsageError(f"--link-dest {args.link_dest} is not a directory")
 
@@ -90,6 +119,8 @@ def run(args: argparse.Namespace, home: Home, out: Output) -> int:
                     strip=strip,
                     link_dest=args.link_dest,
                     on_total=lambda total: setattr(bar, "total", total),
+                    overwrite=args.overwrite or DEFAULT,
+                    delete=args.delete,
                 )
                 result = restorer.run(snap.id, prefixes)
         if args.into is not None and not result.errors:
@@ -99,12 +130,24 @@ def run(args: argparse.Namespace, home: Home, out: Output) -> int:
     finally:
         if args.into is not None and how is None and target.exists():
             remove_tree(target)  # not published: the staging tree goes, DIR is untouched
-    report(out, snap.id, args.into or args.target, result, how, args.into is not None)
+    tail, fields = "", {}
+    if args.into is None:
+        mode = args.overwrite or DEFAULT
+        tail = report_policy(out, mode, args.delete, result)
+        fields = policy_fields(mode, args.delete, result)
+    report(out, snap.id, args.into or args.target, result, how, args.into is not None, tail, fields)
     return EXIT_ERROR if result.errors else EXIT_OK
 
 
 def report(
-    out: Output, snapshot_id: int, where: Path, result: RestoreResult, how: str | None, into: bool
+    out: Output,
+    snapshot_id: int,
+    where: Path,
+    result: RestoreResult,
+    how: str | None,
+    into: bool,
+    tail: str = "",
+    fields: dict[str, Any] | None = None,
 ) -> None:
     for path, message in result.errors:
         out.warn(f"cannot restore {os.fsdecode(path)}: {message}")
@@ -128,6 +171,7 @@ def report(
         f"{result.symlinks} symlinks, {len(result.errors)} errors"
         + (f", {result.linked} linked from --link-dest" if result.linked else "")
         + (f"; published ({how})" if how else "")
+        + tail
     )
     out.document(
         {
@@ -143,5 +187,39 @@ def report(
             "errors": [{"path": os.fsdecode(p), "error": m} for p, m in result.errors],
             "warnings": [{"path": os.fsdecode(p), "warning": m} for p, m in result.warnings],
             "setid_dropped": result.setid_dropped,
+            **(fields or {}),
         }
     )
+
+
+def report_policy(out: Output, mode: str, delete: bool, result: RestoreResult) -> str:
+    """Name what the run kept and deleted in TARGET; the words for the summary line."""
+    for path in result.kept:
+        out.detail(f"kept {os.fsdecode(path)}")
+    for path in result.deleted:
+        out.detail(f"deleted {os.fsdecode(path)}")
+    if result.kept:
+        below = f" ({result.blocked} entries below them not restored)" if result.blocked else ""
+        out.warn(
+            f"kept {len(result.kept)} entries of TARGET that differ from the snapshot{below} "
+            f"(--overwrite {mode}; -v names them)"
+        )
+    return (
+        f"; wrote {human_bytes(result.written)}, {result.same} files "
+        f"({human_bytes(result.skipped)}) already in place, {len(result.kept)} kept"
+        + (f", {len(result.deleted)} deleted" if delete else "")
+    )
+
+
+def policy_fields(mode: str, delete: bool, result: RestoreResult) -> dict[str, Any]:
+    """The --json fields of the target policy: what was written, skipped, kept, deleted."""
+    return {
+        "overwrite": mode,
+        "delete": delete,
+        "bytes_written": result.written,
+        "bytes_skipped": result.skipped,
+        "files_skipped": result.same,
+        "kept": [os.fsdecode(p) for p in result.kept],
+        "not_restored_below_kept": result.blocked,
+        "deleted": [os.fsdecode(p) for p in result.deleted],
+    }
