@@ -17,11 +17,12 @@ from pathlib import Path
 
 from deltagrid.floor.errors import BackupDBError
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 # Version history (every change so far only adds tables, so migrating is creating them):
 #   1  first release
 #   2  `forgotten`: snapshots marked by `forget`, dropped from listings, their data pruned
 #   3  `runs` (local): the history of writer runs, for `deltagrid log` and `report`
+#   4  `damaged_blobs`: blobs verify, restore or repair found damaged; never reused
 
 # The tables of schema.py (tests hold the two together): the catalog, in export order, then the
 # local ones.
@@ -36,6 +37,7 @@ CATALOG = (
     "blobs",
     "packs",
     "forgotten",
+    "damaged_blobs",
 )
 LOCAL = ("scans", "queue", "scan_errors", "runs")
 # What `create` runs: generated from schema.py by `python -m deltagrid.backupdb.schema_sql`.

@@ -18,7 +18,7 @@ from deltagrid.floor.errors import DeltagridError
 from deltagrid.floor.units import count, human_bytes, plural
 from deltagrid.home import Home
 
-RECORDED = ("scan", "upload", "backup", "forget", "prune", "compact")
+RECORDED = ("scan", "upload", "backup", "forget", "prune", "compact", "repair")
 MAX_ERRORS = 1000  # paths kept per run; the count is kept whole
 
 
@@ -81,6 +81,21 @@ def _rewrite(doc: dict[str, Any]) -> Figures:
     )
 
 
+def _repair(doc: dict[str, Any]) -> Figures:
+    lost = doc.get("unrecoverable", [])
+    return Figures(
+        files=doc.get("repaired", 0),
+        bytes_uploaded=(doc.get("outcome") or {}).get("bytes_written", 0),
+        summary=f"{plural(doc.get('repaired', 0), 'file version')} repaired, {count(len(lost))} "
+        "cannot be recovered",
+        errors=[
+            {"path": p, "error": f"cannot be recovered (snapshots {u['snapshots']})"}
+            for u in lost
+            for p in u["paths"] or [u["content"]]
+        ],
+    )
+
+
 _FIGURES = {
     "scan": _scan,
     "upload": _upload,
@@ -88,6 +103,7 @@ _FIGURES = {
     "forget": _forget,
     "prune": _rewrite,
     "compact": _rewrite,
+    "repair": _repair,
 }
 
 

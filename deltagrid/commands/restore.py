@@ -7,10 +7,12 @@ import argparse
 import os
 from pathlib import Path
 
+from deltagrid.backupdb.damage import Damage
 from deltagrid.floor.errors import EXIT_ERROR, EXIT_OK, UsageError
-from deltagrid.floor.units import human_bytes
+from deltagrid.floor.units import human_bytes, plural
 from deltagrid.home import Home, plain_reading
 from deltagrid.output import Output
+from deltagrid.restore.damage import locate, record
 from deltagrid.restore.mirror import publish, remove_tree, staging_for
 from deltagrid.restore.resolve import resolve
 from deltagrid.restore.restore import Restorer, RestoreResult
@@ -92,6 +94,7 @@ def run(args: argparse.Namespace, home: Home, out: Output) -> int:
                     on_total=lambda total: setattr(bar, "total", total),
                 )
                 result = restorer.run(snap.id, prefixes)
+            found = locate(conn, store, result.damaged) if result.damaged else []
         if args.into is not None and not result.errors:
             if result.files + result.dirs + result.symlinks == 0:
                 raise UsageError(f"snapshot {snap.id} has nothing at {args.path[0]}")
@@ -100,7 +103,20 @@ def run(args: argparse.Namespace, home: Home, out: Output) -> int:
         if args.into is not None and how is None and target.exists():
             remove_tree(target)  # not published: the staging tree goes, DIR is untouched
     report(out, snap.id, args.into or args.target, result, how, args.into is not None)
+    damage_note(out, record(home.db_path, found), found)
     return EXIT_ERROR if result.errors else EXIT_OK
+
+
+def damage_note(out: Output, recorded: tuple[int, str | None], found: list[Damage]) -> None:
+    """Say what damage the restore found and recorded (a reader: it may not be able to)."""
+    blobs = len({d.blob_id for d in found})
+    if recorded[1]:
+        out.warn(recorded[1])
+    elif blobs:
+        out.warn(
+            f"{plural(blobs, 'damaged blob')} found and recorded: backups store those files again; "
+            "'deltagrid repair' re-uploads what the sources still hold"
+        )
 
 
 def report(
