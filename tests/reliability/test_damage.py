@@ -10,11 +10,17 @@ from __future__ import annotations
 import os
 import shutil
 import sqlite3
+import subprocess
 import time
 from contextlib import closing
 from pathlib import Path
 
+from deltagrid.store.tahoe_grid import LocalGrid, tahoe_executable
+from tests import gridfixtures
 from tests.helpers import describe, dg, restored_root, settle
+
+grid = gridfixtures.grid  # the session's grid, shared with the other grid tests
+healthy = gridfixtures.healthy
 
 SIZE = 200_000  # above delta_min_size: changed versions may be deltas
 
@@ -208,4 +214,29 @@ def test_repair_heals_a_wiped_objects_folder(tmp_path: Path, figures) -> None:
     # the next night is an ordinary one again
     (src / "f").write_bytes(os.urandom(3000))
     assert dg(home, "backup", src).code == 0
+    _restores_exactly(home, tmp_path, src, describe(src))
+
+
+@gridfixtures.needs_tahoe
+def test_repair_on_a_grid_that_lost_a_pack(tmp_path: Path, healthy: LocalGrid, figures) -> None:
+    src, home = tmp_path / "src", tmp_path / "home"
+    _tree(src)
+    assert dg(home, "init", "--store", healthy.url).code == 0
+    assert dg(home, "backup", src).code == 0
+    with closing(_db(home)) as conn:
+        refs = [r[0] for r in conn.execute("SELECT ref FROM packs")]
+    for ref in refs:  # every share of every pack, on every storage server
+        dump = subprocess.run(
+            [tahoe_executable(), "debug", "dump-cap", ref], capture_output=True, text=True
+        )
+        index = dump.stdout.split("storage index:")[1].split()[0]
+        for shares in healthy.base.glob(f"storage*/storage/shares/{index[:2]}/{index}"):
+            shutil.rmtree(shares)
+    figures.count("damage", "grid packs lost", len(refs))
+    verify = dg(home, "verify")
+    assert verify.code == 1 and "recorded" in verify.err
+    repair = dg(home, "--json", "repair")
+    assert repair.code == 0, repair.err
+    assert repair.json["repaired"] == 5 and repair.json["unrecoverable"] == []
+    assert dg(home, "verify", "--read-data").code == 0
     _restores_exactly(home, tmp_path, src, describe(src))
