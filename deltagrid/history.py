@@ -1,5 +1,6 @@
 """The run history: one `runs` row at the end of every scan, upload, backup, forget, prune,
-compact and repair run — clean, partial (23/24, with the paths and reasons) or failed (with the message).
+compact and repair run — clean, partial (23/24, with the paths and reasons) or failed (with the
+message).
 
 The CLI records it in one place, after the command returned or raised. The figures come from the
 document the command built for --json (the same keys), so a command needs no history code of

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from contextlib import closing
 from pathlib import Path
 
 from deltagrid.backupdb import connection, damage, restore_queries
 from deltagrid.backupdb.damage import Damage
-from deltagrid.floor.errors import CorruptData, ObjectMissing
-from deltagrid.restore.rebuild import load_chains
+from deltagrid.floor.errors import CorruptData, DeltagridError, ObjectMissing
+from deltagrid.restore.rebuild import DirectSource, load_chains
 from deltagrid.store.base import Store
 from deltagrid.store.pack import decode_blob
 
@@ -34,7 +34,9 @@ def pack_damage(conn: sqlite3.Connection, ref: str, size: int | None) -> list[Da
 
 
 def locate(conn: sqlite3.Connection, store: Store, content_ids: Iterable[int]) -> list[Damage]:
-    """The damaged blobs of these contents and of every content below them on their chains."""
+    """The damaged blobs of these contents and of every content below them on their chains. A
+    store that cannot be asked (unreachable, a timeout) names nothing: only what it says is
+    gone, or gives wrong twice, is damage."""
     chains = load_chains(conn, set(content_ids))
     by_ref: dict[str, dict[int, restore_queries.BlobPiece]] = {}
     for of_content in restore_queries.pieces_of_contents(conn, chains).values():
@@ -43,19 +45,35 @@ def locate(conn: sqlite3.Connection, store: Store, content_ids: Iterable[int]) -
     found: list[Damage] = []
     for ref, in_pack in by_ref.items():
         try:
-            size = store.size(ref)
+            size: int | None = store.size(ref)
         except ObjectMissing:
-            found.extend(Damage(p.id, p.hash, ref, damage.MISSING) for p in in_pack.values())
+            size = None
+        except DeltagridError:
             continue
         for p in in_pack.values():
-            if p.offset + p.length > size:
-                found.append(Damage(p.id, p.hash, ref, damage.TRUNCATED))
-                continue
-            try:
-                decode_blob(store.get(ref, p.offset, p.length), p.raw_length, p.hash)
-            except CorruptData:
-                found.append(Damage(p.id, p.hash, ref, damage.MISMATCH))
+            how = _check_blob(store, p, size)
+            if how is not None:
+                found.append(Damage(p.id, p.hash, ref, how))
     return found
+
+
+def _check_blob(store: Store, p: restore_queries.BlobPiece, size: int | None) -> str | None:
+    """How a blob is damaged, if it is: read twice before calling wrong bytes damage."""
+    if size is None:
+        return damage.MISSING
+    if p.offset + p.length > size:
+        return damage.TRUNCATED
+    for _attempt in range(2):
+        try:
+            decode_blob(store.get(p.ref, p.offset, p.length), p.raw_length, p.hash)
+            return None
+        except ObjectMissing:
+            return damage.MISSING
+        except CorruptData:
+            continue
+        except DeltagridError:
+            return None
+    return damage.MISMATCH
 
 
 def record(db_path: Path, found: list[Damage]) -> tuple[int, str | None]:
@@ -74,3 +92,24 @@ def record(db_path: Path, found: list[Damage]) -> tuple[int, str | None]:
             return damage.record(conn, found, time.time_ns()), None
     except sqlite3.Error as exc:
         return 0, f"could not record the damage in {db_path} ({exc})"
+
+
+class NamingSource(DirectSource):
+    """Straight from the store, as DirectSource, noting which blob a rebuild found damaged: a
+    check that names the blob at fault with no read of its own (verify reads each blob once)."""
+
+    def __init__(self, store: Store) -> None:
+        super().__init__(store)
+        self.found: list[Damage] = []
+
+    def blobs(
+        self, conn: sqlite3.Connection, content_id: int, checked: bool = True
+    ) -> Iterator[bytes]:
+        for p in restore_queries.content_pieces(conn, content_id):
+            try:
+                frame = self.store.get(p.ref, p.offset, p.length)
+                yield decode_blob(frame, p.raw_length, p.hash, checked)
+            except (ObjectMissing, CorruptData) as exc:
+                how = damage.MISSING if isinstance(exc, ObjectMissing) else damage.MISMATCH
+                self.found.append(Damage(p.id, p.hash, p.ref, how))
+                raise

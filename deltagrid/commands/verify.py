@@ -17,12 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from deltagrid.backupdb import queries
+from deltagrid.backupdb.damage import Damage
 from deltagrid.floor.errors import EXIT_ERROR, EXIT_OK, DeltagridError, ObjectMissing, UsageError
 from deltagrid.floor.units import plural
 from deltagrid.home import Home, reading
 from deltagrid.output import Output
-from deltagrid.restore.damage import locate, pack_damage, record
-from deltagrid.restore.rebuild import DirectSource, materialize
+from deltagrid.restore.damage import NamingSource, pack_damage, record
+from deltagrid.restore.rebuild import materialize
 from deltagrid.store.tahoe import TahoeStore
 
 
@@ -82,16 +83,15 @@ def check_packs(
 
 def read_data(
     conn: Any, store: Any, published: int, fraction: float, home: Home, out: Output
-) -> tuple[int, list[dict[str, object]], list[int]]:
+) -> tuple[int, list[dict[str, object]], list[Damage]]:
     """Rebuild the contents (a random `fraction` of them) and check their hashes: how many were
-    checked, the problems, the ids of the contents that failed."""
+    checked, the problems, the damaged blobs named."""
     contents = queries.all_contents(conn)
     if fraction < 1:
         contents = random.sample(contents, max(1, round(len(contents) * fraction)))
     home.spool.mkdir(parents=True, exist_ok=True)
-    source, raw = DirectSource(store), queries.driver(conn)
+    source, raw = NamingSource(store), queries.driver(conn)
     problems: list[dict[str, object]] = []
-    failed: list[int] = []
     with (
         tempfile.TemporaryDirectory(dir=home.spool) as work,
         out.bar(desc="verify", total=len(contents), unit=" versions") as bar,
@@ -101,7 +101,6 @@ def read_data(
             try:
                 materialize(raw, source, content.id, Path(work)).unlink()
             except DeltagridError as exc:
-                failed.append(content.id)
                 problems.append(
                     {
                         "content": content.hash.hex(),
@@ -110,7 +109,7 @@ def read_data(
                         "snapshots": queries.snapshots_using(conn, [content.id], published),
                     }
                 )
-    return len(contents), problems, failed
+    return len(contents), problems, source.found
 
 
 def run(args: argparse.Namespace, home: Home, out: Output) -> int:
@@ -124,9 +123,9 @@ def run(args: argparse.Namespace, home: Home, out: Output) -> int:
         raw = queries.driver(conn)
         found = [d for ref, size in lost.items() for d in pack_damage(raw, ref, size)]
         if args.read_data:
-            checked, damaged, failed = read_data(conn, store, published, fraction, home, out)
+            checked, damaged, named = read_data(conn, store, published, fraction, home, out)
             problems += damaged
-            found += locate(raw, store, failed) if failed else []
+            found += named
     recorded, unrecorded = record(home.db_path, found)
     for p in problems:
         if "pack" in p:
