@@ -36,6 +36,7 @@ from deltagrid.backupdb.schema import (
     blobs,
     content_blobs,
     contents,
+    damaged_blobs,
     forgotten,
     packs,
     paths,
@@ -306,7 +307,10 @@ def drop_contents(conn: Connection, content_ids: Iterable[int]) -> None:
 
 
 def drop_blobs(conn: Connection, blob_ids: Iterable[int]) -> None:
-    delete_ids(conn, blobs.c.id, blob_ids)
+    """Drop blobs, and what was recorded of their damage: a later blob may get a dropped id."""
+    ids = list(blob_ids)
+    delete_ids(conn, damaged_blobs.c.blob_id, ids)
+    delete_ids(conn, blobs.c.id, ids)
 
 
 def drop_packs(conn: Connection, pack_ids: Iterable[int]) -> None:

@@ -99,6 +99,7 @@ contents = Table(
     Column("chain_bytes", Integer, nullable=False),  # delta bytes on that chain
 )
 Index("contents_by_hash", contents.c.hash, unique=True)
+Index("contents_by_basis", contents.c.basis_id)  # the deltas built on a content (damage.py)
 
 content_blobs = Table(
     "content_blobs",
@@ -141,6 +142,20 @@ forgotten = Table(
     Column("forgotten_ns", Integer, nullable=False),
 )
 Index("forgotten_by_snapshot", forgotten.c.snapshot_id, unique=True)
+
+# Blobs found damaged (bytes that do not match their hash, or a pack missing or cut short), as
+# `verify`, `restore` or `repair` found them: no backup reuses such a blob or builds a delta on a
+# content whose chain holds one. Exported, so another machine attached to the store knows too.
+damaged_blobs = Table(
+    "damaged_blobs",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("blob_id", Integer, nullable=False),
+    Column("found_ns", Integer, nullable=False),
+    Column("how", Text, nullable=False),  # bytes do not match, pack missing, pack truncated
+)
+Index("damaged_blobs_by_blob", damaged_blobs.c.blob_id, unique=True)
+
 
 # connection.CATALOG names the catalog tables, in export order; connection.LOCAL the rest.
 

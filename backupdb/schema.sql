@@ -30,6 +30,14 @@ CREATE TABLE contents (
     PRIMARY KEY (id)
 );
 
+CREATE TABLE damaged_blobs (
+    id INTEGER NOT NULL,
+    blob_id INTEGER NOT NULL,
+    found_ns INTEGER NOT NULL,
+    how TEXT NOT NULL,
+    PRIMARY KEY (id)
+);
+
 CREATE TABLE forgotten (
     id INTEGER NOT NULL,
     snapshot_id INTEGER NOT NULL,
@@ -156,7 +164,11 @@ CREATE INDEX blobs_by_pack ON blobs (pack_id);
 
 CREATE INDEX content_blobs_by_content ON content_blobs (content_id, seq);
 
+CREATE INDEX contents_by_basis ON contents (basis_id);
+
 CREATE UNIQUE INDEX contents_by_hash ON contents (hash);
+
+CREATE UNIQUE INDEX damaged_blobs_by_blob ON damaged_blobs (blob_id);
 
 CREATE UNIQUE INDEX forgotten_by_snapshot ON forgotten (snapshot_id);
 

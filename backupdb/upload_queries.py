@@ -13,6 +13,7 @@ import sqlite3
 from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
+from deltagrid.backupdb import damage
 from deltagrid.backupdb.entries import META_COLUMNS
 from deltagrid.backupdb.sql import LIVE, chunks, insert_many, insert_numbered, rows_in
 from deltagrid.floor.errors import CorruptData
@@ -119,9 +120,12 @@ _CONTENTS = f"SELECT {', '.join(Content._fields)} FROM contents"
 
 
 def contents_by_hash(conn: sqlite3.Connection, digests: Iterable[bytes]) -> dict[bytes, Content]:
-    """The contents with these bytes, of those there are: asked for many files at once."""
+    """The intact contents with these bytes, of those there are: asked for many files at once.
+    A broken one (damage.py) is not there for the uploader, which stores the file again."""
     rows = rows_in(conn, f"{_CONTENTS} WHERE hash IN ({{}})", digests)
-    return {content.hash: content for content in map(Content._make, rows)}
+    found = {content.hash: content for content in map(Content._make, rows)}
+    broken = damage.broken_among(conn, [c.id for c in found.values()])
+    return {h: c for h, c in found.items() if c.id not in broken}
 
 
 def holds_no_contents(conn: sqlite3.Connection) -> bool:
@@ -137,6 +141,14 @@ def content_by_id(conn: sqlite3.Connection, content_id: int) -> Content:
     if row is None:
         raise CorruptData(f"the backupdb names content {content_id} but does not hold it")
     return Content._make(row)
+
+
+def delta_basis(conn: sqlite3.Connection, content_id: int) -> Content | None:
+    """The content to build a delta on, unless its chain is broken: then the file is stored
+    whole, as a keyframe read from the source."""
+    if damage.broken_among(conn, [content_id]):
+        return None
+    return content_by_id(conn, content_id)
 
 
 _UNUSED = f"""
@@ -160,17 +172,70 @@ class NewContent(NamedTuple):
 
 
 def add_contents(conn: sqlite3.Connection, new: Sequence[NewContent]) -> list[int]:
-    """Insert many contents and their blob lists (in a write transaction); their ids, in order."""
+    """Insert many contents and their blob lists (in a write transaction); their ids, in order.
+
+    A content whose hash the catalog holds already is a broken one stored again (the uploader
+    saw no intact content with these bytes): it is healed in place, keeping its id, so every
+    snapshot and every delta built on it reads the new blobs."""
+    held = dict(
+        rows_in(conn, "SELECT hash, id FROM contents WHERE hash IN ({})", [c.hash for c in new])
+    )
+    fresh = [c for c in new if c.hash not in held]
     columns = ("hash", "size", "basis_id", "depth", "chain_bytes")
-    ids = insert_numbered(conn, "contents", columns, [c[:5] for c in new])
-    listed = [(i, n, b) for i, c in zip(ids, new, strict=True) for n, b in enumerate(c.blob_ids)]
+    fresh_ids = iter(insert_numbered(conn, "contents", columns, [c[:5] for c in fresh]))
+    ids = [held[c.hash] if c.hash in held else next(fresh_ids) for c in new]
+    for content_id, c in zip(ids, new, strict=True):
+        if c.hash in held:
+            heal_content(conn, content_id, c)
+    listed = [
+        (i, n, b)
+        for i, c in zip(ids, new, strict=True)
+        if c.hash not in held
+        for n, b in enumerate(c.blob_ids)
+    ]
     insert_many(conn, "content_blobs", ("content_id", "seq", "blob_id"), listed)
     return ids
 
 
+_SHIFT_ABOVE = """
+WITH RECURSIVE above(id) AS (
+  SELECT id FROM contents WHERE basis_id = :id
+  UNION SELECT c.id FROM contents c JOIN above a ON c.basis_id = a.id
+)
+UPDATE contents SET depth = depth + :depth, chain_bytes = chain_bytes + :bytes
+WHERE id IN above
+"""
+
+
+def heal_content(conn: sqlite3.Connection, content_id: int, new: NewContent) -> None:
+    """Point a broken content at newly stored blobs (in a write transaction): its row and blob
+    list are rewritten in place, and the deltas built on it keep their depth and chain bytes
+    true. Rare, so the export's rows change in the middle only then."""
+    depth, chain_bytes = conn.execute(
+        "SELECT depth, chain_bytes FROM contents WHERE id = ?", (content_id,)
+    ).fetchone()
+    conn.execute(
+        "UPDATE contents SET size = ?, basis_id = ?, depth = ?, chain_bytes = ? WHERE id = ?",
+        (new.size, new.basis_id, new.depth, new.chain_bytes, content_id),
+    )
+    conn.execute("DELETE FROM content_blobs WHERE content_id = ?", (content_id,))
+    rows = [(content_id, n, b) for n, b in enumerate(new.blob_ids)]
+    insert_many(conn, "content_blobs", ("content_id", "seq", "blob_id"), rows)
+    shift = {"id": content_id, "depth": new.depth - depth, "bytes": new.chain_bytes - chain_bytes}
+    if shift["depth"] or shift["bytes"]:
+        conn.execute(_SHIFT_ABOVE, shift)
+
+
+_BLOBS_BY_HASH = """
+SELECT hash, id FROM blobs WHERE hash IN ({})
+AND id NOT IN (SELECT blob_id FROM damaged_blobs)
+"""
+
+
 def blobs_by_hash(conn: sqlite3.Connection, digests: Iterable[bytes]) -> dict[bytes, int]:
-    """A stored blob for each of these raw bytes' hashes that has one: asked many at once."""
-    rows = rows_in(conn, "SELECT hash, id FROM blobs WHERE hash IN ({})", digests)
+    """A stored blob for each of these raw bytes' hashes that has one, never a damaged one:
+    asked many at once."""
+    rows = rows_in(conn, _BLOBS_BY_HASH, digests)
     return {digest: int(blob_id) for digest, blob_id in rows}
 
 

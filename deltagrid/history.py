@@ -1,5 +1,6 @@
-"""The run history: one `runs` row at the end of every scan, upload, backup, forget, prune and
-compact run — clean, partial (23/24, with the paths and reasons) or failed (with the message).
+"""The run history: one `runs` row at the end of every scan, upload, backup, forget, prune,
+compact and repair run — clean, partial (23/24, with the paths and reasons) or failed (with the
+message).
 
 The CLI records it in one place, after the command returned or raised. The figures come from the
 document the command built for --json (the same keys), so a command needs no history code of
@@ -18,7 +19,7 @@ from deltagrid.floor.errors import DeltagridError
 from deltagrid.floor.units import count, human_bytes, plural
 from deltagrid.home import Home
 
-RECORDED = ("scan", "upload", "backup", "forget", "prune", "compact")
+RECORDED = ("scan", "upload", "backup", "forget", "prune", "compact", "repair")
 MAX_ERRORS = 1000  # paths kept per run; the count is kept whole
 
 
@@ -81,6 +82,21 @@ def _rewrite(doc: dict[str, Any]) -> Figures:
     )
 
 
+def _repair(doc: dict[str, Any]) -> Figures:
+    lost = doc.get("unrecoverable", [])
+    return Figures(
+        files=doc.get("repaired", 0),
+        bytes_uploaded=(doc.get("outcome") or {}).get("bytes_written", 0),
+        summary=f"{plural(doc.get('repaired', 0), 'file version')} repaired, {count(len(lost))} "
+        "cannot be recovered",
+        errors=[
+            {"path": p, "error": f"cannot be recovered (snapshots {u['snapshots']})"}
+            for u in lost
+            for p in u["paths"] or [u["content"]]
+        ],
+    )
+
+
 _FIGURES = {
     "scan": _scan,
     "upload": _upload,
@@ -88,6 +104,7 @@ _FIGURES = {
     "forget": _forget,
     "prune": _rewrite,
     "compact": _rewrite,
+    "repair": _repair,
 }
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from deltagrid.config import Config, ConfigError, parse, set_top_level
-from deltagrid.floor.errors import Locked, NotInitialised, naming
+from deltagrid.floor.errors import Locked, NotInitialised, UsageError, naming
 from deltagrid.floor.fs import atomic_write
 from deltagrid.uploader.sigcache import SigCache
 
@@ -75,6 +75,32 @@ class Home:
         except sqlite3.Error:
             return True
         return bool(row[0])
+
+    def check_is_home(self) -> None:
+        """Refuse to make a home in a folder that holds anything else: a repository written
+        among the user's files would be backed up, moved or deleted with them. A home is a
+        folder that is absent, empty, holds a config.toml or a backupdb, or only what a first
+        run killed early leaves."""
+        try:
+            names = set(os.listdir(self.path))
+        except FileNotFoundError:
+            return
+        except NotADirectoryError:
+            raise UsageError(f"--home {self.path} is not a directory") from None
+        own = {"lock", "spool", "sigs", "state", "store"}  # what a killed first run may leave
+        if names - own and not names & {self.config_path.name, self.db_path.name}:
+            raise UsageError(
+                f"--home {self.path} is a folder with other files in it, not a deltagrid home; "
+                "name a new or empty folder (--home or DELTAGRID_HOME)"
+            )
+
+    def own_dirs(self) -> list[Path]:
+        """The folders deltagrid writes to that a backup must never hold: the home, and a
+        file:// store wherever it lies."""
+        from deltagrid.store import file_store_path  # no backend is loaded for this
+
+        store = file_store_path(self.settings().store or self.default_store_url())
+        return [self.path] + ([store] if store is not None and store.is_absolute() else [])
 
     def default_store_url(self) -> str:
         return "file://" + str(self.path / "store")
@@ -149,6 +175,7 @@ class Home:
         Another holder makes this wait up to `self.wait` seconds, then fail with `Locked` naming
         it. While held, the lock file says who holds it: pid, command, since when.
         """
+        self.check_is_home()
         self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
         fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
         try:

@@ -1,9 +1,9 @@
 """Carrying out a maintenance plan: new keyframes, repacked packs, dropped rows, then commit.
 
 The order is what makes a crash at any line harmless:
-1. new packs (keyframes rebuilt from the store, live blobs copied out of mostly-dead packs) are
-   written to the spool and put to the store — unreferenced until step 2, so a crash leaves
-   only orphans that the next prune removes;
+1. new packs (keyframes rebuilt from the store or, for a repair, read again from the source;
+   live blobs copied out of mostly-dead packs) are written to the spool and put to the store —
+   unreferenced until step 2, so a crash leaves only orphans that the next prune removes;
 2. one transaction rewrites the catalog: new keyframes and blob locations, then every row no kept
    snapshot needs is deleted;
 3. the backupdb is published as a full export and the root pointer moves;
@@ -14,15 +14,18 @@ Until step 3 the store's root still names the old catalog, whose packs all still
 from __future__ import annotations
 
 import bisect
+import hashlib
+import os
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from sqlalchemy import Connection, Engine
 
 from deltagrid.backupdb import queries
+from deltagrid.floor.errors import DeltagridError
 from deltagrid.repository.publisher import Publisher
 from deltagrid.repository.root import parse_root
 from deltagrid.restore.rebuild import DirectSource, chain_ids, load_chains, materialize
@@ -42,6 +45,8 @@ class Plan:
     dead_blobs: set[int] = field(default_factory=set)
     dead_packs: set[int] = field(default_factory=set)  # no live blob: deleted
     repack: set[int] = field(default_factory=set)  # mostly dead: live blobs copied out
+    # keyframes read from a source file rather than rebuilt from the store: (path, content hash)
+    sources: dict[int, tuple[bytes, bytes]] = field(default_factory=dict)
 
 
 @dataclass
@@ -110,12 +115,32 @@ class Executor:
         rebuilt = materialize(queries.driver(conn), DirectSource(self.store), content_id, work)
         try:
             with open(rebuilt, "rb") as f:
-                seq = 0
-                while raw := f.read(self.piece_size):
-                    self._add(("key", content_id, seq), None, raw)
-                    seq += 1
+                self._pieces(content_id, f)
         finally:
             rebuilt.unlink()
+
+    def _pieces(self, content_id: int, f: BinaryIO) -> bytes:
+        """Add a keyframe's pieces from `f`; the hash of its bytes."""
+        h = hashlib.blake2b(digest_size=32)
+        seq = 0
+        while raw := f.read(self.piece_size):
+            h.update(raw)
+            self._add(("key", content_id, seq), None, raw)
+            seq += 1
+        return h.digest()
+
+    def _keyframe_from(self, content_id: int, path: bytes, content_hash: bytes) -> None:
+        """A keyframe read from a source file that held the content's bytes when the plan was
+        made. If it changed since, the run stops before the catalog is touched."""
+        try:
+            with open(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK), "rb") as f:
+                found = self._pieces(content_id, f)
+        except OSError as exc:
+            found = str(exc).encode()
+        if found != content_hash:
+            raise DeltagridError(
+                f"{os.fsdecode(path)} changed while it was read; run the command again"
+            )
 
     def _copy_out(self, conn: Connection, pack_ids: set[int], live: set[int]) -> None:
         packs = {p.id: p for p in queries.all_packs(conn)}
@@ -139,7 +164,10 @@ class Executor:
         ):
             try:
                 for content_id in sorted(plan.keyframes):
-                    self._keyframe(conn, content_id, Path(tmp))
+                    if content_id in plan.sources:
+                        self._keyframe_from(content_id, *plan.sources[content_id])
+                    else:
+                        self._keyframe(conn, content_id, Path(tmp))
                 self._copy_out(conn, plan.repack, live_blobs)
                 self._flush()
             finally:

@@ -9,6 +9,9 @@ and everything below it goes. Packs with no needed blob are deleted; packs mostl
 compact: contents of the latest snapshot whose chain is longer than `max_chain` deltas, or whose
 deltas outweigh the file, are rewritten as keyframes; older snapshots keep their chains, and a
 later prune drops what only they needed.
+
+Neither rebuilds a content whose chain holds a damaged blob (it cannot be rebuilt: its chain is
+kept whole for `repair`), nor repacks a pack holding one (its bytes cannot be copied out).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from deltagrid.backupdb import queries
+from deltagrid.backupdb import damage, queries
 from deltagrid.maintenance.executor import Plan, chains_of, needed_versions
 
 
@@ -26,11 +29,15 @@ def _blobs_and_packs(
 ) -> set[int]:
     """Fill the plan's dead blobs and packs; return the live blob ids."""
     by_content = queries.content_blob_ids(conn)
+    damaged = damage.damaged_blob_ids(queries.driver(conn))
     live: set[int] = set()
     for c in keep_contents - plan.keyframes:
         live.update(by_content.get(c, []))
     live_bytes: dict[int, int] = {}
+    unmovable: set[int] = set()
     for b in queries.all_blobs(conn):
+        if b.id in damaged:
+            unmovable.add(b.pack_id)
         if b.id in live:
             live_bytes[b.pack_id] = live_bytes.get(b.pack_id, 0) + b.length
         else:
@@ -39,7 +46,7 @@ def _blobs_and_packs(
         used = live_bytes.get(pack.id, 0)
         if used == 0:
             plan.dead_packs.add(pack.id)
-        elif 1 - used / pack.size > threshold:
+        elif 1 - used / pack.size > threshold and pack.id not in unmovable:
             plan.repack.add(pack.id)
     return live
 
@@ -51,8 +58,11 @@ def plan_prune(conn: Connection, kept: list[int], threshold: float) -> tuple[Pla
     plan.dead_versions = {v.id for v in spans} - needed
     wanted = {v.content_id for v in spans if v.id in needed and v.content_id is not None}
     keep_contents: set[int] = set()
+    broken = damage.broken_contents(queries.driver(conn))
     for chain in chains_of(conn, wanted).values():
         lowest = next(i for i, c in enumerate(chain) if c in wanted)
+        if chain[lowest] in broken:
+            lowest = 0
         if lowest > 0:
             plan.keyframes.add(chain[lowest])
         keep_contents.update(chain[lowest:])
@@ -64,7 +74,8 @@ def plan_compact(conn: Connection, latest: int, max_chain: int) -> tuple[Plan, s
     plan = Plan()
     live = queries.contents_live_in(conn, latest)
     rows: dict[int, Any] = {r.id: r for r in queries.all_contents(conn)}
-    for c in live:
+    broken = damage.broken_contents(queries.driver(conn))
+    for c in live - broken:
         r = rows[c]
         if r.basis_id is not None and (r.depth > max_chain or r.chain_bytes > r.size):
             plan.keyframes.add(c)

@@ -28,7 +28,7 @@ from typing import Any
 from deltagrid.backupdb import restore_queries
 from deltagrid.backupdb.entries import KIND_DIR, KIND_FILE, KIND_LINK
 from deltagrid.floor import xattrs
-from deltagrid.floor.errors import DeltagridError
+from deltagrid.floor.errors import CorruptData, DeltagridError, ObjectMissing
 from deltagrid.floor.fs import sync_filesystem
 from deltagrid.restore.background import Background
 from deltagrid.restore.extras import remove_extras
@@ -74,6 +74,7 @@ class RestoreResult:
     errors: list[tuple[bytes, str]] = field(default_factory=list)
     warnings: list[tuple[bytes, str]] = field(default_factory=list)  # attributes not restored
     setid_dropped: int = 0  # set-user/group-ID bits dropped: the owner could not be restored
+    damaged: set[int] = field(default_factory=set)  # contents the store gave wrong or no bytes of
 
 
 def check_path(path: bytes) -> list[bytes]:
@@ -228,6 +229,8 @@ class Restorer:
     def _failed(self, entry: Any, exc: BaseException) -> None:
         message = str(exc) if not isinstance(exc, OSError) else (exc.strerror or str(exc))
         self.result.errors.append((entry.path, message))
+        if isinstance(exc, CorruptData | ObjectMissing) and entry.kind == KIND_FILE:
+            self.result.damaged.add(entry.content_id)
 
     def _parts(self, path: bytes) -> list[bytes]:
         """The checked components of `path` below the target."""

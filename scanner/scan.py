@@ -35,6 +35,7 @@ class ScanResult:
     unchanged: int = 0
     skipped: list[bytes] = field(default_factory=list)  # sockets, FIFOs, devices
     errors: list[tuple[bytes, str]] = field(default_factory=list)
+    own: list[bytes] = field(default_factory=list)  # deltagrid's own folders met, left out
 
 
 def normalise_roots(sources: list[str]) -> list[bytes]:
@@ -98,8 +99,13 @@ class Scanner:
         one_file_system: bool = False,
         on_entries: Callable[[int], None] | None = None,
         warn: Callable[[str], None] | None = None,
+        own: list[bytes] | None = None,
     ) -> None:
+        """`own`: deltagrid's folders (the home, a file:// store), never backed up wherever
+        they lie: told by device and inode, so another path to them is caught too."""
         self.conn = conn
+        self.own_paths = own or []
+        self.own: dict[int, int] = {}  # inode -> device
         self.excludes = excludes
         self.checksum = checksum
         self.one_file_system = one_file_system
@@ -111,6 +117,12 @@ class Scanner:
     def run(self, roots: list[bytes]) -> ScanResult:
         conn = self.conn
         self.result = ScanResult(scan_queries.begin_scan(conn, [os.fsdecode(r) for r in roots]))
+        for path in self.own_paths:
+            try:
+                st = os.stat(path)
+            except OSError:
+                continue
+            self.own[st.st_ino] = st.st_dev
         for root in roots:
             self._scan_root(conn, root)
         self._flush(conn)
@@ -187,11 +199,28 @@ class Scanner:
             self._queue(conn, path, reason, meta, prev)
         return meta, meta.kind == KIND_DIR
 
+    def _is_own(self, path: bytes, st: os.stat_result) -> bool:
+        """Whether `path` is one of deltagrid's own folders; noted once if so."""
+        if self.own.get(st.st_ino) != st.st_dev or not stat.S_ISDIR(st.st_mode):
+            return False
+        self.result.own.append(path)
+        return True
+
+    def _inside_own(self, root: bytes) -> bool:
+        real = os.path.realpath(root)
+        return any(
+            real == own or real.startswith(own.rstrip(b"/") + b"/")
+            for own in map(os.path.realpath, self.own_paths)
+        )
+
     def _scan_root(self, conn: sqlite3.Connection, root: bytes) -> None:
         try:
             st = os.lstat(root)
         except OSError as exc:
             self._error(root, exc)
+            return
+        if self._inside_own(root):
+            self.result.own.append(root)
             return
         prev = scan_queries.live_entry_at(conn, root)
         self.on_entries(1)
@@ -244,9 +273,10 @@ class Scanner:
             except OSError as exc:
                 self._error(path, exc)
                 continue
-            if excludes is not None and excludes.excluded(
-                path[len(root) :].lstrip(b"/"), stat.S_ISDIR(st.st_mode)
-            ):
+            if (
+                excludes is not None
+                and excludes.excluded(path[len(root) :].lstrip(b"/"), stat.S_ISDIR(st.st_mode))
+            ) or (st.st_ino in self.own and self._is_own(path, st)):
                 if row is not None:
                     self._delete_live(conn, row)
                 continue

@@ -24,9 +24,17 @@ def open_store(url: str, create: bool = False, cap: str | None = None) -> Store:
         )
 
         return TahoeStore(f"http://{parsed.hostname}:{parsed.port}", cap)
-    if parsed.scheme == "file":
-        path = Path(parsed.netloc + parsed.path) if parsed.netloc else Path(parsed.path)
+    path = file_store_path(url)
+    if path is not None:
         if not path.is_absolute():
             raise UsageError(f"a file:// store needs an absolute path: {url}")
         return FileStore(path, create=create)
     raise UsageError(f"unknown store URL {url!r} (expected file:///DIR or tahoe://HOST:PORT)")
+
+
+def file_store_path(url: str) -> Path | None:
+    """The directory of a `file://` store URL; None for any other."""
+    parsed = urlparse(url)
+    if parsed.scheme != "file":
+        return None
+    return Path(parsed.netloc + parsed.path) if parsed.netloc else Path(parsed.path)

@@ -122,7 +122,7 @@ class Contents:
         basis_id = previous_content(live)
         if basis_id is None:
             basis_id = self.moved_from(row.scan_id, source.meta)
-        return None if basis_id is None else upload_queries.content_by_id(self.conn, basis_id)
+        return None if basis_id is None else upload_queries.delta_basis(self.conn, basis_id)
 
     def _basis_signature(self, basis: Content) -> bytes | None:
         cached = self.sigcache.get(basis.hash)

@@ -177,12 +177,14 @@ class Uploader:
                 if basis_id is None:
                     basis_id = self.contents.moved_from(row.scan_id, row)
                 against = None
-                if basis_id is not None:
-                    basis = upload_queries.content_by_id(self.conn, basis_id)
+                basis = (
+                    None if basis_id is None else upload_queries.delta_basis(self.conn, basis_id)
+                )
+                if basis is not None:
                     signature = self.sigcache.get(basis.hash)  # a lost one is rebuilt later
                     if signature is not None and self.contents.may_delta(row.size, basis):
                         against = (basis.id, signature)
-                self.big_reads[row.id] = self.big.submit(row.path, basis_id is None, against)
+                self.big_reads[row.id] = self.big.submit(row.path, basis is None, against)
 
     def _look_ahead_big(self, after: int) -> None:
         """Start a few big files of the queue rows beyond this batch too: the big-file thread

@@ -24,6 +24,7 @@ COMMANDS = {
     "forget": "forget snapshots outside a policy",
     "prune": "drop what no kept snapshot needs",
     "compact": "rewrite long delta chains as keyframes",
+    "repair": "store again what damage broke, from the sources",
     "check": "grid health; renew leases, repair",
     "log": "the history of backup and maintenance runs",
     "report": "sizes, changes and runs, as text or HTML",

@@ -10,7 +10,14 @@ import argparse
 import time
 
 from deltagrid.commands.init import initialise
-from deltagrid.commands.scan import add_scan_options, run_scan, scan_doc, scan_plan, scan_text
+from deltagrid.commands.scan import (
+    add_scan_options,
+    own_text,
+    run_scan,
+    scan_doc,
+    scan_plan,
+    scan_text,
+)
 from deltagrid.commands.upload import (
     exit_code,
     problems_text,
@@ -71,5 +78,6 @@ def run(args: argparse.Namespace, home: Home, out: Output) -> int:
     else:
         out.info(summary(scanned, result, committed.get("files", 0), seconds))
         problems_text(result, out)
+    own_text(scanned, out)
     out.document({"scan": scan_doc(scanned), **upload_doc(result, committed)})
     return exit_code(bool(scanned.errors or result.unreadable), bool(result.vanished))

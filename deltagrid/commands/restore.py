@@ -9,10 +9,12 @@ import os
 from pathlib import Path
 from typing import Any
 
+from deltagrid.backupdb.damage import Damage
 from deltagrid.floor.errors import EXIT_ERROR, EXIT_OK, UsageError
-from deltagrid.floor.units import human_bytes
+from deltagrid.floor.units import human_bytes, plural
 from deltagrid.home import Home, plain_reading
 from deltagrid.output import Output
+from deltagrid.restore.damage import locate, record
 from deltagrid.restore.mirror import publish, remove_tree, staging_for
 from deltagrid.restore.policy import DEFAULT, MODES
 from deltagrid.restore.resolve import resolve
@@ -123,6 +125,7 @@ def run(args: argparse.Namespace, home: Home, out: Output) -> int:
                     delete=args.delete,
                 )
                 result = restorer.run(snap.id, prefixes)
+            found = locate(conn, store, result.damaged) if result.damaged else []
         if args.into is not None and not result.errors:
             if result.files + result.dirs + result.symlinks == 0:
                 raise UsageError(f"snapshot {snap.id} has nothing at {args.path[0]}")
@@ -136,7 +139,20 @@ def run(args: argparse.Namespace, home: Home, out: Output) -> int:
         tail = report_policy(out, mode, args.delete, result)
         fields = policy_fields(mode, args.delete, result)
     report(out, snap.id, args.into or args.target, result, how, args.into is not None, tail, fields)
+    damage_note(out, record(home.db_path, found), found)
     return EXIT_ERROR if result.errors else EXIT_OK
+
+
+def damage_note(out: Output, recorded: tuple[int, str | None], found: list[Damage]) -> None:
+    """Say what damage the restore found and recorded (a reader: it may not be able to)."""
+    blobs = len({d.blob_id for d in found})
+    if recorded[1]:
+        out.warn(recorded[1])
+    elif blobs:
+        out.warn(
+            f"{plural(blobs, 'damaged blob')} found and recorded: backups store those files again; "
+            "'deltagrid repair' re-uploads what the sources still hold"
+        )
 
 
 def report(

@@ -72,6 +72,7 @@ class ScanPlan:
     excludes: Excludes
     one_file_system: bool
     checksum: bool
+    own: list[bytes]  # the home and a file:// store: never backed up
 
 
 def scan_plan(args: argparse.Namespace, home: Home, settings: Config) -> ScanPlan:
@@ -89,7 +90,8 @@ def scan_plan(args: argparse.Namespace, home: Home, settings: Config) -> ScanPla
         )
     one_fs = settings.one_file_system if args.one_file_system is None else args.one_file_system
     excludes = Excludes.from_args(settings.excludes + args.exclude, args.exclude_from)
-    return ScanPlan(roots, excludes, one_fs, args.checksum)
+    own = [os.fsencode(p.absolute()) for p in home.own_dirs()]
+    return ScanPlan(roots, excludes, one_fs, args.checksum, own)
 
 
 def run_scan(plan: ScanPlan, home: Home, out: Output, list_queued: bool = False) -> ScanResult:
@@ -103,6 +105,7 @@ def run_scan(plan: ScanPlan, home: Home, out: Output, list_queued: bool = False)
                 one_file_system=plan.one_file_system,
                 on_entries=bar.update,
                 warn=out.warn,
+                own=plan.own,
             )
             result = scanner.run(plan.roots)
     finally:
@@ -131,7 +134,15 @@ def scan_doc(result: ScanResult) -> dict[str, object]:
         "unchanged": result.unchanged,
         "skipped": [os.fsdecode(p) for p in result.skipped],
         "errors": [{"path": os.fsdecode(p), "error": m} for p, m in result.errors],
+        "own_excluded": [os.fsdecode(p) for p in result.own],
     }
+
+
+def own_text(result: ScanResult, out: Output) -> None:
+    """The one line that says deltagrid left its own folders out of the backup."""
+    if result.own:
+        where = ", ".join(dict.fromkeys(os.fsdecode(p) for p in result.own))
+        out.info(f"left out deltagrid's own home and store: {where}")
 
 
 def scan_text(result: ScanResult, out: Output, seconds: float | None = None) -> None:
@@ -150,5 +161,6 @@ def run(args: argparse.Namespace, home: Home, out: Output) -> int:
     with home.lock():
         result = run_scan(plan, home, out, list_queued=True)
     scan_text(result, out, time.monotonic() - began)
+    own_text(result, out)
     out.document(scan_doc(result))
     return EXIT_UNREADABLE if result.errors else EXIT_OK
