@@ -9,6 +9,7 @@ no link restored in this run can redirect a later write.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import shutil
@@ -100,6 +101,13 @@ class Restorer:
     def run(self, snapshot_id: int, prefixes: list[bytes]) -> RestoreResult:
         """Restore; files are rebuilt in store order, and made durable by one sync at the end."""
         os.makedirs(self.target, exist_ok=True)
+        try:
+            return self._run(snapshot_id, prefixes)
+        except KeyboardInterrupt:  # and SIGTERM, SIGHUP (floor.errors.Interrupted)
+            self._sweep_temporaries()
+            raise
+
+    def _run(self, snapshot_id: int, prefixes: list[bytes]) -> RestoreResult:
         dirs: list[Any] = []
         files: list[Any] = []
         links: list[Any] = []
@@ -267,6 +275,21 @@ class Restorer:
         """A new name in `parent` for an entry being made: created with O_EXCL (or link and
         symlink, which never follow), so a name already taken fails, never redirects."""
         return b"%s/.deltagrid-%s-%s-%d" % (parent, kind, self.token, next(self.names))
+
+    def _sweep_temporaries(self) -> None:
+        """Remove what an interruption may have caught between creating one of this run's
+        temporary entries and renaming or removing it (each step cleans up after itself; this
+        catches the moment in between). Only names carrying this run's token are touched."""
+        mark, token = b".deltagrid-", self.token
+        for directory in self.made | {self.target}:
+            try:
+                with os.scandir(directory) as entries:
+                    ours = [e.path for e in entries if e.name.startswith(mark) and token in e.name]
+            except OSError:
+                continue
+            for path in ours:
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
 
     def _file(self, e: Any, linked: dict[tuple[int, int], tuple[bytes, bytes]]) -> None:
         dest = self._leaf(e.path)

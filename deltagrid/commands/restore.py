@@ -91,6 +91,7 @@ def run(args: argparse.Namespace, home: Home, out: Output) -> int:
                     link_dest=args.link_dest,
                     on_total=lambda total: setattr(bar, "total", total),
                 )
+                out.so_far = lambda: _restored_so_far(snap.id, restorer.result)
                 result = restorer.run(snap.id, prefixes)
         if args.into is not None and not result.errors:
             if result.files + result.dirs + result.symlinks == 0:
@@ -101,6 +102,15 @@ def run(args: argparse.Namespace, home: Home, out: Output) -> int:
             remove_tree(target)  # not published: the staging tree goes, DIR is untouched
     report(out, snap.id, args.into or args.target, result, how, args.into is not None)
     return EXIT_ERROR if result.errors else EXIT_OK
+
+
+def _restored_so_far(snapshot_id: int, result: RestoreResult) -> dict[str, object]:
+    """An interrupted restore's figures; its temporaries are gone, so a rerun starts over."""
+    return {
+        "snapshot_id": snapshot_id,
+        "files": result.files,
+        "summary": f"{result.files} files ({human_bytes(result.size)}) restored before it stopped",
+    }
 
 
 def report(
