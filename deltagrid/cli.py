@@ -99,9 +99,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    interrupts.arm()
+    try:
+        return _main(list(sys.argv[1:] if argv is None else argv))
+    except Interrupted as exc:  # before the command began (parsing, importing): nothing to undo
+        return exc.exit_code
+    finally:
+        interrupts.restore()
+
+
+def _main(argv: list[str]) -> int:
     for stream in (sys.stdout, sys.stderr):
         stream.reconfigure(errors="surrogateescape")  # type: ignore[union-attr]
-    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     home = Home(
         args.home or default_home(), wait=args.wait or 0.0, command=f"deltagrid {args.command}"
@@ -109,7 +118,6 @@ def main(argv: list[str] | None = None) -> int:
     verbosity = -1 if args.quiet else (args.verbose or 0)
     out = Output(bool(args.json), bool(args.progress), verbosity)
     started = time.time_ns()
-    interrupts.arm()
     try:
         code, error = _dispatch(args, home, out)
     finally:

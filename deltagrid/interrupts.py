@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import signal
 from types import FrameType
+from typing import Any
 
 from deltagrid.floor.errors import Interrupted
 
@@ -26,13 +27,16 @@ SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 class _State:
     armed = False
     received: int | None = None
+    previous: dict[int, Any] = {}
 
 
 def arm() -> None:
     """From now on, the first of SIGNALS raises `Interrupted` in the main thread."""
-    _State.armed = True
+    _State.armed, _State.received = True, None
     for signum in SIGNALS:
-        if signal.getsignal(signum) != signal.SIG_IGN:
+        previous = signal.getsignal(signum)
+        if previous != signal.SIG_IGN:
+            _State.previous[signum] = previous
             signal.signal(signum, _handler)
 
 
@@ -40,6 +44,13 @@ def disarm() -> None:
     """The command is done: a signal from now on is noted and interrupts nothing, so its
     result stands and its history row is written."""
     _State.armed = False
+
+
+def restore() -> None:
+    """Put back the handlers `arm` replaced (the CLI may run inside another program: tests)."""
+    for signum, previous in _State.previous.items():
+        signal.signal(signum, previous)
+    _State.previous = {}
 
 
 def _handler(signum: int, _frame: FrameType | None) -> None:
