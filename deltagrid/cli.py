@@ -103,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _main(list(sys.argv[1:] if argv is None else argv))
     except Interrupted as exc:  # before the command began (parsing, importing): nothing to undo
+        sys.stderr.write(f"deltagrid: {exc} before the command began\n")
         return exc.exit_code
     finally:
         interrupts.restore()

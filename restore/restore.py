@@ -361,8 +361,9 @@ class Restorer:
             finally:
                 os.close(fd)
             self._install(tmp, dest)
-        except BaseException:
-            os.unlink(tmp)
+        except BaseException:  # a signal may land just after the rename: tmp is gone then
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
             raise
 
     def _link_previous(self, e: Any, dest: bytes, parent: bytes) -> bool:
