@@ -246,3 +246,104 @@ def test_sigterm_at_random_moments_of_restore_leaves_no_temporaries(
         assert describe(restored_root(target, src) if how == "target" else mirror) == describe(src)
         assert_no_litter(home, target)
     figures.count("signals", "restore SIGTERMs", stopped)
+
+
+# --- prune --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def forgotten(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A home whose first nights are forgotten, before prune; `src` as the last night left it."""
+    base = tmp_path_factory.mktemp("forgotten")
+    home, src = base / "home", base / "src"
+    configure(home, **SMALL_PACKS)
+    for k in range(3):
+        night(src, k)
+        assert call(home, "backup", src).code == 0
+    assert ok(home, "forget", "--keep-last", "1")["forgotten"] == [1, 2]
+    return home, src
+
+
+def copy_home(home: Path, dest: Path) -> Path:
+    shutil.copytree(home, dest, symlinks=True)
+    config = dest / "config.toml"
+    config.write_text(config.read_text().replace(str(home), str(dest)))  # its own store
+    return dest
+
+
+def test_sigterm_at_random_moments_of_prune_loses_nothing(
+    forgotten: tuple[Path, Path],
+    tmp_path: Path,
+    rng: random.Random,
+    kills: Callable[[int], int],
+    figures: Figures,
+) -> None:
+    home, src = forgotten
+    took = timed(copy_home(home, tmp_path / "measure"), "prune")
+    stopped = 0
+    for k in range(kills(3)):
+        copy, target = copy_home(home, tmp_path / f"h{k}"), tmp_path / "restored"
+        after = rng.uniform(0.2, took)
+        if not interrupt(start(copy, "prune"), after, figures):
+            continue
+        stopped += 1
+        run = last_run(copy, "prune")
+        print(f"prune {k}: SIGTERM after {after:.2f} s of {took:.2f}: {run['summary']}")
+        assert_no_litter(copy)
+        assert_restores(copy, src, target)
+        assert ok(copy, "prune")["objects_kept"] == 0
+        assert_restores(copy, src, target)
+        assert ok(copy, "verify", "--read-data")["problems"] == []
+    figures.count("signals", "prune SIGTERMs", stopped)
+
+
+# --- SIGINT and SIGHUP, once each, mid-work -----------------------------------------------------
+
+
+def until(ready: Callable[[], bool], proc: subprocess.Popen[str]) -> None:
+    deadline = time.monotonic() + 60
+    while not ready():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.002)
+
+
+def test_ctrl_c_stops_a_backup_with_130_and_the_rerun_resumes(
+    tmp_path: Path, figures: Figures
+) -> None:
+    home, src, target = tmp_path / "home", tmp_path / "src", tmp_path / "restored"
+    configure(home, **SMALL_PACKS)
+    night(src, 0, files=400)
+    backup = start(home, "backup", src)
+    until(lambda: query(home, "SELECT count(*) FROM packs")[0][0] > 0, backup)  # mid-upload
+    assert interrupt(backup, 0, figures, signal.SIGINT)
+    run = last_run(home, "backup", signal.SIGINT)
+    assert run["files"] > 0 and run["bytes_uploaded"] > 0, run
+    assert_no_litter(home)
+    assert call(home, "backup", src).code == 0
+    assert_restores(home, src, target)
+    figures.count("signals", "backup SIGINTs")
+
+
+def test_sighup_stops_a_mirror_publish_with_129_and_leaves_the_mirror_as_it_was(
+    backed_up: tuple[Path, Path], tmp_path: Path, figures: Figures
+) -> None:
+    home, src = backed_up
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    (mirror / "old").write_text("the old tree")
+    args = ("restore", "--path", src, "--into", mirror, "--swap")
+    restore = start(home, *args)
+    until(
+        lambda: (
+            any(p.name.startswith(".mirror.deltagrid-staging-") for p in tmp_path.iterdir())
+            and any(tmp_path.glob(".mirror.deltagrid-staging-*/*/*"))
+        ),
+        restore,
+    )
+    assert interrupt(restore, 0, figures, signal.SIGHUP)
+    last_run(home, "restore", signal.SIGHUP)
+    assert_no_litter(home, mirror)
+    assert describe(mirror) == {b"old": describe(mirror)[b"old"]}
+    assert call(home, *args).code == 0
+    assert describe(mirror) == describe(src)
+    figures.count("signals", "restore SIGHUPs")
