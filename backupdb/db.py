@@ -9,11 +9,18 @@ SQLAlchemy (connection.create).
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event
 
 from deltagrid.backupdb import connection
+
+# SQLAlchemy logs (with a traceback, on stderr by logging's last resort) an exception raised
+# while its pool closes a connection, then raises it again. A signal that lands there (an
+# Interrupted, deltagrid/interrupts.py) is the CLI's to report, in one line: not its log's.
+logging.getLogger("sqlalchemy.pool").addHandler(logging.NullHandler())
+logging.getLogger("sqlalchemy.pool").propagate = False
 
 
 def _engine(path: Path, writer: bool = True, busy_ms: int = 30000) -> Engine:

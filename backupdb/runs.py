@@ -44,7 +44,16 @@ class Run:
         return d
 
 
-OUTCOMES = {0: "ok", 23: "partial", 24: "partial", 2: "usage", 75: "locked"}
+OUTCOMES = {
+    0: "ok",
+    23: "partial",
+    24: "partial",
+    2: "usage",
+    75: "locked",
+    129: "interrupted",  # SIGHUP
+    130: "interrupted",  # SIGINT
+    143: "interrupted",  # SIGTERM
+}
 
 
 def last_runs(conn: Any, limit: int) -> list[Run]:

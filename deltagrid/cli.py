@@ -9,15 +9,16 @@ imported (see _Commands), so `deltagrid --version` or a quiet night starts quick
 from __future__ import annotations
 
 import argparse
+import signal
 import sqlite3
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from deltagrid import __version__
+from deltagrid import __version__, interrupts
 from deltagrid.commands import COMMANDS, load
-from deltagrid.floor.errors import EXIT_ERROR, EXIT_USAGE, DeltagridError
+from deltagrid.floor.errors import EXIT_ERROR, EXIT_SIGNAL, EXIT_USAGE, DeltagridError, Interrupted
 from deltagrid.home import Home, default_home
 from deltagrid.output import Output
 
@@ -98,9 +99,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    interrupts.arm()
+    try:
+        return _main(list(sys.argv[1:] if argv is None else argv))
+    except Interrupted as exc:  # before the command began (parsing, importing): nothing to undo
+        sys.stderr.write(f"deltagrid: {exc} before the command began\n")
+        return exc.exit_code
+    finally:
+        interrupts.restore()
+
+
+def _main(argv: list[str]) -> int:
     for stream in (sys.stdout, sys.stderr):
         stream.reconfigure(errors="surrogateescape")  # type: ignore[union-attr]
-    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     home = Home(
         args.home or default_home(), wait=args.wait or 0.0, command=f"deltagrid {args.command}"
@@ -108,10 +119,14 @@ def main(argv: list[str] | None = None) -> int:
     verbosity = -1 if args.quiet else (args.verbose or 0)
     out = Output(bool(args.json), bool(args.progress), verbosity)
     started = time.time_ns()
-    code, error = _dispatch(args, home, out)
+    try:
+        code, error = _dispatch(args, home, out)
+    finally:
+        interrupts.disarm()
     from deltagrid import history  # imported only now: `--version` and `--help` never need it
 
-    history.record(home, args.command, argv, started, code, out.doc, error)
+    so_far = out.so_far() if code > EXIT_SIGNAL else None
+    history.record(home, args.command, argv, started, code, out.doc, error, so_far)
     return code
 
 
@@ -121,9 +136,12 @@ def _dispatch(args: argparse.Namespace, home: Home, out: Output) -> tuple[int, s
         return int(args.run(args, home, out)), None
     except DeltagridError as exc:
         return _failed(out, str(exc), exc.exit_code)
-    except KeyboardInterrupt:
-        sys.stderr.write("deltagrid: interrupted; run the command again to resume\n")
-        return EXIT_ERROR, "interrupted"
+    except KeyboardInterrupt as exc:  # Interrupted: SIGINT, SIGTERM or SIGHUP (interrupts.py)
+        if not isinstance(exc, Interrupted):
+            exc = Interrupted(signal.SIGINT, "SIGINT")
+        sys.stderr.write(f"deltagrid: {exc}; run the command again to finish\n")
+        out.document({"error": str(exc), "exit_code": exc.exit_code})
+        return exc.exit_code, str(exc)
     except OSError as exc:  # disk full, permissions on the home: no traceback, name the file
         where = f" ({exc.filename})" if exc.filename else ""
         return _failed(out, f"{exc.strerror or exc}{where}", EXIT_ERROR)

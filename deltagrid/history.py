@@ -1,6 +1,6 @@
 """The run history: one `runs` row at the end of every scan, upload, backup, forget, prune,
-compact and repair run — clean, partial (23/24, with the paths and reasons) or failed (with the
-message).
+compact, repair and restore run — clean, partial (23/24, with the paths and reasons), failed
+(with the message) or interrupted by a signal (with what it had done so far).
 
 The CLI records it in one place, after the command returned or raised. The figures come from the
 document the command built for --json (the same keys), so a command needs no history code of
@@ -15,11 +15,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from deltagrid.floor.errors import DeltagridError
+from deltagrid.floor.errors import EXIT_SIGNAL, DeltagridError
 from deltagrid.floor.units import count, human_bytes, plural
 from deltagrid.home import Home
 
-RECORDED = ("scan", "upload", "backup", "forget", "prune", "compact", "repair")
+RECORDED = ("scan", "upload", "backup", "forget", "prune", "compact", "repair", "restore")
 MAX_ERRORS = 1000  # paths kept per run; the count is kept whole
 
 
@@ -97,6 +97,18 @@ def _repair(doc: dict[str, Any]) -> Figures:
     )
 
 
+def _restore(doc: dict[str, Any]) -> Figures:
+    return Figures(
+        snapshot_id=doc["snapshot_id"],
+        files=doc["files"],
+        summary=(
+            f"snapshot {doc['snapshot_id']} to {doc['target']}: {plural(doc['files'], 'file')} "
+            f"({human_bytes(doc['bytes'])}), {count(len(doc['errors']))} errors"
+        ),
+        errors=list(doc["errors"]),
+    )
+
+
 _FIGURES = {
     "scan": _scan,
     "upload": _upload,
@@ -105,6 +117,7 @@ _FIGURES = {
     "prune": _rewrite,
     "compact": _rewrite,
     "repair": _repair,
+    "restore": _restore,
 }
 
 
@@ -118,6 +131,15 @@ def figures(command: str, doc: dict[str, Any] | None) -> Figures:
         return Figures(summary="finished")
 
 
+def interrupted(error: str | None, so_far: dict[str, Any]) -> Figures:
+    """An interrupted run's figures: what the command said it had done when the signal came
+    (`Output.so_far`), after the signal's name."""
+    fields = ("snapshot_id", "files", "bytes_read", "bytes_uploaded")
+    f = Figures(**{k: so_far[k] for k in fields if k in so_far})
+    f.summary = "; ".join(filter(None, (error, so_far.get("summary"))))
+    return f
+
+
 def record(
     home: Home,
     command: str,
@@ -126,15 +148,20 @@ def record(
     exit_code: int,
     doc: dict[str, Any] | None,
     error: str | None,
+    so_far: dict[str, Any] | None = None,
 ) -> None:
-    """Append the run to the home's history, if the home has a backupdb to hold it."""
+    """Append the run to the home's history, if the home has a backupdb to hold it. `so_far`:
+    an interrupted run's counts (its exit code is EXIT_SIGNAL + the signal)."""
     if command not in RECORDED or not home.db_path.exists():
         return
     import sqlite3
 
     from deltagrid.backupdb import connection, runs
 
-    f = figures(command, doc)
+    if exit_code > EXIT_SIGNAL and so_far is not None:
+        f, error = interrupted(error, so_far), None
+    else:
+        f = figures(command, doc)
     values = {
         "command": command,
         "argv": json.dumps(argv),

@@ -7,6 +7,8 @@ HOME/spool/             the pack being filled
 HOME/state/             signature of the last uploaded backupdb export
 HOME/store/             the embedded file:// store, when init is given no --store
 HOME/lock               held by the one process that may write; says which (pid, command)
+HOME/readers            held shared by every reader while it reads; prune and compact take it
+                        exclusively before they delete packs (see `reader` and `alone`)
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -25,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from deltagrid.config import Config, ConfigError, parse, set_top_level
 from deltagrid.floor.errors import Locked, NotInitialised, UsageError, naming
 from deltagrid.floor.fs import atomic_write
+from deltagrid.floor.units import human_duration
 from deltagrid.uploader.sigcache import SigCache
 
 if TYPE_CHECKING:  # the backupdb and store modules pull in SQLAlchemy, requests...: imported
@@ -47,6 +50,7 @@ class Home:
         self.config_path = self.path / "config.toml"
         self.db_path = self.path / "backupdb.sqlite"
         self.lock_path = self.path / "lock"
+        self.readers_path = self.path / "readers"
         self.spool = self.path / "spool"
         self.state = self.path / "state"
         self.sigcache = SigCache(self.path / "sigs")
@@ -200,6 +204,63 @@ class Home:
         finally:
             os.close(fd)
 
+    @contextmanager
+    def reader(self) -> Iterator[None]:
+        """Hold the readers' lock shared while reading, taken before the read transaction that
+        pins the catalog: a prune that rewrote the catalog before it finds this reader and waits
+        for it before deleting packs the reader's catalog names. Readers never wait for one
+        another or for a writer (only a deleting step, which is short, holds it exclusively).
+        A home this process cannot write to (another user's, read-only) is read without it."""
+        fd = self._open_readers()
+        if fd is None:
+            yield
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            yield
+        finally:
+            os.close(fd)
+
+    def _open_readers(self) -> int | None:
+        try:
+            return os.open(self.readers_path, os.O_RDONLY | os.O_CREAT, 0o600)
+        except OSError:
+            try:
+                return os.open(self.readers_path, os.O_RDONLY)
+            except OSError:
+                return None
+
+    @contextmanager
+    def alone(self, say: Callable[[str], None]) -> Iterator[bool]:
+        """Hold the readers' lock exclusively, so no reader that began before now is still
+        reading: True. With readers at it, wait up to `self.wait` seconds (saying so), then give
+        up: False, and the caller leaves its deletions to a later run."""
+        self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(self.readers_path, os.O_RDONLY | os.O_CREAT, 0o600)
+        try:
+            yield self._take_exclusively(fd, say)
+        finally:
+            os.close(fd)
+
+    def _take_exclusively(self, fd: int, say: Callable[[str], None]) -> bool:
+        deadline = time.monotonic() + self.wait
+        said = False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return True
+            except BlockingIOError:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                if not said:
+                    say(
+                        f"waiting up to {human_duration(left)} for readers of {self.path} "
+                        "(restore, verify, ls, diff...) to finish before deleting packs"
+                    )
+                    said = True
+                time.sleep(min(0.1, left))
+
     def lock_holder(self) -> dict[str, Any] | None:
         """Who the lock file says holds the lock, if that process is still alive."""
         try:
@@ -240,7 +301,7 @@ def reading(home: Home) -> Iterator[tuple[Connection, Store, int]]:
     """A read-only view for snapshots/diff/verify: connection, store, published snapshot."""
     engine = home.engine(writer=False)
     try:
-        with _published(home) as (store, published), engine.connect() as conn:
+        with home.reader(), _published(home) as (store, published), engine.connect() as conn:
             yield conn, store, published
     finally:
         engine.dispose()
@@ -253,7 +314,7 @@ def plain_reading(home: Home) -> Iterator[tuple[sqlite3.Connection, Store, int]]
     is not seen halfway); a read transaction takes no lock that a writer waits for."""
     conn = home.connect()
     try:
-        with _published(home) as (store, published):
+        with home.reader(), _published(home) as (store, published):
             conn.execute("BEGIN")
             yield conn, store, published
     finally:

@@ -8,8 +8,9 @@ from dataclasses import dataclass
 
 from sqlalchemy import Engine
 
+from deltagrid.floor.units import human_bytes
 from deltagrid.home import Config, Home
-from deltagrid.maintenance.executor import Executor
+from deltagrid.maintenance.executor import Executor, Outcome
 from deltagrid.output import Output
 from deltagrid.repository.publisher import Publisher
 from deltagrid.store.base import Store
@@ -23,7 +24,7 @@ class Session:
     publisher: Publisher
 
     def executor(self, home: Home, out: Output) -> Executor:
-        return Executor(
+        executor = Executor(
             self.engine,
             self.store,
             self.publisher,
@@ -31,7 +32,23 @@ class Session:
             self.config.upload.piece_size,
             self.config.upload.pack_size,
             out.warn,
+            alone=lambda: home.alone(out.warn),
         )
+        out.so_far = lambda: _rewritten_so_far(executor.outcome)
+        return executor
+
+
+def _rewritten_so_far(o: Outcome) -> dict[str, object]:
+    """An interrupted prune's or compact's figures: what it had written and deleted. Until the
+    root moved, the catalog is as it was; a rerun plans again and finishes the job."""
+    return {
+        "files": o.keyframes_written,
+        "bytes_uploaded": o.bytes_written,
+        "summary": (
+            f"{o.packs_written} packs written ({human_bytes(o.bytes_written)}), "
+            f"{o.objects_deleted} store objects deleted; the next run finishes the job"
+        ),
+    }
 
 
 @contextmanager

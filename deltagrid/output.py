@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -24,6 +25,9 @@ class Output:
         self.progress = progress or sys.stderr.isatty()
         self.verbosity = verbosity
         self.doc: dict[str, Any] | None = None  # the run's document, kept for its history
+        # What a run under way has done so far (files, bytes_read, bytes_uploaded, summary):
+        # the history row of a run that is interrupted before it has a document.
+        self.so_far: Callable[[], dict[str, Any]] = dict
 
     def line(self, text: str = "") -> None:
         """A line of the human report: what the command was asked for (suppressed by --json)."""

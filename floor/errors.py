@@ -15,6 +15,7 @@ EXIT_USAGE = 2
 EXIT_UNREADABLE = 23
 EXIT_VANISHED = 24
 EXIT_LOCKED = 75  # EX_TEMPFAIL: another process holds the home's lock; try again later
+EXIT_SIGNAL = 128  # + the signal's number: 130 SIGINT, 143 SIGTERM, 129 SIGHUP (the shell's rule)
 
 
 class DeltagridError(Exception):
@@ -53,6 +54,16 @@ class Locked(DeltagridError):
     """Another deltagrid process holds the home's lock: nothing was done, try again later."""
 
     exit_code = EXIT_LOCKED
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT, SIGTERM or SIGHUP arrived: raised in the main thread, so the run unwinds through
+    its `finally` blocks. A KeyboardInterrupt, so what already cleans up after Ctrl-C (and no
+    `except Exception`) sees it."""
+
+    def __init__(self, signum: int, name: str) -> None:
+        super().__init__(f"interrupted by {name}")
+        self.exit_code = EXIT_SIGNAL + signum
 
 
 @contextmanager

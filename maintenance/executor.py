@@ -7,7 +7,9 @@ The order is what makes a crash at any line harmless:
 2. one transaction rewrites the catalog: new keyframes and blob locations, then every row no kept
    snapshot needs is deleted;
 3. the backupdb is published as a full export and the root pointer moves;
-4. only then are the packs nothing references any more deleted (where the store can delete).
+4. only then are the packs nothing references any more deleted (where the store can delete),
+   once no reader that began before step 2 is still reading (`alone`: the home's readers' lock,
+   taken exclusively; readers left running past the wait keep them until a later run).
 Until step 3 the store's root still names the old catalog, whose packs all still exist.
 """
 
@@ -18,6 +20,7 @@ import hashlib
 import os
 import tempfile
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -60,6 +63,7 @@ class Outcome:
     bytes_freed: int = 0  # pack bytes the catalog no longer references
     bytes_written: int = 0
     objects_deleted: int = 0
+    objects_kept: int = 0  # unreferenced, but readers were still reading: a later run deletes them
 
 
 class Executor:
@@ -72,6 +76,7 @@ class Executor:
         piece_size: int,
         pack_size: int,
         warn: Callable[[str], None],
+        alone: Callable[[], AbstractContextManager[bool]],
     ) -> None:
         self.engine = engine
         self.store = store
@@ -79,6 +84,7 @@ class Executor:
         self.spool = spool
         self.piece_size = piece_size
         self.warn = warn
+        self.alone = alone  # the readers' lock, exclusively: False when readers stay too long
         self.outcome = Outcome()
         self.packer = Packer(spool, pack_size)
         self.written: list[tuple[str, int, list[tuple[Any, Any]]]] = []  # ref, size, blobs
@@ -243,13 +249,23 @@ class Executor:
 
     def _delete_unreferenced(self, before: set[str]) -> None:
         """After the root moved: delete what the new catalog and root no longer name, and
-        orphans a killed run left (we hold the home's lock: no upload is under way)."""
+        orphans a killed run left (we hold the home's lock: no upload is under way), once the
+        readers that may still read them are done."""
         if not self.store.can_delete:
             return
-        now = self._referenced_refs()
-        for ref in sorted((before | set(self.store.list_refs())) - now):
-            self.store.delete(ref)
-            self.outcome.objects_deleted += 1
+        doomed = sorted((before | set(self.store.list_refs())) - self._referenced_refs())
+        with self.alone() as alone:
+            if not alone:
+                self.outcome.objects_kept = len(doomed)
+                self.warn(
+                    f"{len(doomed)} store objects nothing references any more are kept: "
+                    "a restore, verify, ls or diff is still reading; the next prune deletes them "
+                    "(or pass --wait SECONDS to wait for it)"
+                )
+                return
+            for ref in doomed:
+                self.store.delete(ref)
+                self.outcome.objects_deleted += 1
         self.outcome.objects_deleted += self.store.clear_temporaries()
 
 

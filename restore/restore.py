@@ -11,6 +11,7 @@ by `--overwrite` (restore/policy.py); `--delete` removes what the snapshot lacks
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import itertools
@@ -131,6 +132,9 @@ class Restorer:
         try:
             self.meta.make_writable(self.target, os.stat(self.target))
             self._entries(snapshot_id, prefixes)
+        except KeyboardInterrupt:  # and SIGTERM, SIGHUP (floor.errors.Interrupted)
+            self._sweep_temporaries()
+            raise
         finally:
             self.meta.give_back()  # read-only directories made writable, not restored
             self.result.warnings = self.meta.warnings
@@ -311,6 +315,21 @@ class Restorer:
         symlink, which never follow), so a name already taken fails, never redirects."""
         return b"%s/.deltagrid-%s-%s-%d" % (parent, kind, self.token, next(self.names))
 
+    def _sweep_temporaries(self) -> None:
+        """Remove what an interruption may have caught between creating one of this run's
+        temporary entries and renaming or removing it (each step cleans up after itself; this
+        catches the moment in between). Only names carrying this run's token are touched."""
+        mark, token = b".deltagrid-", self.token
+        for directory in self.made | {self.target}:
+            try:
+                with os.scandir(directory) as entries:
+                    ours = [e.path for e in entries if e.name.startswith(mark) and token in e.name]
+            except OSError:
+                continue
+            for path in ours:
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+
     def _file(self, e: Any, linked: dict[tuple[int, int], tuple[bytes, bytes]]) -> None:
         dest = self._leaf(e.path)
         parent = dest.rsplit(b"/", 1)[0]
@@ -385,8 +404,9 @@ class Restorer:
             finally:
                 os.close(fd)
             self._install(tmp, dest)
-        except BaseException:
-            os.unlink(tmp)
+        except BaseException:  # a signal may land just after the rename: tmp is gone then
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
             raise
 
     def _link_previous(self, e: Any, dest: bytes, parent: bytes) -> bool:

@@ -1,8 +1,9 @@
 """`deltagrid log [--last N]`: the history of writer runs, newest first.
 
-Each scan, upload, backup, forget, prune and compact run is recorded when it ends: command, start,
-duration, exit code, files, bytes read and uploaded, and for a partial or failed run the paths
-and reasons (or the error). The history is local to this home and survives nothing but the
+Each scan, upload, backup, forget, prune, compact and restore run is recorded when it ends:
+command, start, duration, exit code, files, bytes read and uploaded, and for a partial or failed
+run the paths and reasons (or the error); a run stopped by a signal says so, with its counts so
+far. The history is local to this home and survives nothing but the
 backupdb it lives in (an `attach` starts it afresh).
 """
 

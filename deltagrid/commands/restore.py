@@ -124,6 +124,7 @@ def run(args: argparse.Namespace, home: Home, out: Output) -> int:
                     overwrite=args.overwrite or DEFAULT,
                     delete=args.delete,
                 )
+                out.so_far = lambda: _restored_so_far(snap.id, restorer.result)
                 result = restorer.run(snap.id, prefixes)
             found = locate(conn, store, result.damaged) if result.damaged else []
         if args.into is not None and not result.errors:
@@ -153,6 +154,15 @@ def damage_note(out: Output, recorded: tuple[int, str | None], found: list[Damag
             f"{plural(blobs, 'damaged blob')} found and recorded: backups store those files again; "
             "'deltagrid repair' re-uploads what the sources still hold"
         )
+
+
+def _restored_so_far(snapshot_id: int, result: RestoreResult) -> dict[str, object]:
+    """An interrupted restore's figures; its temporaries are gone, so a rerun starts over."""
+    return {
+        "snapshot_id": snapshot_id,
+        "files": result.files,
+        "summary": f"{result.files} files ({human_bytes(result.size)}) restored before it stopped",
+    }
 
 
 def report(

@@ -107,12 +107,18 @@ def run_scan(plan: ScanPlan, home: Home, out: Output, list_queued: bool = False)
                 warn=out.warn,
                 own=plan.own,
             )
+            out.so_far = lambda: _scanned_so_far(scanner)
             result = scanner.run(plan.roots)
     finally:
         conn.close()
     if list_queued and out.verbose:
         _list_queued(home, result.scan_id, out)
     return result
+
+
+def _scanned_so_far(scanner: Scanner) -> dict[str, object]:
+    queued = sum(scanner.result.counts.values()) if hasattr(scanner, "result") else 0
+    return {"files": queued, "summary": f"during the scan: {count(queued)} entries queued"}
 
 
 def _list_queued(home: Home, scan_id: int, out: Output) -> None:

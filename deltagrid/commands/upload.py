@@ -69,7 +69,24 @@ def _drain(
             on_progress=bar.update,
             warn=out.warn,
         )
+        out.so_far = lambda: _uploaded_so_far(getattr(uploader, "result", None))
         return uploader.run()
+
+
+def _uploaded_so_far(result: UploadResult | None) -> dict[str, object]:
+    """An interrupted upload's figures: the queue rows of the packs recorded stay done."""
+    if result is None:
+        return {"summary": "before the upload started"}
+    files = result.counts["files"]
+    return {
+        "files": files,
+        "bytes_read": result.bytes_read,
+        "bytes_uploaded": result.bytes_uploaded,
+        "summary": (
+            f"{count(files)} files read, {human_bytes(result.bytes_uploaded)} uploaded in "
+            f"{count(result.packs)} packs; the next run resumes"
+        ),
+    }
 
 
 def _describe(
