@@ -105,6 +105,9 @@ def main(argv: list[str] | None = None) -> int:
     except Interrupted as exc:  # before the command began (parsing, importing): nothing to undo
         sys.stderr.write(f"deltagrid: {exc} before the command began\n")
         return exc.exit_code
+    except DeltagridError as exc:  # importing the command failed (no librsync): nothing began
+        sys.stderr.write(f"deltagrid: error: {exc}\n")
+        return exc.exit_code
     finally:
         interrupts.restore()
 

@@ -50,6 +50,10 @@ class BackupDBError(DeltagridError):
     """The local backupdb cannot be opened or is damaged."""
 
 
+class LibrsyncNotFound(DeltagridError):
+    """No librsync 2 library could be loaded: the one system package to install is named."""
+
+
 class Locked(DeltagridError):
     """Another deltagrid process holds the home's lock: nothing was done, try again later."""
 

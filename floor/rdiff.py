@@ -1,41 +1,16 @@
-"""The rdiff primitives deltagrid uses — signature, delta, patch — in one place.
-
-Every stage calls these, never librsync directly, so the binding behind them can change
-without touching a caller, and a store written through one binding is read through another.
-"""
+"""The rdiff primitives deltagrid uses — signature, delta, and a patch that never trusts its
+delta — in one place: every stage calls these, never librsync (floor/librsync.py) directly."""
 
 from __future__ import annotations
 
-import ctypes
 import io
-import sys
 from typing import Any, BinaryIO
 
-import pyrsync
-
+from deltagrid.floor import librsync
 from deltagrid.floor.errors import CorruptData
+from deltagrid.floor.librsync import DELTA_MAGIC, delta, signature, signature_args
 
-DELTA_MAGIC = pyrsync.RS_DELTA_MAGIC
-_RS_LOG_CRIT = 2
-
-# librsync prints its own errors on stderr; a bad delta is reported as CorruptData instead.
-ctypes.CDLL(sys.modules[pyrsync.patch.__module__].__file__).rs_trace_set_level(_RS_LOG_CRIT)
-
-
-def signature_args(size: int) -> tuple[int, int, int]:
-    """librsync's recommended (magic, block length, strong sum length) for a file of `size`."""
-    magic, block, strong = pyrsync.get_signature_args(size)
-    return magic, block, strong
-
-
-def signature(src: Any, out: Any, strong: int, magic: int, block: int) -> None:
-    """Write the signature of the bytes read from `src` to `out`."""
-    pyrsync.signature(src, out, strong, magic, block)
-
-
-def delta(new: Any, sig: Any, out: Any) -> None:
-    """Write to `out` the rdiff delta that turns the signed basis into the bytes of `new`."""
-    pyrsync.delta(new, sig, out)
+__all__ = ["DELTA_MAGIC", "apply_delta", "delta", "signature", "signature_args"]
 
 
 class _PaddedBasis:
@@ -83,7 +58,7 @@ def apply_delta(basis: BinaryIO, delta: BinaryIO, out: BinaryIO, limit: int) -> 
     that does not parse, copies past its basis or grows too big raises CorruptData."""
     padded = _PaddedBasis(basis)
     try:
-        pyrsync.patch(padded, delta, _Capped(out, limit, padded))
+        librsync.patch(padded, delta, _Capped(out, limit, padded))
     except CorruptData:
         raise
     except Exception as exc:  # librsync reports a bad delta this way
