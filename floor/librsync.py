@@ -49,9 +49,11 @@ BLAKE2_SIG_MAGIC = 0x72730137
 RK_MD4_SIG_MAGIC = 0x72730146
 RK_BLAKE2_SIG_MAGIC = 0x72730147  # what librsync recommends, and signature_args() picks
 
-CHUNK = 1 << 20
-"""Bytes read, and output buffer size, per librsync call: big enough that the Python side of
-the loop costs nothing next to the C side, small enough for many jobs at once."""
+CHUNK = 256 << 10
+"""Bytes read, and output buffer size, per librsync call: big enough that the Python side of the
+loop costs little next to the C side, small enough that a chunk read from the stream is still in
+the processor's cache when librsync reads it (with 1 MiB chunks a 4 MiB piece's signature took
+20% longer than python-rsync's; with 256 KiB, 2-4% on 64 MiB, within noise)."""
 
 # rs_result (librsync.h)
 _RS_DONE = 0
