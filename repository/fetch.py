@@ -20,11 +20,12 @@ def fetch_export(store: Store, root: dict[str, Any], dest: Path) -> None:
     """Rebuild the newest backupdb export named by `root` into `dest`, checking every hash."""
     data = b""
     for entry in root["backupdb"]:
+        frame = store.get(entry["ref"])
         try:
-            raw = zstandard.ZstdDecompressor().decompress(
-                store.get(entry["ref"]), max_output_size=MAX_OBJECT
-            )
-        except zstandard.ZstdError:
+            if zstandard.frame_content_size(frame) > MAX_OBJECT:  # a damaged header's claim
+                raise zstandard.ZstdError("its frame claims more than any export holds")
+            raw = zstandard.ZstdDecompressor().decompress(frame, max_output_size=MAX_OBJECT)
+        except (zstandard.ZstdError, MemoryError):  # MemoryError: the buffer a header asked for
             raise CorruptData(f"backupdb object {entry['ref']} does not decompress") from None
         if entry["type"] == "full":
             data = raw

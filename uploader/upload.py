@@ -392,9 +392,9 @@ class Uploader:
         except BaseException:
             pack.writer.discard()
             raise
-        self._record((ref, pack.size, pack.blobs), with_entries)
-        self.result.packs += 1
+        self.result.packs += 1  # counted once put: an interrupted run's log says so
         self.result.bytes_uploaded += pack.size
+        self._record((ref, pack.size, pack.blobs), with_entries)
 
     def _record(
         self, pack: tuple[str, int, list[PendingBlob]] | None = None, with_entries: bool = True
