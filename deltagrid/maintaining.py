@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import Engine
 
+from deltagrid.guard import writable_store
 from deltagrid.home import Config, Home
 from deltagrid.maintenance.executor import Executor
 from deltagrid.output import Output
@@ -36,12 +37,16 @@ class Session:
 
 @contextmanager
 def maintaining(home: Home) -> Iterator[Session]:
-    """Hold the home's lock; finish any interrupted commit first, so we start from a published
-    state."""
+    """Hold the home's lock; check the store is this home's; finish any interrupted commit
+    first, so we start from a published state."""
     with home.lock():
         config = home.config()
-        engine = home.engine()
-        store = home.store()
+        store = writable_store(home)
+        try:
+            engine = home.engine()
+        except BaseException:
+            store.close()
+            raise
         try:
             publisher = Publisher(home.db_path, store, home.state, config.upload.full_export_every)
             publisher.publish()
