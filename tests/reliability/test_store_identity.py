@@ -208,6 +208,60 @@ def test_a_home_from_before_store_ids_finds_a_rolled_back_store_by_its_packs(
     figures.count(SECTION, "store behind, found by its packs")
 
 
+# --- a store ahead of the home -----------------------------------------------------------------
+
+
+def test_a_store_another_home_wrote_is_ahead_and_attach_catches_up(tmp_path: Path, figures) -> None:
+    """Another machine attached to the same store forgets snapshots: the root moves on with the
+    same snapshot number, and only its generation says this home is behind it."""
+    src, home, other = tmp_path / "src", tmp_path / "home", tmp_path / "other"
+    store = home / "store"
+    nights = {}
+    for n in (1, 2):
+        nights[n] = night(src, n)
+        backup(home, src)
+    assert dg(other, "attach", "--store", f"file://{store}").code == 0
+    assert dg(other, "forget", "--keep-last", "1").code == 0
+    message = refused(home, src, store, figures, "written by another home", "deltagrid attach")
+    assert "generation 3" in message
+    figures.count(SECTION, "store ahead")
+    assert dg(home, "attach").code == 0
+    del nights[1]
+    nights[3] = night(src, 3)
+    assert backup(home, src)["snapshot_id"] == 3
+    restores_exactly(home, src, nights, tmp_path, figures)
+
+
+def test_a_kill_between_the_root_and_the_record_is_our_own_write(tmp_path: Path, figures) -> None:
+    """The record is written with the root being written as `pending`, then the root, then the
+    record again: killed between the last two, the next run knows the root as its own."""
+    src, home = tmp_path / "src", tmp_path / "home"
+    nights = {1: night(src, 1)}
+    backup(home, src)
+    nights[2] = night(src, 2)
+    backup(home, src)
+    root = root_of(home)
+    record = home / "state" / identity.RECORD
+    after = json.loads(record.read_text())
+    assert after == {
+        "store_id": root["store_id"],
+        "generation": root["generation"],
+        "snapshot": 2,
+        "pending": None,
+    }
+    before = dict(after, generation=root["generation"] - 1, snapshot=1)
+    record.write_text(json.dumps(before))  # as if killed after the root was replaced...
+    message = refused(home, src, home / "store", figures, "written by another home")
+    assert f"generation {root['generation']}" in message
+    pending = {"generation": root["generation"], "hash": root["backupdb"][-1]["hash"]}
+    record.write_text(json.dumps(dict(before, pending=pending)))  # ...having said what it wrote
+    nights[3] = night(src, 3)
+    assert backup(home, src)["snapshot_id"] == 3
+    assert json.loads(record.read_text())["generation"] == root["generation"] + 1
+    restores_exactly(home, src, nights, tmp_path, figures)
+    figures.count(SECTION, "own root found after a kill")
+
+
 # --- a wiped store -------------------------------------------------------------------------------
 
 
