@@ -146,7 +146,7 @@ def _our_write(root: dict[str, Any], seen: Seen) -> bool:
 def check(store: Store, state: Path, conn: sqlite3.Connection) -> None:
     """Before a writer writes anything: compare the store's root with the home's record, then
     probe a few objects the catalog names (the newest packs, a random few, the root's full
-    export). One root read and at most eight probes, whatever the size of the store."""
+    export). One root read and at most seven probes, whatever the size of the store."""
     root = parse_root(store.read_root())
     compare(store.url, root, load(state), last_snapshot_id(conn))
     probes = probe_sample(conn, PROBE_NEWEST, PROBE_RANDOM)
