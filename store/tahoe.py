@@ -172,8 +172,9 @@ class TahoeStore(Store):
 
     def holds(self, ref: str, size: int) -> bool:
         """`t=check` without verifying: the node asks the storage servers which shares they
-        hold and downloads none. (`size` would not do: a CHK capability names its own size, so
-        the node answers it without asking any server.) A literal cap holds its own bytes."""
+        hold and downloads none (`size` reads a byte, which downloads a whole segment). A
+        capability names its object's size, so `size` need not be compared; a literal cap
+        holds its own bytes."""
         if ref.startswith("URI:LIT:"):
             return True
         try:
