@@ -4,7 +4,8 @@ HOME/config.toml        store URL and settings (mode 0600: a Tahoe writecap live
 HOME/backupdb.sqlite    the backupdb (WAL)
 HOME/sigs/              librsync signatures of live contents, by content hash
 HOME/spool/             the pack being filled
-HOME/state/             signature of the last uploaded backupdb export
+HOME/state/             signature of the last uploaded backupdb export; the store id, generation
+                        and snapshot of the root this home last wrote (store.json)
 HOME/store/             the embedded file:// store, when init is given no --store
 HOME/lock               held by the one process that may write; says which (pid, command)
 HOME/readers            held shared by every reader while it reads; prune and compact take it

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from sqlalchemy import Engine
 
 from deltagrid.floor.units import human_bytes
+from deltagrid.guard import writable_store
 from deltagrid.home import Config, Home
 from deltagrid.maintenance.executor import Executor, Outcome
 from deltagrid.output import Output
@@ -52,15 +53,22 @@ def _rewritten_so_far(o: Outcome) -> dict[str, object]:
 
 
 @contextmanager
-def maintaining(home: Home) -> Iterator[Session]:
-    """Hold the home's lock; finish any interrupted commit first, so we start from a published
-    state."""
+def maintaining(home: Home, repairing: bool = False) -> Iterator[Session]:
+    """Hold the home's lock; check the store is this home's (`repairing`: one that lost objects
+    or fell behind is accepted, to be mended); finish any interrupted commit first, so we start
+    from a published state."""
     with home.lock():
         config = home.config()
-        engine = home.engine()
-        store = home.store()
+        store = writable_store(home, repairing)
         try:
-            publisher = Publisher(home.db_path, store, home.state, config.upload.full_export_every)
+            engine = home.engine()
+        except BaseException:
+            store.close()
+            raise
+        try:
+            publisher = Publisher(
+                home.db_path, store, home.state, config.upload.full_export_every, repairing
+            )
             publisher.publish()
             yield Session(config, engine, store, publisher)
         finally:

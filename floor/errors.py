@@ -42,6 +42,19 @@ class ObjectMissing(StoreError):
     """An object the backupdb names is not in the store."""
 
 
+class NoStore(StoreError):
+    """Where the store should be there is none (an empty directory, a disk not mounted)."""
+
+    def __init__(self, where: str) -> None:
+        super().__init__(f"no deltagrid store at {where} (run 'deltagrid init')")
+        self.where = where
+
+
+class WrongStore(StoreError):
+    """The store is not the one the catalog was written against: another repository, one that
+    is behind (rolled back) or ahead of the home, or one that lost objects. Nothing was written."""
+
+
 class CorruptData(DeltagridError):
     """Bytes from the store or disk do not decode or do not match their recorded hash."""
 

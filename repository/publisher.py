@@ -1,5 +1,6 @@
 """Committing a snapshot: upload the backupdb's export (as an rdiff delta when possible), then
-replace the root pointer (root.py). What is published must be committed to the backupdb first."""
+replace the root pointer (root.py). What is published must be committed to the backupdb first,
+and the root replaced must be the one this home last wrote (identity.py)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from deltagrid.backupdb import connection, export, snapshots
 from deltagrid.floor import rdiff
 from deltagrid.floor.errors import StoreError, naming
 from deltagrid.floor.fs import atomic_write
+from deltagrid.repository import identity
 from deltagrid.repository.root import EXPORT_BLOCK, new_root, parse_root
 from deltagrid.store.base import Store, check_stored
 from deltagrid.store.pack import digest, digest_file
@@ -27,11 +29,15 @@ class Publisher:
     """Exports the backupdb at `db_path` and moves the root pointer; `state` keeps the last
     export's signature. What it publishes must be committed to the backupdb first."""
 
-    def __init__(self, db_path: Path, store: Store, state: Path, full_every: int) -> None:
+    def __init__(
+        self, db_path: Path, store: Store, state: Path, full_every: int, repairing: bool = False
+    ) -> None:
+        """`repairing`: `repair` may publish over a wiped or rolled-back store (identity.py)."""
         self.db_path = db_path
         self.store = store
         self.state = state
         self.full_every = full_every
+        self.repairing = repairing
 
     def _last_export(self) -> tuple[str, bytes] | None:
         try:
@@ -53,13 +59,12 @@ class Publisher:
         with closing(connection.connect(self.db_path)) as conn:
             latest = snapshots.last_snapshot_id(conn)
         root = parse_root(self.store.read_root())
+        seen = identity.load(self.state)
+        continued = identity.compare(self.store.url, root, seen, latest, self.repairing)
         published = int(root["snapshot"]) if root else 0
-        if published > latest:
-            raise StoreError(
-                f"the store has snapshot {published} but the local backupdb only {latest}; "
-                "run 'deltagrid attach' to bring it up to date"
-            )
         if published == latest and not ((again or full) and latest):
+            if continued != seen:  # a kill left our last root unrecorded
+                identity.save(self.state, continued)
             return {"backupdb_bytes": 0, "published": 0}
         self.state.mkdir(parents=True, exist_ok=True)
         chain: list[dict[str, Any]] = list(root["backupdb"]) if root else []
@@ -81,10 +86,15 @@ class Publisher:
                 chain[0]["hash"] = new_hash
             else:
                 chain.append(entry)
-            root_doc = new_root(latest, chain)
+            store_id = (root or {}).get("store_id") or seen.store_id or identity.new_store_id()
+            generation = max((root or {}).get("generation", 0), continued.generation) + 1
+            continued.pending = {"generation": generation, "hash": new_hash}
+            identity.save(self.state, continued)
+            root_doc = new_root(latest, chain, store_id, generation)
             self.store.replace_root(root_doc)
             if self.store.read_root() != root_doc:  # a lost write would pass for a commit
                 raise StoreError(f"{self.store.url} acknowledged the new root pointer but lost it")
+            identity.save(self.state, identity.Seen(store_id, generation, latest))
             sig_bytes = sig.getvalue()
             atomic_write(self.state / "last-export.sig", sig_bytes)
             atomic_write(

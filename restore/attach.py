@@ -2,7 +2,9 @@
 
 The root names the backupdb's newest export as a full export plus rdiff deltas; each step is
 hash-checked, the export is loaded into a fresh backupdb beside the old one and renamed into place,
-and the export's signature is kept so the next commit continues the same delta chain.
+and the export's signature is kept so the next commit continues the same delta chain. The home
+then writes to that store as it is: its id, generation and snapshot are what the home last saw,
+whatever store or history the home followed before (another disk, a rolled-back copy).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from deltagrid.backupdb import export
 from deltagrid.floor import rdiff
 from deltagrid.floor.errors import DeltagridError
 from deltagrid.floor.fs import atomic_write, fsync_dir
+from deltagrid.repository import identity
 from deltagrid.repository.fetch import fetch_export
 from deltagrid.repository.root import EXPORT_BLOCK, parse_root
 from deltagrid.store.base import Store
@@ -48,6 +51,7 @@ def attach(store: Store, db_path: Path, state: Path) -> int:
     atomic_write(state / "last-export.sig", sig.getvalue())
     record = {"hash": digest(data).hex(), "sig": digest(sig.getvalue()).hex()}
     atomic_write(state / "last-export.json", json.dumps(record).encode())
+    identity.save(state, identity.adopted(root))
     return int(root["snapshot"])
 
 

@@ -46,6 +46,14 @@ class Store(abc.ABC):
     def size(self, ref: str) -> int:
         """The object's size in bytes; raises ObjectMissing when it is absent."""
 
+    def holds(self, ref: str, size: int) -> bool:
+        """Whether the store still holds the whole object, asked of what it keeps rather than of
+        the name: one cheap request, the probe of the check that a store did not lose objects."""
+        try:
+            return self.size(ref) == size
+        except ObjectMissing:
+            return False
+
     @abc.abstractmethod
     def read_root(self) -> bytes | None:
         """The current root pointer document, or None when none was ever written."""

@@ -14,7 +14,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from deltagrid.floor.errors import CorruptData, ObjectMissing, StoreError, naming
+from deltagrid.floor.errors import CorruptData, NoStore, ObjectMissing, naming
 from deltagrid.floor.fs import atomic_write, fsync_dir
 from deltagrid.store.base import Store
 
@@ -32,7 +32,7 @@ class FileStore(Store):
         if create:
             self.objects.mkdir(parents=True, exist_ok=True)
         elif not self.objects.is_dir():
-            raise StoreError(f"no deltagrid store at {root} (run 'deltagrid init')")
+            raise NoStore(str(root))
 
     def _path(self, ref: str) -> Path:
         if not _REF.match(ref):

@@ -708,7 +708,8 @@ def test_a_schema_1_export_loads_through_attach(tmp_path: Path) -> None:
     blob = zstandard.ZstdCompressor().compress(data)
     entry = {"type": "full", "ref": store.put_bytes(blob), "size": len(blob)}
     entry["hash"] = digest(data).hex()
-    store.replace_root(new_root(root["snapshot"], [entry]))
+    generation = root["generation"] + 1
+    store.replace_root(new_root(root["snapshot"], [entry], root["store_id"], generation))
 
     fresh = tmp_path / "fresh"
     attached = call(fresh, "--json", "attach", "--store", f"file://{home / 'store'}")

@@ -129,6 +129,13 @@ def test_an_object_never_stored_is_an_error(store: Store) -> None:
         check_stored(store, missing, 5000)
 
 
+def test_holds_says_whether_the_object_is_there(store: Store) -> None:
+    data = os.urandom(100_000)
+    ref = store.put_bytes(data)
+    assert store.holds(ref, len(data))
+    assert not store.holds(_missing_ref(store, ref), len(data))
+
+
 def test_the_root_starts_absent_and_is_replaced_whole(store: Store) -> None:
     assert store.read_root() is None
     store.replace_root(b'{"first": 1}\n')

@@ -26,6 +26,7 @@ from deltagrid.commands.upload import (
     upload_text,
 )
 from deltagrid.floor.units import count, human_bytes, human_duration, plural
+from deltagrid.guard import writable_store
 from deltagrid.home import Home
 from deltagrid.output import Output
 from deltagrid.scanner.scan import ScanResult
@@ -69,8 +70,13 @@ def run(args: argparse.Namespace, home: Home, out: Output) -> int:
         if not home.initialised():
             url, _writecap, _readcap = initialise(home, None)
             out.info(f"created repository in {home.path}, store {url}")
-        scanned = run_scan(plan, home, out)
-        result, committed = run_upload(home, out)
+        store = writable_store(home)  # refused before the scan: nothing written anywhere
+        try:
+            scanned = run_scan(plan, home, out)
+        except BaseException:
+            store.close()
+            raise
+        result, committed = run_upload(home, out, store)
     seconds = time.monotonic() - began
     if out.verbose:
         scan_text(scanned, out)

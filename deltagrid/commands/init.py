@@ -7,6 +7,7 @@ import argparse
 from deltagrid.floor.errors import DeltagridError
 from deltagrid.home import Home
 from deltagrid.output import Output
+from deltagrid.repository import identity
 from deltagrid.repository.root import parse_root
 from deltagrid.store import open_store
 
@@ -43,6 +44,7 @@ def initialise(home: Home, store_url: str | None) -> tuple[str, str | None, str 
     for leftover in ("", "-wal", "-shm"):  # an empty backupdb a killed init left, with its WAL
         home.db_path.with_name(home.db_path.name + leftover).unlink(missing_ok=True)
     home.create_db().close()
+    identity.save(home.state, identity.Seen(identity.new_store_id()))  # the root gets it
     home.write_config(url, writecap)
     return url, writecap, readcap
 

@@ -31,7 +31,7 @@ def add(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> Non
 
 def run(args: argparse.Namespace, home: Home, out: Output) -> int:
     outcome = None
-    with maintaining(home) as session:
+    with maintaining(home, repairing=True) as session:
         with session.engine.connect() as conn:
             packs = len(queries.all_packs(conn))
             found, lost = check_store(conn, session.store)

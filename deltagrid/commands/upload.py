@@ -10,6 +10,7 @@ import time
 from deltagrid.backupdb import scan_queries, snapshots
 from deltagrid.floor.errors import EXIT_OK, EXIT_UNREADABLE, EXIT_VANISHED, DeltagridError
 from deltagrid.floor.units import count, human_bytes, human_duration
+from deltagrid.guard import writable_store
 from deltagrid.home import Home
 from deltagrid.output import Output
 from deltagrid.repository.publisher import Publisher, commit
@@ -23,10 +24,17 @@ def add(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> Non
     p.set_defaults(run=run)
 
 
-def run_upload(home: Home, out: Output) -> tuple[UploadResult, dict[str, int]]:
+def run_upload(
+    home: Home, out: Output, store: Store | None = None
+) -> tuple[UploadResult, dict[str, int]]:
+    """Upload and commit to `store` (closed here), or to the home's store, checked first."""
     config = home.config()
-    conn = home.connect()
-    store = home.store()
+    store = store or writable_store(home)
+    try:
+        conn = home.connect()
+    except BaseException:
+        store.close()
+        raise
     try:
         publisher = Publisher(home.db_path, store, home.state, config.upload.full_export_every)
         finished = publisher.publish()  # a commit a killed run left between its two steps

@@ -305,7 +305,7 @@ def test_fetch_export(repo: Repo, tmp_path: Path, scale: int, figures) -> None:
     @given(_export_chain(repo, store))
     def check(chain: list[tuple[dict[str, Any], bytes]]) -> None:
         figures.count("fuzz", "backupdb export chain cases")
-        root = new_root(2, [entry for entry, _ in chain])
+        root = new_root(2, [entry for entry, _ in chain], "5" * 32, 1)
         outcome = in_child(lambda: _fetch(store, root, tmp_path / "export.sqlite"))
         assert outcome.error is None, outcome.trace
 
