@@ -9,6 +9,7 @@ imported (see _Commands), so `deltagrid --version` or a quiet night starts quick
 from __future__ import annotations
 
 import argparse
+import difflib
 import sqlite3
 import sys
 import time
@@ -17,14 +18,16 @@ from typing import Any
 
 from deltagrid import __version__
 from deltagrid.commands import COMMANDS, load
-from deltagrid.floor.errors import EXIT_ERROR, EXIT_USAGE, DeltagridError
+from deltagrid.floor.errors import EXIT_ERROR, DeltagridError, UsageError
+from deltagrid.floor.units import user_path
 from deltagrid.home import Home, default_home
 from deltagrid.output import Output
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(EXIT_USAGE, f"deltagrid: error: {message} (see 'deltagrid --help')\n")
+        """Raised, not printed, so main() reports it as every other error (--json included)."""
+        raise UsageError(f"{message} (see '{self.prog} --help')")
 
 
 class _Commands(argparse._SubParsersAction):
@@ -101,7 +104,13 @@ def main(argv: list[str] | None = None) -> int:
     for stream in (sys.stdout, sys.stderr):
         stream.reconfigure(errors="surrogateescape")  # type: ignore[union-attr]
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
+    try:
+        args = _parse(argv)
+    except UsageError as exc:
+        out = Output("--json" in argv, False)
+        code = _failed(out, str(exc), exc.exit_code)[0]
+        out.flush()
+        return code
     home = Home(
         args.home or default_home(), wait=args.wait or 0.0, command=f"deltagrid {args.command}"
     )
@@ -109,10 +118,42 @@ def main(argv: list[str] | None = None) -> int:
     out = Output(bool(args.json), bool(args.progress), verbosity)
     started = time.time_ns()
     code, error = _dispatch(args, home, out)
+    out.flush()
     from deltagrid import history  # imported only now: `--version` and `--help` never need it
 
     history.record(home, args.command, argv, started, code, out.doc, error)
     return code
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    parser = build_parser()
+    unknown = _unknown_global_option(parser, argv)
+    if unknown is not None:
+        known = [o for o in parser._option_string_actions if o.startswith("--")]
+        close = difflib.get_close_matches(unknown.split("=")[0], known, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise UsageError(f"unknown option {unknown}{hint} (see 'deltagrid --help')")
+    return parser.parse_args(argv)
+
+
+def _unknown_global_option(parser: argparse.ArgumentParser, argv: list[str]) -> str | None:
+    """The first option before the command name that deltagrid does not know. argparse would
+    take it for a flag it cannot place and the next word for the command: `--homee x backup`
+    would be "invalid choice: 'x'"."""
+    actions = parser._option_string_actions
+    i = 0
+    while i < len(argv) and argv[i].startswith("-") and argv[i] != "--":
+        name = argv[i].split("=", 1)[0]
+        matches = [o for o in actions if o == name] or [
+            o for o in actions if name.startswith("--") and o.startswith(name)
+        ]
+        if len(matches) == 1:
+            i += 2 if actions[matches[0]].nargs != 0 and "=" not in argv[i] else 1
+        elif not name.startswith("--") and all(f"-{c}" in actions for c in name[1:]):
+            i += 1  # short flags together: -vv
+        else:
+            return argv[i]
+    return None
 
 
 def _dispatch(args: argparse.Namespace, home: Home, out: Output) -> tuple[int, str | None]:
@@ -125,7 +166,7 @@ def _dispatch(args: argparse.Namespace, home: Home, out: Output) -> tuple[int, s
         sys.stderr.write("deltagrid: interrupted; run the command again to resume\n")
         return EXIT_ERROR, "interrupted"
     except OSError as exc:  # disk full, permissions on the home: no traceback, name the file
-        where = f" ({exc.filename})" if exc.filename else ""
+        where = f" ({user_path(exc.filename)})" if exc.filename else ""
         return _failed(out, f"{exc.strerror or exc}{where}", EXIT_ERROR)
     except Exception as exc:
         if not _backupdb_write_error(exc):

@@ -111,7 +111,10 @@ def record(
     error: str | None,
 ) -> None:
     """Append the run to the home's history, if the home has a backupdb to hold it."""
-    if command not in RECORDED or not home.db_path.exists():
+    try:
+        if command not in RECORDED or not home.db_path.exists():
+            return
+    except OSError:  # a home this user cannot read: the run's own error said so
         return
     import sqlite3
 
@@ -134,7 +137,7 @@ def record(
     }
     try:
         conn = connection.open_checked(home.db_path, check=False, busy_ms=2000)
-    except DeltagridError:
+    except (DeltagridError, OSError):
         return
     try:
         runs.add_run(conn, values)

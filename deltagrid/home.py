@@ -22,7 +22,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from deltagrid.config import Config, ConfigError, parse, set_top_level
+from deltagrid.config import Config, ConfigError, read, set_top_level
 from deltagrid.floor.errors import Locked, NotInitialised, naming
 from deltagrid.floor.fs import atomic_write
 from deltagrid.uploader.sigcache import SigCache
@@ -55,11 +55,12 @@ class Home:
         self.checked = False  # the backupdb passed its page-level check in this process
 
     def initialised(self) -> bool:
-        """A repository exists: a config naming a store, or a backupdb holding anything. A
-        config.toml written by hand (sources, retention...) before the first backup is not one
-        yet, nor is the empty backupdb a kill during `init` leaves before the config names the
-        store: `init` (or a first `backup`) starts again."""
-        return bool(self.settings().store) or self._db_holds_anything()
+        """A repository exists: a backupdb beside a config naming its store, or a backupdb
+        holding anything. A config.toml written by hand before the first backup (sources, even
+        the store, as the README shows) is not one yet, nor is the empty backupdb a kill during
+        `init` leaves before the config names the store: `init` (or a first `backup` or `scan`)
+        creates it."""
+        return (bool(self.settings().store) and self.db_path.exists()) or self._db_holds_anything()
 
     def _db_holds_anything(self) -> bool:
         """Whether the backupdb has a snapshot, a pack or a scan; one that does not open as an
@@ -82,17 +83,22 @@ class Home:
     def settings(self) -> Config:
         """Everything config.toml says, checked; the defaults when there is no file yet."""
         try:
-            text = self.config_path.read_text()
+            return read(self.config_path)
         except FileNotFoundError:
             return Config()
-        return parse(text, self.config_path)
 
     def config(self) -> Config:
         """The settings of an initialised repository (a store is named)."""
         if not self.initialised():
+            named = self.settings().store
             raise NotInitialised(
                 f"no deltagrid repository in {self.path} "
-                "(run 'deltagrid init' or 'deltagrid backup')"
+                + (
+                    f"yet, though config.toml names store {named} (run 'deltagrid backup' or "
+                    "'deltagrid init' to create it, or 'deltagrid attach' if it holds backups)"
+                    if named
+                    else "(run 'deltagrid init' or 'deltagrid backup')"
+                )
             )
         config = self.settings()
         if not config.store:

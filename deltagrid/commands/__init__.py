@@ -6,7 +6,9 @@ but imports only the one that runs (importing them all was most of a run's start
 
 from __future__ import annotations
 
+import argparse
 import importlib
+from collections.abc import Callable
 from types import ModuleType
 
 COMMANDS = {
@@ -36,3 +38,31 @@ COMMANDS = {
 def load(name: str) -> ModuleType:
     """The module of command `name`, imported now."""
     return importlib.import_module(f"deltagrid.commands.{name}")
+
+
+def whole(low: int, high: int | None = None) -> Callable[[str], int]:
+    """An argparse type: a whole number of at least `low` (and at most `high`), so that
+    `--keep-last -3` is refused on the command line as config.toml refuses it."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a whole number: {text}") from None
+        if value < low or (high is not None and value > high):
+            span = f"from {low} to {high}" if high is not None else f"{low} or more"
+            raise argparse.ArgumentTypeError(f"takes {span}, not {text}")
+        return value
+
+    return parse
+
+
+def fraction(text: str) -> float:
+    """An argparse type: a number from 0 to 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text}") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"takes a number from 0 to 1, not {text}")
+    return value

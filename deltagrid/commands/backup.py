@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from deltagrid.commands.init import initialise
+from deltagrid.commands.init import ensure
 from deltagrid.commands.scan import add_scan_options, run_scan, scan_doc, scan_plan, scan_text
 from deltagrid.commands.upload import (
     exit_code,
@@ -59,9 +59,7 @@ def run(args: argparse.Namespace, home: Home, out: Output) -> int:
     plan = scan_plan(args, home, home.settings())  # a missing source fails before anything
     began = time.monotonic()
     with home.lock():
-        if not home.initialised():
-            url, _writecap, _readcap = initialise(home, None)
-            out.info(f"created repository in {home.path}, store {url}")
+        ensure(home, out)
         scanned = run_scan(plan, home, out)
         result, committed = run_upload(home, out)
     seconds = time.monotonic() - began

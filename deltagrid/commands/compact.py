@@ -6,8 +6,8 @@ import argparse
 from dataclasses import asdict
 
 from deltagrid.backupdb import queries
+from deltagrid.commands import whole
 from deltagrid.commands.prune import outcome_text, plan_doc
-from deltagrid.floor.errors import UsageError
 from deltagrid.home import Home
 from deltagrid.maintaining import maintaining
 from deltagrid.maintenance.plans import plan_compact
@@ -18,7 +18,7 @@ def add(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> Non
     p = sub.add_parser("compact", parents=[common], help="rewrite long delta chains as keyframes")
     p.add_argument(
         "--max-chain",
-        type=int,
+        type=whole(0),
         default=4,
         metavar="N",
         help="latest versions needing more than N patches become keyframes (4)",
@@ -28,8 +28,6 @@ def add(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> Non
 
 
 def run(args: argparse.Namespace, home: Home, out: Output) -> int:
-    if args.max_chain < 0:
-        raise UsageError("--max-chain must be 0 or more")
     with maintaining(home) as session:
         with session.engine.connect() as conn:
             latest = queries.last_snapshot_id(conn)

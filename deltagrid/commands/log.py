@@ -12,7 +12,7 @@ import argparse
 from datetime import datetime
 
 from deltagrid.backupdb.runs import Run, last_runs
-from deltagrid.floor.errors import UsageError
+from deltagrid.commands import whole
 from deltagrid.floor.units import count, human_bytes, human_duration
 from deltagrid.home import Home
 from deltagrid.output import Output
@@ -22,7 +22,7 @@ SHOWN_ERRORS = 10  # per run in the text view; --json has them all (up to the re
 
 def add(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("log", parents=[common], help="the history of backup and maintenance runs")
-    p.add_argument("--last", type=int, default=20, metavar="N", help="the N newest runs (20)")
+    p.add_argument("--last", type=whole(1), default=20, metavar="N", help="the N newest runs (20)")
     p.set_defaults(run=run)
 
 
@@ -51,8 +51,6 @@ def table(runs: list[Run], out: Output, shown_errors: int = SHOWN_ERRORS) -> Non
 
 
 def run(args: argparse.Namespace, home: Home, out: Output) -> int:
-    if args.last < 1:
-        raise UsageError("--last takes 1 or more")
     engine = home.engine(writer=False)
     try:
         with engine.connect() as conn:

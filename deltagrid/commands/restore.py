@@ -7,19 +7,20 @@ import argparse
 import os
 from pathlib import Path
 
+from deltagrid.commands import whole
 from deltagrid.floor.errors import EXIT_ERROR, EXIT_OK, UsageError
 from deltagrid.floor.units import human_bytes
 from deltagrid.home import Home, plain_reading
 from deltagrid.output import Output
 from deltagrid.restore.mirror import publish, remove_tree, staging_for
-from deltagrid.restore.resolve import resolve
+from deltagrid.restore.resolve import require_paths, resolve
 from deltagrid.restore.restore import Restorer, RestoreResult
 
 
 def add(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("restore", parents=[common], help="restore a snapshot under TARGET")
     which = p.add_mutually_exclusive_group()
-    which.add_argument("--snapshot", type=int, metavar="ID")
+    which.add_argument("--snapshot", type=whole(1), metavar="ID")
     which.add_argument("--at", metavar="TIME", help="last snapshot at or before TIME (ISO, or 3d)")
     p.add_argument(
         "--path",
@@ -49,7 +50,13 @@ def add(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> Non
         metavar="PREV_DIR",
         help="hard-link files identical to those in PREV_DIR instead of writing them",
     )
-    p.add_argument("target", type=Path, nargs="?", metavar="TARGET")
+    p.add_argument(
+        "target",
+        type=Path,
+        nargs="?",
+        metavar="TARGET",
+        help="directory to restore under: each path goes to TARGET/its/absolute/path",
+    )
     p.set_defaults(run=run)
 
 
@@ -81,6 +88,7 @@ def run(args: argparse.Namespace, home: Home, out: Output) -> int:
     try:
         with plain_reading(home) as (conn, store, published):
             snap = resolve(conn, published, args.snapshot, args.at)
+            require_paths(conn, snap.id, prefixes)
             with out.bar(desc="restore", unit="B", unit_scale=True) as bar:
                 restorer = Restorer(
                     conn,

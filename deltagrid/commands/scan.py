@@ -1,4 +1,5 @@
-"""`deltagrid scan [SOURCE...]`: walk the sources and queue what changed.
+"""`deltagrid scan [SOURCE...]`: walk the sources and queue what changed (creating the
+repository on a fresh home, as `backup` does).
 
 With no SOURCE the `sources` of config.toml are scanned; SOURCE arguments replace them. The
 `excludes` of config.toml always apply, and --exclude patterns are added after them (the last
@@ -12,6 +13,7 @@ import os
 import time
 from dataclasses import dataclass
 
+from deltagrid.commands.init import ensure
 from deltagrid.config import Config
 from deltagrid.floor.errors import EXIT_OK, EXIT_UNREADABLE, UsageError
 from deltagrid.floor.units import count, human_duration
@@ -144,6 +146,7 @@ def run(args: argparse.Namespace, home: Home, out: Output) -> int:
     plan = scan_plan(args, home, home.settings())
     began = time.monotonic()
     with home.lock():
+        ensure(home, out)
         result = run_scan(plan, home, out, list_queued=True)
     scan_text(result, out, time.monotonic() - began)
     out.document(scan_doc(result))
