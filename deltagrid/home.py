@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from deltagrid.config import Config, ConfigError, read, set_top_level
-from deltagrid.floor.errors import Locked, NotInitialised, naming
+from deltagrid.floor.errors import DeltagridError, Locked, NotInitialised, naming
 from deltagrid.floor.fs import atomic_write
 from deltagrid.uploader.sigcache import SigCache
 
@@ -126,7 +126,9 @@ class Home:
         self.config()
         from deltagrid.backupdb import db
 
-        return db.open_db(self.db_path, writer, check=self._check_once())
+        return db.open_db(
+            self.db_path, writer, check=self._check_once(), read_only=self.read_only()
+        )
 
     def connect(self) -> sqlite3.Connection:
         """The backupdb on a plain sqlite3 connection: a night's scan, upload and commit, and
@@ -134,7 +136,18 @@ class Home:
         self.config()
         from deltagrid.backupdb import connection
 
-        return connection.open_checked(self.db_path, check=self._check_once())
+        return connection.open_checked(
+            self.db_path, check=self._check_once(), read_only=self.read_only()
+        )
+
+    def read_only(self) -> bool:
+        """Whether this process cannot write the home (a read-only mount, recovery media, another
+        user's home): its readers then open the backupdb read-only, and writers refuse."""
+        if not self.path.is_dir():
+            return False
+        return not os.access(self.path, os.W_OK) or (
+            self.db_path.exists() and not os.access(self.db_path, os.W_OK)
+        )
 
     def _check_once(self) -> bool:
         """The page-level check reads every page (seconds at a million files): once a run is
@@ -155,6 +168,11 @@ class Home:
         Another holder makes this wait up to `self.wait` seconds, then fail with `Locked` naming
         it. While held, the lock file says who holds it: pid, command, since when.
         """
+        if self.read_only():
+            raise DeltagridError(
+                f"the home {self.path} is read-only: {self.command} writes to it (snapshots, "
+                "ls, diff, restore, verify, log and report read it as it is)"
+            )
         self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
         fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
         try:

@@ -75,12 +75,9 @@ class ScanPlan:
 def scan_plan(args: argparse.Namespace, home: Home, settings: Config) -> ScanPlan:
     """Check the sources exist (before anything is created) and merge options with the config."""
     if args.sources:
-        roots = normalise_roots(args.sources)
+        roots = _roots(args.sources, "")
     elif settings.sources:
-        try:
-            roots = normalise_roots(settings.source_paths())
-        except UsageError as exc:
-            raise UsageError(f"{exc} (in `sources` of {home.config_path})") from None
+        roots = _roots(settings.source_paths(), f" (in `sources` of {home.config_path})")
     else:
         raise UsageError(
             f"no SOURCE given and no `sources` in {home.config_path}: name what to back up"
@@ -88,6 +85,19 @@ def scan_plan(args: argparse.Namespace, home: Home, settings: Config) -> ScanPla
     one_fs = settings.one_file_system if args.one_file_system is None else args.one_file_system
     excludes = Excludes.from_args(settings.excludes + args.exclude, args.exclude_from)
     return ScanPlan(roots, excludes, one_fs, args.checksum)
+
+
+def _roots(sources: list[str], where: str) -> list[bytes]:
+    """The roots to walk. A missing source among others (an unplugged disk) stays in: the scan
+    reports it as unreadable, keeps its entries as last backed up and the run exits 23, as
+    rsync does; only when no source exists is it a usage error, before anything is created."""
+    present = [s for s in sources if os.path.lexists(os.path.abspath(os.fsencode(s)))]
+    if not present:
+        named = ", ".join(sources)
+        what = "source not found" if len(sources) == 1 else "no source found"
+        raise UsageError(f"{what}: {named}{where}")
+    missing = [os.path.abspath(os.fsencode(s)) for s in sources if s not in present]
+    return normalise_roots(present) + missing
 
 
 def run_scan(plan: ScanPlan, home: Home, out: Output, list_queued: bool = False) -> ScanResult:
