@@ -12,12 +12,13 @@ import argparse
 import difflib
 import sqlite3
 import sys
+import textwrap
 import time
 from pathlib import Path
 from typing import Any
 
 from deltagrid import __version__
-from deltagrid.commands import COMMANDS, load
+from deltagrid.commands import COMMANDS, EXAMPLES, load
 from deltagrid.floor.errors import EXIT_ERROR, DeltagridError, UsageError
 from deltagrid.floor.units import user_path
 from deltagrid.home import Home, default_home
@@ -47,6 +48,9 @@ class _Commands(argparse._SubParsersAction):
             self.placeholders.discard(name)
             del self._name_parser_map[name]
             load(name).add(self, self.common)
+            command = self._name_parser_map[name]
+            command.formatter_class = argparse.RawDescriptionHelpFormatter
+            command.epilog = "examples:\n" + textwrap.indent(EXAMPLES[name], "  ")
         super().__call__(parser, namespace, values, option_string)
 
 

@@ -90,3 +90,12 @@ def escaped(path: bytes) -> str:
         else:
             out.append(ch)
     return "".join(out)
+
+
+def shortened(text: str, width: int) -> str:
+    """`text` cut to `width` characters in its middle, so a long path keeps its start and its
+    file name: `/home/me/…/report.odt`."""
+    if len(text) <= width:
+        return text
+    head = (width - 1) // 2
+    return text[:head] + "…" + text[len(text) - (width - 1 - head) :]

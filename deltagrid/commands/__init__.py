@@ -34,6 +34,35 @@ COMMANDS = {
     "grid": "run a local Tahoe-LAFS grid for trying out",
 }
 
+# What `deltagrid COMMAND --help` ends with: an example or two to copy.
+EXAMPLES = {
+    "init": "deltagrid init\ndeltagrid --home ~/g init --store tahoe://127.0.0.1:3456",
+    "scan": "deltagrid scan ~/docs\ndeltagrid -v scan   # the `sources` of config.toml",
+    "upload": "deltagrid scan ~/docs && deltagrid upload",
+    "backup": "deltagrid backup ~/docs\ndeltagrid backup --exclude '*.tmp' ~/docs ~/src",
+    "snapshots": "deltagrid snapshots\ndeltagrid --json snapshots",
+    "ls": "deltagrid ls                       # the latest snapshot\n"
+    "deltagrid ls 3 ~/docs/report.odt",
+    "diff": "deltagrid diff 3 4",
+    "restore": "deltagrid restore /tmp/r          # the latest, under /tmp/r/home/me/...\n"
+    "deltagrid restore --at 2d --path ~/docs/thesis /tmp/r\n"
+    "deltagrid restore --path ~/docs --into /srv/mirror --swap",
+    "status": "deltagrid status",
+    "verify": "deltagrid verify\ndeltagrid verify --read-data --subset 10%",
+    "attach": "deltagrid attach                   # rebuild this home's backupdb\n"
+    "deltagrid --home ~/new attach --store tahoe://127.0.0.1:3456 --cap URI:MDMF:...",
+    "forget": "deltagrid forget --keep-daily 7 --keep-weekly 4 --dry-run\n"
+    "deltagrid forget && deltagrid prune",
+    "prune": "deltagrid prune --dry-run",
+    "compact": "deltagrid compact --max-chain 4",
+    "check": "deltagrid check",
+    "log": "deltagrid log --last 5\ndeltagrid --json log",
+    "report": "deltagrid report\ndeltagrid report --html report.html",
+    "config": "deltagrid config show\ndeltagrid config path",
+    "schedule": "deltagrid schedule --at 02:30 --install\ndeltagrid schedule --cron --install",
+    "grid": "deltagrid grid start ~/grid\ndeltagrid grid stop ~/grid",
+}
+
 
 def load(name: str) -> ModuleType:
     """The module of command `name`, imported now."""

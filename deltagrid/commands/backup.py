@@ -15,10 +15,11 @@ from deltagrid.commands.upload import (
     exit_code,
     problems_text,
     run_upload,
+    summary_line,
     upload_doc,
     upload_text,
 )
-from deltagrid.floor.units import count, human_bytes, human_duration, plural
+from deltagrid.floor.units import count
 from deltagrid.home import Home
 from deltagrid.output import Output
 from deltagrid.scanner.scan import ScanResult
@@ -31,9 +32,8 @@ def add(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> Non
     p.set_defaults(run=run)
 
 
-def summary(scanned: ScanResult, result: UploadResult, files: int, seconds: float) -> str:
-    """`snapshot 7: 1,204 files; 3 new, 12 changed, 1 deleted; uploaded 1.3 MiB of 48.2 MiB
-    read in 2.4 s`."""
+def changes_text(scanned: ScanResult, result: UploadResult) -> str:
+    """`3 new, 12 changed, 1 deleted`, or `no changes`."""
     q = scanned.counts
     changed = [
         f"{count(n)} {what}"
@@ -48,11 +48,7 @@ def summary(scanned: ScanResult, result: UploadResult, files: int, seconds: floa
     unreadable = len(scanned.errors) + len(result.unreadable)
     if unreadable:
         changed.append(f"{count(unreadable)} unreadable")
-    return (
-        f"snapshot {result.snapshot_id}: {plural(files, 'file')}; "
-        f"{', '.join(changed) or 'no changes'}; uploaded {human_bytes(result.bytes_uploaded)} "
-        f"of {human_bytes(result.bytes_read)} read in {human_duration(seconds)}"
-    )
+    return ", ".join(changed) or "no changes"
 
 
 def run(args: argparse.Namespace, home: Home, out: Output) -> int:
@@ -67,7 +63,7 @@ def run(args: argparse.Namespace, home: Home, out: Output) -> int:
         scan_text(scanned, out)
         upload_text(result, committed, out, seconds)
     else:
-        out.info(summary(scanned, result, committed.get("files", 0), seconds))
+        out.info(summary_line(result, committed, changes_text(scanned, result), seconds))
         problems_text(result, out)
     out.document({"scan": scan_doc(scanned), **upload_doc(result, committed)})
     return exit_code(bool(scanned.errors or result.unreadable), bool(result.vanished))

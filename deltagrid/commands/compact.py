@@ -8,6 +8,7 @@ from dataclasses import asdict
 from deltagrid.backupdb import queries
 from deltagrid.commands import whole
 from deltagrid.commands.prune import outcome_text, plan_doc
+from deltagrid.floor.units import plural
 from deltagrid.home import Home
 from deltagrid.maintaining import maintaining
 from deltagrid.maintenance.plans import plan_compact
@@ -33,7 +34,7 @@ def run(args: argparse.Namespace, home: Home, out: Output) -> int:
             latest = queries.last_snapshot_id(conn)
             plan, live = plan_compact(conn, latest, args.max_chain)
         if args.dry_run or not plan.keyframes:
-            out.info(f"{len(plan.keyframes)} versions need a new keyframe")
+            out.info(f"{plural(len(plan.keyframes), 'version')} to rewrite as keyframes")
             out.document({"dry_run": args.dry_run, "plan": plan_doc(plan)})
             return 0
         plan.dead_blobs.clear()  # compact only adds keyframes; prune frees what they replace

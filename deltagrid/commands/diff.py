@@ -12,6 +12,7 @@ from typing import Any
 
 from deltagrid.backupdb import queries
 from deltagrid.commands import whole
+from deltagrid.floor.units import escaped
 from deltagrid.home import Home, reading
 from deltagrid.output import Output
 from deltagrid.restore.resolve import resolve
@@ -62,7 +63,7 @@ def run(args: argparse.Namespace, home: Home, out: Output) -> int:
     docs = []
     for path, m in found:
         docs.append({"path": os.fsdecode(path), "change": m})
-        out.line(f"{m} {os.fsdecode(path)}")
+        out.line(f"{m} {escaped(path)}")
     counts = {m: sum(1 for c in docs if c["change"] == m) for m in "+-MTU"}
     out.line(
         f"{counts['+']} added, {counts['-']} deleted, {counts['M']} changed, "

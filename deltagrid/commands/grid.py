@@ -25,7 +25,7 @@ def run(args: argparse.Namespace, home: Home, out: Output) -> int:
     grid = LocalGrid(args.dir)
     if args.action == "stop":
         grid.stop()
-        out.line(f"stopped the grid in {grid.base}")
+        out.info(f"stopped the grid in {grid.base}")
         out.document({"dir": str(grid.base), "running": False})
         return 0
     if not grid.state.exists():

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from deltagrid.commands import whole
 from deltagrid.floor.errors import EXIT_ERROR, EXIT_OK, UsageError
-from deltagrid.floor.units import human_bytes
+from deltagrid.floor.units import human_bytes, path_text, plural
 from deltagrid.home import Home, plain_reading
 from deltagrid.output import Output
 from deltagrid.restore.mirror import publish, remove_tree, staging_for
@@ -115,13 +115,14 @@ def report(
     out: Output, snapshot_id: int, where: Path, result: RestoreResult, how: str | None, into: bool
 ) -> None:
     for path, message in result.errors:
-        out.warn(f"cannot restore {os.fsdecode(path)}: {message}")
+        out.warn(f"cannot restore {path_text(path)}: {message}")
     if into and how is None:
         out.warn(f"nothing was published: {where} is as it was")
-    out.line(
-        f"restored snapshot {snapshot_id} to {where}: {result.files} files "
-        f"({human_bytes(result.size)}), {result.hardlinks} hard links, {result.dirs} dirs, "
-        f"{result.symlinks} symlinks, {len(result.errors)} errors"
+    out.info(
+        f"restored snapshot {snapshot_id} to {where}: {plural(result.files, 'file')} "
+        f"({human_bytes(result.size)}), {plural(result.hardlinks, 'hard link')}, "
+        f"{plural(result.dirs, 'dir')}, {plural(result.symlinks, 'symlink')}, "
+        f"{plural(len(result.errors), 'error')}"
         + (f", {result.linked} linked from --link-dest" if result.linked else "")
         + (f"; published ({how})" if how else "")
     )

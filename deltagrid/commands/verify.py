@@ -16,6 +16,7 @@ from typing import Any
 
 from deltagrid.backupdb import queries
 from deltagrid.floor.errors import EXIT_ERROR, EXIT_OK, DeltagridError, UsageError
+from deltagrid.floor.units import plural
 from deltagrid.home import Home, reading
 from deltagrid.output import Output
 from deltagrid.restore.rebuild import DirectSource, materialize
@@ -106,10 +107,10 @@ def run(args: argparse.Namespace, home: Home, out: Output) -> int:
             where = ", ".join(p["paths"]) or p["content"]  # type: ignore[arg-type]
             out.warn(f"damaged {where} (snapshots {p['snapshots']}): {p['error']}")
     out.info(
-        f"verified {len(packs)} packs"
+        f"verified {plural(len(packs), 'pack')}"
         + (f" ({unhealthy} unhealthy on the grid but recoverable)" if unhealthy else "")
-        + (f" and {checked} file versions" if args.read_data else "")
-        + f": {len(problems)} problems"
+        + (f" and {plural(checked, 'file version')}" if args.read_data else "")
+        + f": {plural(len(problems), 'problem')}"
     )
     out.document(
         {"packs": len(packs), "unhealthy": unhealthy, "contents": checked, "problems": problems}
