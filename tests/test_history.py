@@ -193,7 +193,9 @@ def test_backup_prints_one_summary_line_by_default(src: Path, cli) -> None:
     assert first.code == 0 and first.err == ""
     lines = first.out.splitlines()
     assert lines[0].startswith("created repository in ")
-    assert lines[1].startswith("snapshot 1: 3 files; 5 new; read ") and " backupdb; took " in lines[1]
+    assert (
+        lines[1].startswith("snapshot 1: 3 files; 5 new; read ") and " backupdb; took " in lines[1]
+    )
     assert len(lines) == 2
     again = cli("backup", src)
     assert again.out.splitlines() == [again.out.strip()]

@@ -78,10 +78,12 @@ def run(args: argparse.Namespace, home: Home, out: Output) -> int:
             contents = queries.all_contents(conn)
             if fraction < 1:
                 contents = random.sample(contents, max(1, round(len(contents) * fraction)))
-            home.spool.mkdir(parents=True, exist_ok=True)
+            scratch = None if home.read_only() else home.spool  # else the system's temp dir
+            if scratch is not None:
+                scratch.mkdir(parents=True, exist_ok=True)
             source, raw = DirectSource(store), queries.driver(conn)
             with (
-                tempfile.TemporaryDirectory(dir=home.spool) as work,
+                tempfile.TemporaryDirectory(dir=scratch) as work,
                 out.bar(desc="verify", total=len(contents), unit=" versions") as bar,
             ):
                 for content in contents:
