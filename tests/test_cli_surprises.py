@@ -79,6 +79,20 @@ def test_a_config_that_is_not_utf8_is_one_line(home: Path, src: Path) -> None:
         one_error(dg(home, *args), 2, f"{home / 'config.toml'}, line 2: not UTF-8", "0xe9")
 
 
+def test_a_home_the_user_cannot_read_is_one_line_with_no_traceback() -> None:
+    with unprivileged() as (work, dg_as):
+        src = work / "src"
+        src.mkdir()
+        home = work / "home"
+        assert dg_as(home, "backup", src).code == 0
+        os.chmod(home, 0)
+        try:
+            for args in (["backup", src], ["scan", src], ["ls"], ["log"], ["status"]):
+                one_error(dg_as(home, *args), 1, "Permission denied", str(home))
+        finally:
+            os.chmod(home, 0o700)
+
+
 # --- 2 and 7. the README's Settings example on a fresh home ---------------------------------------
 
 
