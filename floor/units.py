@@ -76,19 +76,18 @@ _ESCAPES = {"\\": "\\\\", "\n": "\\n", "\t": "\\t", "\r": "\\r"}
 
 def escaped(path: bytes) -> str:
     """`path` with control and other unprintable characters escaped, as `ls -b` does, and the
-    backslash itself escaped so the text reads back one way: `\\n` a newline, `\\xff` a byte that
-    is not UTF-8, `\\\\` a backslash."""
+    backslash itself escaped so the text reads back one way: `\\n` a newline, `\\x01`, `\\\\` a
+    backslash. A byte that is not UTF-8 stays as it is (a surrogate escape, written back as
+    that byte): the name's own bytes, not an escape of them."""
     out = []
-    for ch in path.decode("utf-8", "surrogateescape"):
+    for ch in path_text(path):
         code = ord(ch)
         if ch in _ESCAPES:
             out.append(_ESCAPES[ch])
-        elif 0xDC80 <= code <= 0xDCFF:  # a byte that is not UTF-8
-            out.append(f"\\x{code - 0xDC00:02x}")
-        elif not ch.isprintable():
-            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
-        else:
+        elif 0xDC80 <= code <= 0xDCFF or ch.isprintable():
             out.append(ch)
+        else:
+            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
     return "".join(out)
 
 

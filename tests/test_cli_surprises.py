@@ -308,12 +308,15 @@ def test_ls_escapes_control_characters_unambiguously(tmp_path: Path, home: Path)
     for name in names:
         open(os.path.join(os.fsencode(tree), name), "wb").close()
     assert dg(home, "backup", tree).code == 0
-    run = dg(home, "ls", "1", tree)
-    assert run.code == 0
-    lines = run.out.splitlines()
+    run = subprocess.run(  # bytes: a name that is not UTF-8 is printed as its own bytes
+        [sys.executable, "-m", "deltagrid", "--home", home, "ls", "1", tree], capture_output=True
+    )
+    assert run.returncode == 0 and run.stderr == b""
+    lines = run.stdout.decode("utf-8", "surrogateescape").splitlines()
     assert len(lines) == 1 + len(names)  # the directory and one line per entry
     shown = sorted(ln.rsplit(f"{tree}/", 1)[1] for ln in lines[1:])
-    assert shown == sorted(["new\\nline", "back\\\\slash", "tab\\there", "latin\\xff", "plain"])
+    raw = os.fsdecode(b"latin\xff")  # a byte that is not UTF-8: printed as itself
+    assert shown == sorted(["new\\nline", "back\\\\slash", "tab\\there", raw, "plain"])
     as_json = {e["path"] for e in dg(home, "--json", "ls", "1", tree).json["entries"]}
     assert os.fsdecode(os.fsencode(tree) + b"/new\nline") in as_json  # JSON: the name itself
 
