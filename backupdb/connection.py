@@ -9,8 +9,10 @@ None) and every transaction is an explicit BEGIN, which a kill -9 keeps whole or
 
 from __future__ import annotations
 
+import os
 import re
 import sqlite3
+import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -49,11 +51,12 @@ SCHEMA_SQL = Path(__file__).with_name("schema.sql")
 _CREATE = re.compile(r"^(CREATE (?:UNIQUE )?(?:TABLE|INDEX)) ")
 
 
-def configure(conn: sqlite3.Connection, busy_ms: int) -> None:
-    """Autocommit unless a transaction is begun explicitly; WAL; durable commits; wait for a
-    writer's transaction up to `busy_ms`."""
+def configure(conn: sqlite3.Connection, busy_ms: int, read_only: bool = False) -> None:
+    """Autocommit unless a transaction is begun explicitly; WAL (set by writers: setting it is a
+    write); durable commits; wait for a writer's transaction up to `busy_ms`."""
     conn.isolation_level = None
-    conn.execute("PRAGMA journal_mode=WAL")
+    if not read_only:
+        conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=FULL")
     conn.execute(f"PRAGMA busy_timeout={int(busy_ms)}")
 
@@ -100,11 +103,25 @@ def migrate(conn: sqlite3.Connection) -> None:
         conn.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
 
 
-def connect(path: Path, busy_ms: int = 30000) -> sqlite3.Connection:
+def connect(path: Path, busy_ms: int = 30000, read_only: bool = False) -> sqlite3.Connection:
     """A configured connection to an existing backupdb, unchecked (see `open_checked`)."""
-    conn = sqlite3.connect(path)
-    configure(conn, busy_ms)
+    conn = _connect_read_only(path) if read_only else sqlite3.connect(path)
+    configure(conn, busy_ms, read_only)
     return conn
+
+
+def _connect_read_only(path: Path) -> sqlite3.Connection:
+    """The backupdb of a home this process cannot write (a read-only mount, file modes): opened
+    read-only; if SQLite cannot open the WAL index that way (it needs a writable -shm or
+    directory), as immutable, which reads the file with no locks at all: nothing can write it."""
+    uri = "file:" + urllib.parse.quote(os.fspath(path))
+    conn = sqlite3.connect(f"{uri}?mode=ro", uri=True)
+    try:
+        conn.execute("SELECT 1 FROM sqlite_master").fetchall()
+        return conn
+    except sqlite3.OperationalError:
+        conn.close()
+    return sqlite3.connect(f"{uri}?immutable=1", uri=True)
 
 
 @contextmanager
@@ -120,9 +137,11 @@ def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     conn.execute("COMMIT")
 
 
-def open_checked(path: Path, check: bool = True, busy_ms: int = 30000) -> sqlite3.Connection:
+def open_checked(
+    path: Path, check: bool = True, busy_ms: int = 30000, read_only: bool = False
+) -> sqlite3.Connection:
     """Open an existing backupdb, refusing one that is damaged, incomplete or of a newer schema;
-    an older one is migrated first.
+    an older one is migrated first (or, `read_only`, refused: it cannot be).
 
     `check` runs SQLite's page-level check, which reads every page (seconds at a million
     files): damage found up front fails the run before it does anything.
@@ -130,7 +149,7 @@ def open_checked(path: Path, check: bool = True, busy_ms: int = 30000) -> sqlite
     if not path.exists():
         raise BackupDBError(f"no backupdb at {path}; repair it with 'deltagrid attach'")
     try:
-        conn = connect(path, busy_ms)
+        conn = connect(path, busy_ms, read_only)
         try:
             version = _inspect(conn, path, check)
         except BaseException:
@@ -138,6 +157,12 @@ def open_checked(path: Path, check: bool = True, busy_ms: int = 30000) -> sqlite
             raise
     except sqlite3.DatabaseError as exc:
         raise open_error(path, exc) from None
+    if version < SCHEMA_VERSION and read_only:
+        conn.close()
+        raise BackupDBError(
+            f"backupdb {path} has schema version {version} and cannot be brought to "
+            f"{SCHEMA_VERSION} read-only: open it once where it is writable"
+        )
     if version < SCHEMA_VERSION:
         try:
             migrate(conn)

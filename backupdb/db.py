@@ -23,13 +23,18 @@ logging.getLogger("sqlalchemy.pool").addHandler(logging.NullHandler())
 logging.getLogger("sqlalchemy.pool").propagate = False
 
 
-def _engine(path: Path, writer: bool = True, busy_ms: int = 30000) -> Engine:
-    engine = create_engine(f"sqlite:///{path}")
+def _engine(
+    path: Path, writer: bool = True, busy_ms: int = 30000, read_only: bool = False
+) -> Engine:
+    if read_only:
+        engine = create_engine("sqlite://", creator=lambda: connection.connect(path, busy_ms, True))
+    else:
+        engine = create_engine(f"sqlite:///{path}")
     begin = "BEGIN IMMEDIATE" if writer else "BEGIN"
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn, _record):
-        connection.configure(dbapi_conn, busy_ms)
+        connection.configure(dbapi_conn, busy_ms, read_only)
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn):
@@ -38,12 +43,19 @@ def _engine(path: Path, writer: bool = True, busy_ms: int = 30000) -> Engine:
     return engine
 
 
-def open_db(path: Path, writer: bool = True, check: bool = True, busy_ms: int = 30000) -> Engine:
+def open_db(
+    path: Path,
+    writer: bool = True,
+    check: bool = True,
+    busy_ms: int = 30000,
+    read_only: bool = False,
+) -> Engine:
     """Open an existing backupdb, refusing one that is damaged or of an unknown schema.
 
     Writers take SQLite's write lock when a transaction begins; readers never wait for one.
     `check=False` skips the page-level check (a quick append, e.g. to the run history); a
-    writer waits up to `busy_ms` for another's transaction to end.
+    writer waits up to `busy_ms` for another's transaction to end. `read_only`: a home this
+    process cannot write, read as connection.connect reads it.
     """
-    connection.open_checked(path, check, busy_ms).close()
-    return _engine(path, writer, busy_ms)
+    connection.open_checked(path, check, busy_ms, read_only).close()
+    return _engine(path, writer, busy_ms, read_only)

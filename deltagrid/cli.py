@@ -9,23 +9,33 @@ imported (see _Commands), so `deltagrid --version` or a quiet night starts quick
 from __future__ import annotations
 
 import argparse
+import difflib
 import signal
 import sqlite3
 import sys
+import textwrap
 import time
 from pathlib import Path
 from typing import Any
 
 from deltagrid import __version__, interrupts
-from deltagrid.commands import COMMANDS, load
-from deltagrid.floor.errors import EXIT_ERROR, EXIT_SIGNAL, EXIT_USAGE, DeltagridError, Interrupted
+from deltagrid.commands import COMMANDS, EXAMPLES, load
+from deltagrid.floor.errors import (
+    EXIT_ERROR,
+    EXIT_SIGNAL,
+    DeltagridError,
+    Interrupted,
+    UsageError,
+)
+from deltagrid.floor.units import user_path
 from deltagrid.home import Home, default_home
 from deltagrid.output import Output
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(EXIT_USAGE, f"deltagrid: error: {message} (see 'deltagrid --help')\n")
+        """Raised, not printed, so main() reports it as every other error (--json included)."""
+        raise UsageError(f"{message} (see '{self.prog} --help')")
 
 
 class _Commands(argparse._SubParsersAction):
@@ -45,6 +55,9 @@ class _Commands(argparse._SubParsersAction):
             self.placeholders.discard(name)
             del self._name_parser_map[name]
             load(name).add(self, self.common)
+            command = self._name_parser_map[name]
+            command.formatter_class = argparse.RawDescriptionHelpFormatter
+            command.epilog = "examples:\n" + textwrap.indent(EXAMPLES[name], "  ")
         super().__call__(parser, namespace, values, option_string)
 
 
@@ -115,7 +128,13 @@ def main(argv: list[str] | None = None) -> int:
 def _main(argv: list[str]) -> int:
     for stream in (sys.stdout, sys.stderr):
         stream.reconfigure(errors="surrogateescape")  # type: ignore[union-attr]
-    args = build_parser().parse_args(argv)
+    try:
+        args = _parse(argv)
+    except UsageError as exc:
+        out = Output("--json" in argv, False)
+        code = _failed(out, str(exc), exc.exit_code)[0]
+        out.flush()
+        return code
     home = Home(
         args.home or default_home(), wait=args.wait or 0.0, command=f"deltagrid {args.command}"
     )
@@ -126,11 +145,43 @@ def _main(argv: list[str]) -> int:
         code, error = _dispatch(args, home, out)
     finally:
         interrupts.disarm()
+    out.flush()
     from deltagrid import history  # imported only now: `--version` and `--help` never need it
 
     so_far = out.so_far() if code > EXIT_SIGNAL else None
     history.record(home, args.command, argv, started, code, out.doc, error, so_far)
     return code
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    parser = build_parser()
+    unknown = _unknown_global_option(parser, argv)
+    if unknown is not None:
+        known = [o for o in parser._option_string_actions if o.startswith("--")]
+        close = difflib.get_close_matches(unknown.split("=")[0], known, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise UsageError(f"unknown option {unknown}{hint} (see 'deltagrid --help')")
+    return parser.parse_args(argv)
+
+
+def _unknown_global_option(parser: argparse.ArgumentParser, argv: list[str]) -> str | None:
+    """The first option before the command name that deltagrid does not know. argparse would
+    take it for a flag it cannot place and the next word for the command: `--homee x backup`
+    would be "invalid choice: 'x'"."""
+    actions = parser._option_string_actions
+    i = 0
+    while i < len(argv) and argv[i].startswith("-") and argv[i] != "--":
+        name = argv[i].split("=", 1)[0]
+        matches = [o for o in actions if o == name] or [
+            o for o in actions if name.startswith("--") and o.startswith(name)
+        ]
+        if len(matches) == 1:
+            i += 2 if actions[matches[0]].nargs != 0 and "=" not in argv[i] else 1
+        elif not name.startswith("--") and all(f"-{c}" in actions for c in name[1:]):
+            i += 1  # short flags together: -vv
+        else:
+            return argv[i]
+    return None
 
 
 def _dispatch(args: argparse.Namespace, home: Home, out: Output) -> tuple[int, str | None]:
@@ -146,7 +197,7 @@ def _dispatch(args: argparse.Namespace, home: Home, out: Output) -> tuple[int, s
         out.document({"error": str(exc), "exit_code": exc.exit_code})
         return exc.exit_code, str(exc)
     except OSError as exc:  # disk full, permissions on the home: no traceback, name the file
-        where = f" ({exc.filename})" if exc.filename else ""
+        where = f" ({user_path(exc.filename)})" if exc.filename else ""
         return _failed(out, f"{exc.strerror or exc}{where}", EXIT_ERROR)
     except Exception as exc:
         if not _backupdb_write_error(exc):

@@ -146,11 +146,26 @@ def parse(text: str, path: Path) -> Config:
     for name, value in upload.items():
         try:
             UploadSettings.from_mapping({name: value})
-        except TypeError as exc:
+        except (TypeError, ValueError) as exc:
             raise r.fail(f"upload.{name}", str(exc).removeprefix(f"{name} ")) from None
     config.upload = UploadSettings.from_mapping(upload)
     config.retention = _retention(r, r.table(doc, "retention", {f.name for f in fields(Retention)}))
     return config
+
+
+def read(path: Path) -> Config:
+    """The config in the file `path` (FileNotFoundError if there is none), every key checked."""
+    data = path.read_bytes()
+    try:
+        text = data.decode()
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise ConfigError(
+            f"{path}, line {line}: not UTF-8 text (byte 0x{data[exc.start]:02x} at column "
+            f"{column}); save config.toml as UTF-8"
+        ) from None
+    return parse(text, path)
 
 
 def _retention(r: _Reader, table: dict[str, Any]) -> Retention:

@@ -152,7 +152,10 @@ def record(
 ) -> None:
     """Append the run to the home's history, if the home has a backupdb to hold it. `so_far`:
     an interrupted run's counts (its exit code is EXIT_SIGNAL + the signal)."""
-    if command not in RECORDED or not home.db_path.exists():
+    try:
+        if command not in RECORDED or not home.db_path.exists():
+            return
+    except OSError:  # a home this user cannot read: the run's own error said so
         return
     import sqlite3
 
@@ -172,13 +175,16 @@ def record(
         "files": f.files,
         "bytes_read": f.bytes_read,
         "bytes_uploaded": f.bytes_uploaded,
-        "summary": error or f.summary or "finished",
+        # A path that is not UTF-8 (a surrogate escape) in the message: SQLite takes UTF-8 only.
+        "summary": (error or f.summary or "finished")
+        .encode("utf-8", "surrogateescape")
+        .decode("utf-8", "backslashreplace"),
         "error_count": len(f.errors),
         "errors": json.dumps(f.errors[:MAX_ERRORS]),
     }
     try:
         conn = connection.open_checked(home.db_path, check=False, busy_ms=2000)
-    except DeltagridError:
+    except (DeltagridError, OSError):
         return
     try:
         runs.add_run(conn, values)

@@ -25,8 +25,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from deltagrid.config import Config, ConfigError, parse, set_top_level
-from deltagrid.floor.errors import Locked, NotInitialised, UsageError, naming
+from deltagrid.config import Config, ConfigError, read, set_top_level
+from deltagrid.floor.errors import DeltagridError, Locked, NotInitialised, UsageError, naming
 from deltagrid.floor.fs import atomic_write
 from deltagrid.floor.units import human_duration
 from deltagrid.uploader.sigcache import SigCache
@@ -60,11 +60,12 @@ class Home:
         self.checked = False  # the backupdb passed its page-level check in this process
 
     def initialised(self) -> bool:
-        """A repository exists: a config naming a store, or a backupdb holding anything. A
-        config.toml written by hand (sources, retention...) before the first backup is not one
-        yet, nor is the empty backupdb a kill during `init` leaves before the config names the
-        store: `init` (or a first `backup`) starts again."""
-        return bool(self.settings().store) or self._db_holds_anything()
+        """A repository exists: a backupdb beside a config naming its store, or a backupdb
+        holding anything. A config.toml written by hand before the first backup (sources, even
+        the store, as the README shows) is not one yet, nor is the empty backupdb a kill during
+        `init` leaves before the config names the store: `init` (or a first `backup` or `scan`)
+        creates it."""
+        return (bool(self.settings().store) and self.db_path.exists()) or self._db_holds_anything()
 
     def _db_holds_anything(self) -> bool:
         """Whether the backupdb has a snapshot, a pack or a scan; one that does not open as an
@@ -113,17 +114,22 @@ class Home:
     def settings(self) -> Config:
         """Everything config.toml says, checked; the defaults when there is no file yet."""
         try:
-            text = self.config_path.read_text()
+            return read(self.config_path)
         except FileNotFoundError:
             return Config()
-        return parse(text, self.config_path)
 
     def config(self) -> Config:
         """The settings of an initialised repository (a store is named)."""
         if not self.initialised():
+            named = self.settings().store
             raise NotInitialised(
                 f"no deltagrid repository in {self.path} "
-                "(run 'deltagrid init' or 'deltagrid backup')"
+                + (
+                    f"yet, though config.toml names store {named} (run 'deltagrid backup' or "
+                    "'deltagrid init' to create it, or 'deltagrid attach' if it holds backups)"
+                    if named
+                    else "(run 'deltagrid init' or 'deltagrid backup')"
+                )
             )
         config = self.settings()
         if not config.store:
@@ -151,7 +157,9 @@ class Home:
         self.config()
         from deltagrid.backupdb import db
 
-        return db.open_db(self.db_path, writer, check=self._check_once())
+        return db.open_db(
+            self.db_path, writer, check=self._check_once(), read_only=self.read_only()
+        )
 
     def connect(self) -> sqlite3.Connection:
         """The backupdb on a plain sqlite3 connection: a night's scan, upload and commit, and
@@ -159,7 +167,18 @@ class Home:
         self.config()
         from deltagrid.backupdb import connection
 
-        return connection.open_checked(self.db_path, check=self._check_once())
+        return connection.open_checked(
+            self.db_path, check=self._check_once(), read_only=self.read_only()
+        )
+
+    def read_only(self) -> bool:
+        """Whether this process cannot write the home (a read-only mount, recovery media, another
+        user's home): its readers then open the backupdb read-only, and writers refuse."""
+        if not self.path.is_dir():
+            return False
+        return not os.access(self.path, os.W_OK) or (
+            self.db_path.exists() and not os.access(self.db_path, os.W_OK)
+        )
 
     def _check_once(self) -> bool:
         """The page-level check reads every page (seconds at a million files): once a run is
@@ -180,6 +199,11 @@ class Home:
         Another holder makes this wait up to `self.wait` seconds, then fail with `Locked` naming
         it. While held, the lock file says who holds it: pid, command, since when.
         """
+        if self.read_only():
+            raise DeltagridError(
+                f"the home {self.path} is read-only: {self.command} writes to it (snapshots, "
+                "ls, diff, restore, verify, log and report read it as it is)"
+            )
         self.check_is_home()
         self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
         fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)

@@ -8,6 +8,7 @@ lone surrogate escape ("\\udcff") and encoding the string the same way gives the
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -28,11 +29,12 @@ class Output:
         # What a run under way has done so far (files, bytes_read, bytes_uploaded, summary):
         # the history row of a run that is interrupted before it has a document.
         self.so_far: Callable[[], dict[str, Any]] = dict
+        self.closed = False  # stdout's reader went away
 
     def line(self, text: str = "") -> None:
         """A line of the human report: what the command was asked for (suppressed by --json)."""
         if not self.as_json:
-            sys.stdout.write(text + "\n")
+            self._write(text + "\n")
 
     def info(self, text: str = "") -> None:
         """A summary line of a run that changes things (suppressed by --json and by -q)."""
@@ -54,7 +56,31 @@ class Output:
     def document(self, doc: dict[str, Any]) -> None:
         self.doc = doc
         if self.as_json:
-            sys.stdout.write(json.dumps(doc, indent=1, sort_keys=True) + "\n")
+            self._write(json.dumps(doc, indent=1, sort_keys=True) + "\n")
+
+    def _write(self, text: str) -> None:
+        """Write to stdout; once its reader has gone (`deltagrid ls | head -1`), stop writing
+        and let the command finish as it would: a closed pipe is not the command's failure."""
+        if self.closed:
+            return
+        try:
+            sys.stdout.write(text)
+        except BrokenPipeError:
+            self.close_stdout()
+
+    def flush(self) -> None:
+        if not self.closed:
+            try:
+                sys.stdout.flush()
+            except BrokenPipeError:
+                self.close_stdout()
+
+    def close_stdout(self) -> None:
+        """Point stdout at /dev/null, so what is still buffered goes nowhere, quietly."""
+        self.closed = True
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
 
     def bar(self, **kwargs: Any) -> tqdm | NoBar:
         """A tqdm progress bar on stderr, or with no progress wanted a stand-in that costs

@@ -9,6 +9,7 @@ from datetime import datetime
 
 from deltagrid.backupdb import restore_queries
 from deltagrid.floor.errors import DeltagridError, UsageError
+from deltagrid.floor.units import path_text
 
 _RELATIVE = re.compile(r"^(\d+)([smhdw])$")
 _UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -45,7 +46,7 @@ def resolve(
     if snapshot_id is not None:
         row = restore_queries.snapshot(conn, snapshot_id) if snapshot_id <= published else None
         if row is None:
-            raise DeltagridError(f"no snapshot {snapshot_id}")
+            raise UsageError(f"no snapshot {snapshot_id} (see 'deltagrid snapshots')")
         return row
     if at is not None:
         row = restore_queries.snapshot_at(conn, parse_time(at), published)
@@ -59,3 +60,10 @@ def resolve(
             "run 'deltagrid attach'"
         )
     return row
+
+
+def require_paths(conn: sqlite3.Connection, snapshot_id: int, paths: list[bytes]) -> None:
+    """Refuse a path the snapshot does not hold (a typo would otherwise restore "0 files")."""
+    for path in paths:
+        if next(restore_queries.versions_at(conn, snapshot_id, [path]), None) is None:
+            raise DeltagridError(f"snapshot {snapshot_id} has nothing at {path_text(path)}")

@@ -6,11 +6,14 @@ import errno
 import hashlib
 import json
 import os
+import shutil
 import stat
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -151,3 +154,46 @@ def root_of(home: Path) -> dict[str, Any]:
         store.close()
     assert root is not None
     return root
+
+
+NOBODY = 65534  # the unprivileged user a test running as root switches to
+
+
+@contextmanager
+def unprivileged() -> Iterator[tuple[Path, Callable[..., Run]]]:
+    """A directory owned by an unprivileged user, and `run(HOME, ARGS...)` running deltagrid as
+    that user: file modes bind it as they bind anyone (root ignores them). As root the user is
+    nobody (via setpriv); as anyone else, oneself. Skips, saying why, when neither works."""
+    prefix: list[str] = []
+    if os.geteuid() == 0:
+        setpriv = shutil.which("setpriv")
+        if setpriv is None:
+            pytest.skip("running as root without setpriv: no unprivileged user for file modes")
+        prefix = [setpriv, f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
+        probe = subprocess.run(
+            [*prefix, sys.executable, "-c", "import deltagrid"], capture_output=True
+        )
+        if probe.returncode != 0:
+            pytest.skip(
+                f"user {NOBODY} cannot run this Python and deltagrid: {probe.stderr[-200:]!r}"
+            )
+    work = Path(tempfile.mkdtemp(prefix="deltagrid-user-"))
+    os.chmod(work, 0o755)
+    if prefix:
+        os.chown(work, NOBODY, NOBODY)
+
+    def run(home: Path, *args: str | Path) -> Run:
+        proc = subprocess.run(
+            [*prefix, sys.executable, "-m", "deltagrid", "--home", str(home), *map(str, args)],
+            capture_output=True,
+            timeout=120,
+        )
+        decode = lambda b: b.decode("utf-8", "surrogateescape")  # noqa: E731
+        return Run(proc.returncode, decode(proc.stdout), decode(proc.stderr))
+
+    try:
+        yield work, run
+    finally:
+        for dirpath, _dirs, _files in os.walk(work):
+            os.chmod(dirpath, 0o755)
+        shutil.rmtree(work)

@@ -186,7 +186,7 @@ def test_config_show_on_a_new_home_shows_the_defaults(home: Path, cli) -> None:
         ("[retention]\nkeep_hours = 3\n", 2, ["retention.keep_hours: unknown key"]),
         ("\n[upload]\nfrobs = 1\n", 3, ["upload.frobs: unknown key"]),
         ('[upload]\npack_size = "big"\n', 2, ["upload.pack_size: must be an integer"]),
-        ("[upload]\n\npiece_size = 0\n", 3, ["upload.piece_size: must be above 0"]),
+        ("[upload]\n\npiece_size = 0\n", 3, ["upload.piece_size: must be from 4,096 to"]),
         ("retention = 5\n", 1, ["retention: must be a table"]),
     ],
 )

@@ -37,8 +37,11 @@ def test_missing_source_is_a_usage_error_and_creates_nothing(tmp_path: Path, hom
     assert not home.exists()
 
 
-def test_missing_source_in_scan_of_a_repository(tmp_path: Path, cli, repo: Path) -> None:
-    one_error(cli("scan", repo, tmp_path / "nowhere"), 2, "source not found")
+def test_missing_source_among_others_in_scan(tmp_path: Path, cli, repo: Path) -> None:
+    run = cli("scan", repo, tmp_path / "nowhere")  # the others are scanned: exit 23, as rsync
+    assert run.code == 23
+    assert f"cannot read {tmp_path / 'nowhere'}: No such file or directory" in run.err
+    one_error(cli("scan", tmp_path / "nowhere"), 2, "source not found")
 
 
 def test_unknown_command_or_option_is_a_usage_error(home: Path, cli) -> None:
@@ -82,7 +85,7 @@ def test_bad_restore_time(tmp_path: Path, cli, repo: Path) -> None:
     for at in ("next tuesday", "3x", "2026-13-45"):
         one_error(cli("restore", "--at", at, tmp_path / "t"), 2, f"cannot read time {at!r}")
     one_error(cli("restore", "--at", "2001-01-01", tmp_path / "t"), 1, "no snapshot was committed")
-    one_error(cli("restore", "--snapshot", "99", tmp_path / "t"), 1, "no snapshot 99")
+    one_error(cli("restore", "--snapshot", "99", tmp_path / "t"), 2, "no snapshot 99")
     assert not (tmp_path / "t").exists()
 
 

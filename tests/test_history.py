@@ -196,11 +196,13 @@ def test_backup_prints_one_summary_line_by_default(src: Path, cli) -> None:
     assert first.code == 0 and first.err == ""
     lines = first.out.splitlines()
     assert lines[0].startswith("created repository in ")
-    assert lines[1].startswith("snapshot 1: 3 files; 5 new; uploaded ") and " read in " in lines[1]
+    assert (
+        lines[1].startswith("snapshot 1: 3 files; 5 new; read ") and " backupdb; took " in lines[1]
+    )
     assert len(lines) == 2
     again = cli("backup", src)
     assert again.out.splitlines() == [again.out.strip()]
-    assert "snapshot 2: 3 files; no changes; uploaded 0 B of 0 B read in " in again.out
+    assert "snapshot 2: 3 files; no changes; read 0 B, uploaded 0 B in 0 packs + " in again.out
 
 
 def test_verbose_lists_each_changed_path(src: Path, cli) -> None:
@@ -219,7 +221,7 @@ def test_verbose_lists_each_changed_path(src: Path, cli) -> None:
         f"U {src / 'sub' / 'b.bin'}",
     ):
         assert expected in lines
-    assert any(ln.startswith("snapshot 2 committed: 3 files; stored ") for ln in lines)
+    assert any(ln.startswith("snapshot 2: 3 files; stored ") for ln in lines)
     (src / "d.txt").write_text("d\n")
     scan = cli("scan", "--verbose", src)
     assert f"+ {src / 'd.txt'}" in scan.out.splitlines()

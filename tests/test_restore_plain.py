@@ -193,5 +193,5 @@ def test_plain_queries_give_the_entries_and_snapshots_the_definition_gives(
         ) == restore_queries.snapshot(conn, 2)
     finally:
         conn.close()
-    one_error(dg(home, "restore", "--snapshot", "1", tmp_path / "t"), 1, "no snapshot 1")
+    one_error(dg(home, "restore", "--snapshot", "1", tmp_path / "t"), 2, "no snapshot 1")
     assert not (tmp_path / "t").exists()

@@ -309,7 +309,7 @@ def test_into_publishes_by_rename_refuses_to_overwrite_and_swaps_or_keeps_the_ol
 
     # a path the snapshot does not hold: nothing to publish
     run = cli("restore", "--snapshot", 1, "--path", src / "d3" / "nope", "--into", out / "x")
-    assert run.code == 2
+    assert run.code == 1
     assert "has nothing at" in run.err
     assert sorted(p.name for p in out.iterdir()) == ["live", "prev"]
 

@@ -27,14 +27,32 @@ class UploadSettings:
         if unknown:
             raise KeyError(sorted(unknown)[0])
         for name, value in values.items():
-            # A wrong type would surface as a traceback mid-upload, a zero piece size as files
-            # stored without their bytes: refuse both here (a TypeError is a usage error).
+            # A wrong type or range would surface as a traceback mid-upload: refuse both here
+            # (TypeError and ValueError are usage errors to config.py).
             is_float = known[name] in ("float", float)
             if isinstance(value, bool) or not isinstance(value, (int, float) if is_float else int):
                 raise TypeError(f"{name} must be {'a number' if is_float else 'an integer'}")
-            if name in _POSITIVE and value <= 0:
-                raise TypeError(f"{name} must be above 0")
+            low, high = _RANGES[name]
+            if not low <= value <= high or (name == "max_chain_ratio" and value <= 0):
+                raise ValueError(f"{name} must be {_span(name, low, high)}")
         return cls(**values)  # type: ignore[arg-type]
 
 
-_POSITIVE = {"pack_size", "piece_size", "block_max"}
+# What each setting may be. Outside these a value would crash an upload midway (a zstd level of
+# 99), store files without their bytes (a piece size of 0) or put a pack in memory per file.
+_RANGES: dict[str, tuple[float, float]] = {
+    "pack_size": (4 << 10, 1 << 30),
+    "piece_size": (4 << 10, 256 << 20),
+    "max_chain": (1, 1000),
+    "max_chain_ratio": (0, 100),  # above 0
+    "delta_min_size": (0, 1 << 40),
+    "block_max": (64, 1 << 20),
+    "zstd_level": (1, 22),
+    "full_export_every": (0, 10000),
+}
+
+
+def _span(name: str, low: float, high: float) -> str:
+    if name == "max_chain_ratio":
+        return f"above 0 and at most {high:g}"
+    return f"from {low:,} to {high:,}" + (" (bytes)" if name.endswith("size") else "")

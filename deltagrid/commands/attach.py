@@ -25,10 +25,10 @@ def add(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> Non
 def run(args: argparse.Namespace, home: Home, out: Output) -> int:
     url, cap = args.store, args.cap
     if url is None:
-        if not home.initialised():
+        settings = home.settings()  # the store of this home, or one written in by hand
+        if not settings.store:
             raise UsageError("attach needs --store URL on a new home")
-        config = home.config()
-        url, cap = config.store, cap or config.cap
+        url, cap = settings.store, cap or settings.cap
     if url.startswith("tahoe:") and not cap:
         raise UsageError("attaching a tahoe:// store needs --cap CAP")
     with home.lock():

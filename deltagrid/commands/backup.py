@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from deltagrid.commands.init import initialise
+from deltagrid.commands.init import ensure
 from deltagrid.commands.scan import (
     add_scan_options,
     own_text,
@@ -22,10 +22,11 @@ from deltagrid.commands.upload import (
     exit_code,
     problems_text,
     run_upload,
+    summary_line,
     upload_doc,
     upload_text,
 )
-from deltagrid.floor.units import count, human_bytes, human_duration, plural
+from deltagrid.floor.units import count
 from deltagrid.guard import writable_store
 from deltagrid.home import Home
 from deltagrid.output import Output
@@ -39,9 +40,8 @@ def add(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> Non
     p.set_defaults(run=run)
 
 
-def summary(scanned: ScanResult, result: UploadResult, files: int, seconds: float) -> str:
-    """`snapshot 7: 1,204 files; 3 new, 12 changed, 1 deleted; uploaded 1.3 MiB of 48.2 MiB
-    read in 2.4 s`."""
+def changes_text(scanned: ScanResult, result: UploadResult) -> str:
+    """`3 new, 12 changed, 1 deleted`, or `no changes`."""
     q = scanned.counts
     changed = [
         f"{count(n)} {what}"
@@ -56,20 +56,14 @@ def summary(scanned: ScanResult, result: UploadResult, files: int, seconds: floa
     unreadable = len(scanned.errors) + len(result.unreadable)
     if unreadable:
         changed.append(f"{count(unreadable)} unreadable")
-    return (
-        f"snapshot {result.snapshot_id}: {plural(files, 'file')}; "
-        f"{', '.join(changed) or 'no changes'}; uploaded {human_bytes(result.bytes_uploaded)} "
-        f"of {human_bytes(result.bytes_read)} read in {human_duration(seconds)}"
-    )
+    return ", ".join(changed) or "no changes"
 
 
 def run(args: argparse.Namespace, home: Home, out: Output) -> int:
     plan = scan_plan(args, home, home.settings())  # a missing source fails before anything
     began = time.monotonic()
     with home.lock():
-        if not home.initialised():
-            url, _writecap, _readcap = initialise(home, None)
-            out.info(f"created repository in {home.path}, store {url}")
+        ensure(home, out)
         store = writable_store(home)  # refused before the scan: nothing written anywhere
         try:
             scanned = run_scan(plan, home, out)
@@ -82,7 +76,7 @@ def run(args: argparse.Namespace, home: Home, out: Output) -> int:
         scan_text(scanned, out)
         upload_text(result, committed, out, seconds)
     else:
-        out.info(summary(scanned, result, committed.get("files", 0), seconds))
+        out.info(summary_line(result, committed, changes_text(scanned, result), seconds))
         problems_text(result, out)
     own_text(scanned, out)
     out.document({"scan": scan_doc(scanned), **upload_doc(result, committed)})

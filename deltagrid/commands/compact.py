@@ -6,8 +6,9 @@ import argparse
 from dataclasses import asdict
 
 from deltagrid.backupdb import queries
+from deltagrid.commands import whole
 from deltagrid.commands.prune import outcome_text, plan_doc
-from deltagrid.floor.errors import UsageError
+from deltagrid.floor.units import plural
 from deltagrid.home import Home
 from deltagrid.maintaining import maintaining
 from deltagrid.maintenance.plans import plan_compact
@@ -18,7 +19,7 @@ def add(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> Non
     p = sub.add_parser("compact", parents=[common], help="rewrite long delta chains as keyframes")
     p.add_argument(
         "--max-chain",
-        type=int,
+        type=whole(0),
         default=4,
         metavar="N",
         help="latest versions needing more than N patches become keyframes (4)",
@@ -28,14 +29,12 @@ def add(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> Non
 
 
 def run(args: argparse.Namespace, home: Home, out: Output) -> int:
-    if args.max_chain < 0:
-        raise UsageError("--max-chain must be 0 or more")
     with maintaining(home) as session:
         with session.engine.connect() as conn:
             latest = queries.last_snapshot_id(conn)
             plan, live = plan_compact(conn, latest, args.max_chain)
         if args.dry_run or not plan.keyframes:
-            out.info(f"{len(plan.keyframes)} versions need a new keyframe")
+            out.info(f"{plural(len(plan.keyframes), 'version')} to rewrite as keyframes")
             out.document({"dry_run": args.dry_run, "plan": plan_doc(plan)})
             return 0
         plan.dead_blobs.clear()  # compact only adds keyframes; prune frees what they replace

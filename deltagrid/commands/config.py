@@ -16,7 +16,13 @@ from deltagrid.output import Output
 
 def add(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("config", parents=[common], help="show the effective settings")
-    p.add_argument("action", choices=["show", "path"], nargs="?", default="show")
+    p.add_argument(
+        "action",
+        choices=["show", "path"],
+        nargs="?",
+        default="show",
+        help="show: the settings a run would use (default); path: where config.toml is",
+    )
     p.add_argument(
         "--show-secrets", action="store_true", help="print the store capability unmasked"
     )

@@ -11,6 +11,8 @@ import os
 from typing import Any
 
 from deltagrid.backupdb import queries
+from deltagrid.commands import whole
+from deltagrid.floor.units import escaped
 from deltagrid.home import Home, reading
 from deltagrid.output import Output
 from deltagrid.restore.resolve import resolve
@@ -18,8 +20,8 @@ from deltagrid.restore.resolve import resolve
 
 def add(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("diff", parents=[common], help="what changed between snapshots")
-    p.add_argument("a", type=int, metavar="SNAP_A")
-    p.add_argument("b", type=int, metavar="SNAP_B")
+    p.add_argument("a", type=whole(1), metavar="SNAP_A", help="the older snapshot's id")
+    p.add_argument("b", type=whole(1), metavar="SNAP_B", help="the newer snapshot's id")
     p.set_defaults(run=run)
 
 
@@ -61,7 +63,7 @@ def run(args: argparse.Namespace, home: Home, out: Output) -> int:
     docs = []
     for path, m in found:
         docs.append({"path": os.fsdecode(path), "change": m})
-        out.line(f"{m} {os.fsdecode(path)}")
+        out.line(f"{m} {escaped(path)}")
     counts = {m: sum(1 for c in docs if c["change"] == m) for m in "+-MTU"}
     out.line(
         f"{counts['+']} added, {counts['-']} deleted, {counts['M']} changed, "

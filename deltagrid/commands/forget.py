@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 
 from deltagrid.backupdb import queries
+from deltagrid.commands import whole
 from deltagrid.config import Retention
 from deltagrid.floor.errors import UsageError
 from deltagrid.floor.units import iso
@@ -22,7 +23,7 @@ from deltagrid.repository.root import published_snapshot
 def add(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("forget", parents=[common], help="forget snapshots outside a policy")
     for bucket in COUNTS:
-        p.add_argument(f"--keep-{bucket}", type=int, metavar="N")
+        p.add_argument(f"--keep-{bucket}", type=whole(0), metavar="N")
     p.add_argument("--keep-within", metavar="DURATION", help="e.g. 7d, 2w, 1y6m")
     p.add_argument("--dry-run", action="store_true", help="only print what would be forgotten")
     p.set_defaults(run=run)
@@ -36,6 +37,11 @@ def policy_of(args: argparse.Namespace, home: Home) -> Policy:
         policy = Retention(**keeps, keep_within=args.keep_within).policy()
     else:
         policy = home.settings().retention.policy()
+    if policy.empty() and (any(v is not None for v in given.values()) or args.keep_within):
+        raise UsageError(
+            "the --keep-* options given keep no snapshot (every count is 0): forget never "
+            "forgets every snapshot; give a count of 1 or more"
+        )
     if policy.empty():
         raise UsageError(
             "forget needs at least one --keep-* option, "

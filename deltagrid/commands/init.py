@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from deltagrid.floor.errors import DeltagridError
+from deltagrid.floor.errors import DeltagridError, UsageError
 from deltagrid.home import Home
 from deltagrid.output import Output
 from deltagrid.repository import identity
@@ -25,7 +25,18 @@ def initialise(home: Home, store_url: str | None) -> tuple[str, str | None, str 
     """
     if home.initialised():
         raise DeltagridError(f"{home.path} already holds a deltagrid repository")
-    url = store_url or home.default_store_url()
+    settings = home.settings()
+    if store_url and settings.store and store_url != settings.store:
+        raise UsageError(
+            f"--store {store_url} differs from the store {home.config_path} names "
+            f"({settings.store}): change or remove that line first"
+        )
+    if settings.cap:  # a copied config of a grid that has backups: never make a new root
+        raise DeltagridError(
+            f"{home.config_path} holds the capability of an existing store; run "
+            "'deltagrid attach' to continue its backups"
+        )
+    url = store_url or settings.store or home.default_store_url()
     store = open_store(url, create=True)
     writecap = readcap = None
     try:
@@ -47,6 +58,14 @@ def initialise(home: Home, store_url: str | None) -> tuple[str, str | None, str 
     identity.save(home.state, identity.Seen(identity.new_store_id()))  # the root gets it
     home.write_config(url, writecap)
     return url, writecap, readcap
+
+
+def ensure(home: Home, out: Output) -> None:
+    """Create the repository a first `backup` or `scan` needs (the config's store, else the
+    embedded one); the caller holds the lock."""
+    if not home.initialised():
+        url, _writecap, _readcap = initialise(home, None)
+        out.info(f"created repository in {home.path}, store {url}")
 
 
 def run(args: argparse.Namespace, home: Home, out: Output) -> int:

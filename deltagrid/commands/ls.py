@@ -1,4 +1,7 @@
-"""`deltagrid ls [SNAPSHOT] [PATH]`: the entries of a snapshot (default: the latest)."""
+"""`deltagrid ls [SNAPSHOT] [PATH]`: the entries of a snapshot (default: the latest).
+
+In text, names are escaped as `ls -b` escapes them (a newline in a name must not look like two
+entries); --json gives them by the surrogate-escape rule of output.py."""
 
 from __future__ import annotations
 
@@ -8,7 +11,7 @@ import stat
 
 from deltagrid.backupdb.restore_queries import versions_at
 from deltagrid.floor.errors import UsageError
-from deltagrid.floor.units import iso
+from deltagrid.floor.units import escaped, iso, path_text
 from deltagrid.home import Home, plain_reading
 from deltagrid.output import Output
 from deltagrid.restore.resolve import resolve
@@ -18,7 +21,13 @@ _TYPE = {"f": stat.S_IFREG, "d": stat.S_IFDIR, "l": stat.S_IFLNK}
 
 def add(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("ls", parents=[common], help="list the entries of a snapshot")
-    p.add_argument("args", nargs="*", metavar="[SNAPSHOT] [PATH]")
+    p.add_argument(
+        "args",
+        nargs="*",
+        metavar="[SNAPSHOT] [PATH]",
+        help="a snapshot id or 'latest' (default), then a path to list below (default: all); "
+        "names are printed with control characters escaped, as `ls -b` does",
+    )
     p.set_defaults(run=run)
 
 
@@ -41,11 +50,14 @@ def run(args: argparse.Namespace, home: Home, out: Output) -> int:
     with plain_reading(home) as (conn, _store, published):
         snap = resolve(conn, published, snapshot_id)
         entries = list(versions_at(conn, snap.id, [path] if path else []))
+    if path and not entries:
+        hint = "" if args.args[-1].startswith("/") else " (a SNAPSHOT is a number or 'latest')"
+        raise UsageError(f"snapshot {snap.id} has nothing at {path_text(path)}{hint}")
     docs = []
     for e in entries:
         mode = stat.filemode(_TYPE[e.kind] | e.mode)
         name = os.fsdecode(e.path)
-        shown = f"{name} -> {os.fsdecode(e.target or b'')}" if e.kind == "l" else name
+        shown = escaped(e.path) + (f" -> {escaped(e.target or b'')}" if e.kind == "l" else "")
         out.line(f"{mode} {e.uid:>5} {e.gid:>5} {e.size:>12} {iso(e.mtime_ns)} {shown}")
         doc = {
             "path": name,

@@ -6,6 +6,7 @@ import argparse
 from dataclasses import asdict
 
 from deltagrid.backupdb import queries
+from deltagrid.commands import fraction
 from deltagrid.floor.units import human_bytes
 from deltagrid.home import Home
 from deltagrid.maintaining import maintaining
@@ -19,7 +20,7 @@ def add(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> Non
     p.add_argument("--dry-run", action="store_true", help="only print what would be done")
     p.add_argument(
         "--repack-threshold",
-        type=float,
+        type=fraction,
         default=0.5,
         metavar="F",
         help="repack packs whose dead share of bytes exceeds F (default 0.5)",

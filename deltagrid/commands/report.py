@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from deltagrid.commands import whole
 from deltagrid.floor.fs import atomic_write
 from deltagrid.home import Home, reading
 from deltagrid.output import Output
@@ -21,14 +22,14 @@ def add(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> Non
     p = sub.add_parser("report", parents=[common], help="sizes, changes and runs, as text or HTML")
     p.add_argument("--html", type=Path, metavar="FILE", help="write a self-contained HTML page")
     p.add_argument(
-        "--runs", type=int, default=10, metavar="N", help="how many recent runs to show (10)"
+        "--runs", type=whole(0), default=10, metavar="N", help="how many recent runs to show (10)"
     )
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace, home: Home, out: Output) -> int:
     with reading(home) as (conn, store, published):
-        figures = gather(conn, store, published, max(args.runs, 0))
+        figures = gather(conn, store, published, args.runs)
     figures.home = str(home.path)
     if args.html is not None:
         path = args.html.absolute()

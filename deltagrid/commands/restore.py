@@ -10,21 +10,22 @@ from pathlib import Path
 from typing import Any
 
 from deltagrid.backupdb.damage import Damage
+from deltagrid.commands import whole
 from deltagrid.floor.errors import EXIT_ERROR, EXIT_OK, UsageError
-from deltagrid.floor.units import human_bytes, plural
+from deltagrid.floor.units import human_bytes, path_text, plural
 from deltagrid.home import Home, plain_reading
 from deltagrid.output import Output
 from deltagrid.restore.damage import locate, record
 from deltagrid.restore.mirror import publish, remove_tree, staging_for
 from deltagrid.restore.policy import DEFAULT, MODES
-from deltagrid.restore.resolve import resolve
+from deltagrid.restore.resolve import require_paths, resolve
 from deltagrid.restore.restore import Restorer, RestoreResult
 
 
 def add(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("restore", parents=[common], help="restore a snapshot under TARGET")
     which = p.add_mutually_exclusive_group()
-    which.add_argument("--snapshot", type=int, metavar="ID")
+    which.add_argument("--snapshot", type=whole(1), metavar="ID")
     which.add_argument("--at", metavar="TIME", help="last snapshot at or before TIME (ISO, or 3d)")
     p.add_argument(
         "--path",
@@ -55,7 +56,13 @@ def add(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> Non
         help="hard-link files identical to those in PREV_DIR instead of writing them",
     )
     add_policy(p)
-    p.add_argument("target", type=Path, nargs="?", metavar="TARGET")
+    p.add_argument(
+        "target",
+        type=Path,
+        nargs="?",
+        metavar="TARGET",
+        help="directory to restore under: each path goes to TARGET/its/absolute/path",
+    )
     p.set_defaults(run=run)
 
 
@@ -112,6 +119,7 @@ def run(args: argparse.Namespace, home: Home, out: Output) -> int:
     try:
         with plain_reading(home) as (conn, store, published):
             snap = resolve(conn, published, args.snapshot, args.at)
+            require_paths(conn, snap.id, prefixes)
             with out.bar(desc="restore", unit="B", unit_scale=True) as bar:
                 restorer = Restorer(
                     conn,
@@ -176,9 +184,9 @@ def report(
     fields: dict[str, Any] | None = None,
 ) -> None:
     for path, message in result.errors:
-        out.warn(f"cannot restore {os.fsdecode(path)}: {message}")
+        out.warn(f"cannot restore {path_text(path)}: {message}")
     for path, message in result.warnings:
-        out.warn(f"{os.fsdecode(path)}: {message}")
+        out.warn(f"{path_text(path)}: {message}")
     if result.warnings:
         out.warn(
             f"{len(result.warnings)} attributes could not be restored (the file system or "
@@ -191,10 +199,11 @@ def report(
         )
     if into and how is None:
         out.warn(f"nothing was published: {where} is as it was")
-    out.line(
-        f"restored snapshot {snapshot_id} to {where}: {result.files} files "
-        f"({human_bytes(result.size)}), {result.hardlinks} hard links, {result.dirs} dirs, "
-        f"{result.symlinks} symlinks, {len(result.errors)} errors"
+    out.info(
+        f"restored snapshot {snapshot_id} to {where}: {plural(result.files, 'file')} "
+        f"({human_bytes(result.size)}), {plural(result.hardlinks, 'hard link')}, "
+        f"{plural(result.dirs, 'dir')}, {plural(result.symlinks, 'symlink')}, "
+        f"{plural(len(result.errors), 'error')}"
         + (f", {result.linked} linked from --link-dest" if result.linked else "")
         + (f"; published ({how})" if how else "")
         + tail

@@ -1,4 +1,5 @@
-"""`deltagrid scan [SOURCE...]`: walk the sources and queue what changed.
+"""`deltagrid scan [SOURCE...]`: walk the sources and queue what changed (creating the
+repository on a fresh home, as `backup` does).
 
 With no SOURCE the `sources` of config.toml are scanned; SOURCE arguments replace them. The
 `excludes` of config.toml always apply, and --exclude patterns are added after them (the last
@@ -12,6 +13,7 @@ import os
 import time
 from dataclasses import dataclass
 
+from deltagrid.commands.init import ensure
 from deltagrid.config import Config
 from deltagrid.floor.errors import EXIT_OK, EXIT_UNREADABLE, UsageError
 from deltagrid.floor.units import count, human_duration
@@ -78,12 +80,9 @@ class ScanPlan:
 def scan_plan(args: argparse.Namespace, home: Home, settings: Config) -> ScanPlan:
     """Check the sources exist (before anything is created) and merge options with the config."""
     if args.sources:
-        roots = normalise_roots(args.sources)
+        roots = _roots(args.sources, "")
     elif settings.sources:
-        try:
-            roots = normalise_roots(settings.source_paths())
-        except UsageError as exc:
-            raise UsageError(f"{exc} (in `sources` of {home.config_path})") from None
+        roots = _roots(settings.source_paths(), f" (in `sources` of {home.config_path})")
     else:
         raise UsageError(
             f"no SOURCE given and no `sources` in {home.config_path}: name what to back up"
@@ -92,6 +91,19 @@ def scan_plan(args: argparse.Namespace, home: Home, settings: Config) -> ScanPla
     excludes = Excludes.from_args(settings.excludes + args.exclude, args.exclude_from)
     own = [os.fsencode(p.absolute()) for p in home.own_dirs()]
     return ScanPlan(roots, excludes, one_fs, args.checksum, own)
+
+
+def _roots(sources: list[str], where: str) -> list[bytes]:
+    """The roots to walk. A missing source among others (an unplugged disk) stays in: the scan
+    reports it as unreadable, keeps its entries as last backed up and the run exits 23, as
+    rsync does; only when no source exists is it a usage error, before anything is created."""
+    present = [s for s in sources if os.path.lexists(os.path.abspath(os.fsencode(s)))]
+    if not present:
+        named = ", ".join(sources)
+        what = "source not found" if len(sources) == 1 else "no source found"
+        raise UsageError(f"{what}: {named}{where}")
+    missing = [os.path.abspath(os.fsencode(s)) for s in sources if s not in present]
+    return normalise_roots(present) + missing
 
 
 def run_scan(plan: ScanPlan, home: Home, out: Output, list_queued: bool = False) -> ScanResult:
@@ -165,6 +177,7 @@ def run(args: argparse.Namespace, home: Home, out: Output) -> int:
     plan = scan_plan(args, home, home.settings())
     began = time.monotonic()
     with home.lock():
+        ensure(home, out)
         result = run_scan(plan, home, out, list_queued=True)
     scan_text(result, out, time.monotonic() - began)
     own_text(result, out)

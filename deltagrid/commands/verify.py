@@ -89,11 +89,13 @@ def read_data(
     contents = queries.all_contents(conn)
     if fraction < 1:
         contents = random.sample(contents, max(1, round(len(contents) * fraction)))
-    home.spool.mkdir(parents=True, exist_ok=True)
+    scratch = None if home.read_only() else home.spool  # else the system's temp dir
+    if scratch is not None:
+        scratch.mkdir(parents=True, exist_ok=True)
     source, raw = NamingSource(store), queries.driver(conn)
     problems: list[dict[str, object]] = []
     with (
-        tempfile.TemporaryDirectory(dir=home.spool) as work,
+        tempfile.TemporaryDirectory(dir=scratch) as work,
         out.bar(desc="verify", total=len(contents), unit=" versions") as bar,
     ):
         for content in contents:
@@ -142,10 +144,10 @@ def run(args: argparse.Namespace, home: Home, out: Output) -> int:
             "those files again; 'deltagrid repair' re-uploads what the sources still hold"
         )
     out.info(
-        f"verified {len(packs)} packs"
+        f"verified {plural(len(packs), 'pack')}"
         + (f" ({unhealthy} unhealthy on the grid but recoverable)" if unhealthy else "")
-        + (f" and {checked} file versions" if args.read_data else "")
-        + f": {len(problems)} problems"
+        + (f" and {plural(checked, 'file version')}" if args.read_data else "")
+        + f": {plural(len(problems), 'problem')}"
     )
     out.document(
         {
