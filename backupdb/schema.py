@@ -156,6 +156,21 @@ damaged_blobs = Table(
 )
 Index("damaged_blobs_by_blob", damaged_blobs.c.blob_id, unique=True)
 
+# Store objects nothing names any more (dropped packs, superseded backupdb exports, orphans of a
+# killed run), which prune and compact delete only once they have been unreferenced for
+# `[maintenance] delete_after`: a reader on another machine, which the readers' lock does not
+# reach, may still be reading them from the catalog it began with. `since_ns` is NULL until a
+# root pointer publishing the catalog that stopped naming the object is in place (the grace
+# period counts from then). Exported, so a machine that takes over the store deletes them.
+unreferenced = Table(
+    "unreferenced",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("ref", Text, nullable=False),
+    Column("since_ns", Integer),
+)
+Index("unreferenced_by_ref", unreferenced.c.ref, unique=True)
+
 
 # connection.CATALOG names the catalog tables, in export order; connection.LOCAL the rest.
 

@@ -42,6 +42,11 @@ class ObjectMissing(StoreError):
     """An object the backupdb names is not in the store."""
 
 
+class StorePruned(StoreError):
+    """Objects a reader's catalog names were deleted by a prune (on another machine, or longer
+    ago than `delete_after`): not damage; reading again from the store's current catalog works."""
+
+
 class CorruptData(DeltagridError):
     """Bytes from the store or disk do not decode or do not match their recorded hash."""
 
