@@ -18,7 +18,7 @@ from deltagrid.backupdb import connection
 from deltagrid.floor.errors import CorruptData
 
 # Tables newer than schema version 1, which an older export may lack.
-ADDED_IN = {"forgotten": 2, "damaged_blobs": 5, "unreferenced": 6}
+ADDED_IN = {"forgotten": 2, "damaged_blobs": 5}
 
 
 def write(db_path: Path, dest: Path) -> None:
