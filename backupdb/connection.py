@@ -19,13 +19,14 @@ from pathlib import Path
 
 from deltagrid.floor.errors import BackupDBError
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 # Version history (migrating creates the tables added since, and adds the columns of ADDED_COLUMNS):
 #   1  first release
 #   2  `forgotten`: snapshots marked by `forget`, dropped from listings, their data pruned
 #   3  `runs` (local): the history of writer runs, for `deltagrid log` and `report`
 #   4  `versions.xattrs`: extended attributes and POSIX ACLs (NULL in older rows: none known)
 #   5  `damaged_blobs`: blobs verify, restore or repair found damaged; never reused
+#   6  `unreferenced` (local): store objects prune deletes once `delete_after` has passed
 
 # The tables of schema.py (tests hold the two together): the catalog, in export order, then the
 # local ones.
@@ -42,7 +43,7 @@ CATALOG = (
     "forgotten",
     "damaged_blobs",
 )
-LOCAL = ("scans", "queue", "scan_errors", "runs")
+LOCAL = ("scans", "queue", "scan_errors", "runs", "unreferenced")
 # Columns added to existing tables, last in their table (as schema.py declares them), so an
 # older table altered and a new one created alike have the same columns in the same order.
 ADDED_COLUMNS = (("versions", "xattrs", "BLOB"),)

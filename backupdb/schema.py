@@ -219,3 +219,21 @@ runs = Table(
     Column("error_count", Integer, nullable=False),
     Column("errors", Text, nullable=False),  # JSON list of {path, error}, the first 1,000
 )
+
+# Store objects nothing names any more (packs prune dropped, backupdb exports a newer root
+# replaced, orphans of killed runs), which prune and compact delete only once they have been
+# unreferenced for `[maintenance] delete_after`: a reader on another machine, which the readers'
+# lock does not reach, may still read them from the catalog it began with. A row is added in the
+# transaction that stops naming its object; `since_ns` stays NULL until a root pointer that does
+# not name it is in place (the grace period counts from then). Local, not exported: the export
+# would otherwise change with every prune, leaving its predecessor to delete, forever; and a
+# machine that takes the store over finds the same objects by listing it (they are what neither
+# catalog nor root names), and starts their grace period then: later, never earlier.
+unreferenced = Table(
+    "unreferenced",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("ref", Text, nullable=False),
+    Column("since_ns", Integer),
+)
+Index("unreferenced_by_ref", unreferenced.c.ref, unique=True)

@@ -130,6 +130,13 @@ CREATE TABLE snapshots (
     PRIMARY KEY (id)
 );
 
+CREATE TABLE unreferenced (
+    id INTEGER NOT NULL,
+    ref TEXT NOT NULL,
+    since_ns INTEGER,
+    PRIMARY KEY (id)
+);
+
 CREATE TABLE version_ends (
     id INTEGER NOT NULL,
     version_id INTEGER NOT NULL,
@@ -183,6 +190,8 @@ CREATE INDEX queue_by_path ON queue (path);
 CREATE INDEX queue_by_scan ON queue (scan_id, reason);
 
 CREATE INDEX queue_pending ON queue (done, id);
+
+CREATE UNIQUE INDEX unreferenced_by_ref ON unreferenced (ref);
 
 CREATE UNIQUE INDEX version_ends_by_version ON version_ends (version_id);
 

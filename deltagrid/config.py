@@ -13,6 +13,9 @@
     [upload]                                                  # uploader tunables
     pack_size = 16777216
 
+    [maintenance]                                             # prune and compact
+    delete_after = "1d"    # how long an object nothing names waits before it is deleted
+
 Every key is checked when the file is read: a mistake is one usage error naming the file, the
 line and the key, before anything runs. deltagrid itself only ever writes `store` and
 `store_cap`, editing those lines in place, so comments and the rest of the file survive.
@@ -57,6 +60,21 @@ class Retention:
         return {f.name: v for f in fields(self) if (v := getattr(self, f.name))}
 
 
+DELETE_AFTER = "1d"
+
+
+@dataclass(frozen=True)
+class Maintenance:
+    """The `[maintenance]` table. `delete_after`: how long prune and compact leave an object the
+    catalog no longer names before deleting it, for readers on other machines (docs/design.md,
+    "Readers and maintenance")."""
+
+    delete_after: str = DELETE_AFTER
+
+    def delete_after_ns(self) -> int:
+        return parse_duration(self.delete_after)
+
+
 @dataclass
 class Config:
     store: str = ""  # empty until init (or a first backup) names one
@@ -66,6 +84,7 @@ class Config:
     excludes: list[str] = field(default_factory=list)
     one_file_system: bool = False
     retention: Retention = field(default_factory=Retention)
+    maintenance: Maintenance = field(default_factory=Maintenance)
 
     def source_paths(self) -> list[str]:
         return [os.path.expanduser(s) for s in self.sources]
@@ -115,7 +134,16 @@ class _Reader:
         return value
 
 
-_TOP = {"store", "store_cap", "sources", "excludes", "one_file_system", "upload", "retention"}
+_TOP = {
+    "store",
+    "store_cap",
+    "sources",
+    "excludes",
+    "one_file_system",
+    "upload",
+    "retention",
+    "maintenance",
+}
 
 
 def parse(text: str, path: Path) -> Config:
@@ -150,6 +178,7 @@ def parse(text: str, path: Path) -> Config:
             raise r.fail(f"upload.{name}", str(exc).removeprefix(f"{name} ")) from None
     config.upload = UploadSettings.from_mapping(upload)
     config.retention = _retention(r, r.table(doc, "retention", {f.name for f in fields(Retention)}))
+    config.maintenance = _maintenance(r, r.table(doc, "maintenance", {"delete_after"}))
     return config
 
 
@@ -166,6 +195,17 @@ def read(path: Path) -> Config:
             f"{column}); save config.toml as UTF-8"
         ) from None
     return parse(text, path)
+
+
+def _maintenance(r: _Reader, table: dict[str, Any]) -> Maintenance:
+    text = r.string(table, "maintenance.delete_after")
+    if text is None:
+        return Maintenance()
+    try:
+        parse_duration(text)
+    except UsageError as exc:
+        raise r.fail("maintenance.delete_after", str(exc)) from None
+    return Maintenance(text)
 
 
 def _retention(r: _Reader, table: dict[str, Any]) -> Retention:
@@ -271,6 +311,7 @@ def effective(config: Config, show_secrets: bool) -> dict[str, Any]:
         "excludes": list(config.excludes),
         "one_file_system": config.one_file_system,
         "retention": config.retention.configured(),
+        "maintenance": {"delete_after": config.maintenance.delete_after},
         "upload": {f.name: getattr(config.upload, f.name) for f in fields(UploadSettings)},
     }
 

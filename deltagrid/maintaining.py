@@ -24,7 +24,9 @@ class Session:
     store: Store
     publisher: Publisher
 
-    def executor(self, home: Home, out: Output) -> Executor:
+    def executor(self, home: Home, out: Output, delete_now: bool = False) -> Executor:
+        """`delete_now`: delete what nothing names at once, not after `delete_after`."""
+        delete_after = 0 if delete_now else self.config.maintenance.delete_after_ns()
         executor = Executor(
             self.engine,
             self.store,
@@ -34,6 +36,7 @@ class Session:
             self.config.upload.pack_size,
             out.warn,
             alone=lambda: home.alone(out.warn),
+            delete_after_ns=delete_after,
         )
         out.so_far = lambda: _rewritten_so_far(executor.outcome)
         return executor

@@ -55,6 +55,11 @@ class WrongStore(StoreError):
     is behind (rolled back) or ahead of the home, or one that lost objects. Nothing was written."""
 
 
+class StorePruned(StoreError):
+    """Objects a reader's catalog names were deleted by a prune (on another machine, or longer
+    ago than `delete_after`): not damage; reading again from the store's current catalog works."""
+
+
 class CorruptData(DeltagridError):
     """Bytes from the store or disk do not decode or do not match their recorded hash."""
 

@@ -3,14 +3,19 @@
 The order is what makes a crash at any line harmless:
 1. new packs (keyframes rebuilt from the store or, for a repair, read again from the source;
    live blobs copied out of mostly-dead packs) are written to the spool and put to the store —
-   unreferenced until step 2, so a crash leaves only orphans that the next prune removes;
+   unreferenced until step 2, so a crash leaves only orphans that a later prune removes;
 2. one transaction rewrites the catalog: new keyframes and blob locations, then every row no kept
-   snapshot needs is deleted;
-3. the backupdb is published as a full export and the root pointer moves;
-4. only then are the packs nothing references any more deleted (where the store can delete),
-   once no reader that began before step 2 is still reading (`alone`: the home's readers' lock,
-   taken exclusively; readers left running past the wait keep them until a later run).
-Until step 3 the store's root still names the old catalog, whose packs all still exist.
+   snapshot needs is deleted, and the store objects the catalog and root no longer name (packs,
+   the backupdb exports of the old root, orphans of killed runs) are recorded as `unreferenced`;
+3. the backupdb is published as a full export and the root pointer moves; then the unreferenced
+   objects recorded before it are stamped with the time (their grace period starts);
+4. only then are the objects unreferenced for longer than `delete_after` (all of them with
+   `--delete-now`) deleted, and their rows dropped, once no reader on this machine that began
+   before step 2 is still reading (`alone`: the home's readers' lock, taken exclusively; readers
+   left running past the wait keep them until a later run). Readers on other machines, which no
+   lock here reaches, have `delete_after` to finish.
+Until step 3 the store's root still names the old catalog, whose objects all still exist; an
+object is deleted only after a root that does not name it has stood for `delete_after`.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import bisect
 import hashlib
 import os
 import tempfile
+import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -27,7 +33,7 @@ from typing import Any, BinaryIO
 
 from sqlalchemy import Connection, Engine
 
-from deltagrid.backupdb import queries
+from deltagrid.backupdb import queries, unreferenced
 from deltagrid.floor.errors import DeltagridError
 from deltagrid.repository.publisher import Publisher
 from deltagrid.repository.root import parse_root
@@ -63,7 +69,8 @@ class Outcome:
     bytes_freed: int = 0  # pack bytes the catalog no longer references
     bytes_written: int = 0
     objects_deleted: int = 0
-    objects_kept: int = 0  # unreferenced, but readers were still reading: a later run deletes them
+    objects_kept: int = 0  # due, but readers here were still reading: a later run deletes them
+    objects_waiting: int = 0  # unreferenced for less than delete_after: a later run deletes them
 
 
 class Executor:
@@ -77,6 +84,7 @@ class Executor:
         pack_size: int,
         warn: Callable[[str], None],
         alone: Callable[[], AbstractContextManager[bool]],
+        delete_after_ns: int,
     ) -> None:
         self.engine = engine
         self.store = store
@@ -85,6 +93,7 @@ class Executor:
         self.piece_size = piece_size
         self.warn = warn
         self.alone = alone  # the readers' lock, exclusively: False when readers stay too long
+        self.delete_after_ns = delete_after_ns  # 0: as soon as the root no longer names them
         self.outcome = Outcome()
         self.packer = Packer(spool, pack_size)
         self.written: list[tuple[str, int, list[tuple[Any, Any]]]] = []  # ref, size, blobs
@@ -164,6 +173,9 @@ class Executor:
     def run(self, plan: Plan, live_blobs: set[int], snapshot_id: int) -> Outcome:
         clear_leftovers(self.spool)
         old_refs = self._referenced_refs()
+        # Listed before anything is put: what the catalog and root do not name is a killed
+        # run's orphan (we hold the home's lock: no upload is under way).
+        stored = set(self.store.list_refs()) if self.store.can_delete else set()
         with (
             self.engine.connect() as conn,
             tempfile.TemporaryDirectory(dir=self.spool, prefix=MAINTENANCE_PREFIX) as tmp,
@@ -180,9 +192,13 @@ class Executor:
                 self.packer.discard()
             conn.commit()
             self._rewrite_catalog(conn, plan, snapshot_id)
+            if self.store.can_delete:
+                now_named = {p.ref for p in queries.all_packs(conn)}
+                unreferenced.record(queries.driver(conn), (old_refs | stored) - now_named)
             conn.commit()
         self.publisher.publish(again=True, full=True)
-        self._delete_unreferenced(old_refs)
+        if self.store.can_delete:
+            self._delete_unreferenced(time.time_ns())
         return self.outcome
 
     def _rewrite_catalog(self, conn: Connection, plan: Plan, snapshot_id: int) -> None:
@@ -247,13 +263,19 @@ class Executor:
         root = parse_root(self.store.read_root())
         return refs | {e["ref"] for e in (root or {}).get("backupdb", [])}
 
-    def _delete_unreferenced(self, before: set[str]) -> None:
-        """After the root moved: delete what the new catalog and root no longer name, and
-        orphans a killed run left (we hold the home's lock: no upload is under way), once the
-        readers that may still read them are done."""
-        if not self.store.can_delete:
+    def _delete_unreferenced(self, published_ns: int) -> None:
+        """After the root moved: stamp what it stopped naming, then delete what has been
+        unreferenced for `delete_after`, once the readers here that may still read it are done."""
+        named = self._referenced_refs()
+        with self.engine.begin() as conn:
+            raw = queries.driver(conn)
+            unreferenced.drop(raw, unreferenced.waiting(raw) & named)  # named again: kept
+            unreferenced.stamp(raw, published_ns)
+            doomed = unreferenced.due(raw, time.time_ns() - self.delete_after_ns)
+            self.outcome.objects_waiting = len(unreferenced.waiting(raw)) - len(doomed)
+        self.outcome.objects_deleted += self.store.clear_temporaries()  # killed puts' leftovers
+        if not doomed:
             return
-        doomed = sorted((before | set(self.store.list_refs())) - self._referenced_refs())
         with self.alone() as alone:
             if not alone:
                 self.outcome.objects_kept = len(doomed)
@@ -266,7 +288,8 @@ class Executor:
             for ref in doomed:
                 self.store.delete(ref)
                 self.outcome.objects_deleted += 1
-        self.outcome.objects_deleted += self.store.clear_temporaries()
+        with self.engine.begin() as conn:
+            unreferenced.drop(queries.driver(conn), doomed)
 
 
 def needed_versions(spans: list[Any], kept: list[int]) -> set[int]:

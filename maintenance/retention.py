@@ -15,17 +15,17 @@ from datetime import datetime
 
 from deltagrid.floor.errors import UsageError
 
-_DURATION = re.compile(r"^(?:(\d+)y)?(?:(\d+)m)?(?:(\d+)w)?(?:(\d+)d)?(?:(\d+)h)?$")
+_DURATION = re.compile(r"^(?:(\d+)y)?(?:(\d+)m)?(?:(\d+)w)?(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)s)?$")
 
 
 def parse_duration(text: str) -> int:
-    """`1y2m3w4d5h` (any part optional) as nanoseconds; a month is 30 days, a year 365."""
+    """`1y2m3w4d5h6s` (any part optional) as nanoseconds; a month is 30 days, a year 365."""
     m = _DURATION.match(text.strip())
     if not m or not any(m.groups()):
         raise UsageError(f"cannot read duration {text!r} (use e.g. 7d, 2w, 6m, 1y2m, 12h)")
-    y, mo, w, d, h = (int(g or 0) for g in m.groups())
+    y, mo, w, d, h, s = (int(g or 0) for g in m.groups())
     hours = h + 24 * (d + 7 * w + 30 * mo + 365 * y)
-    return hours * 3600 * 10**9
+    return (hours * 3600 + s) * 10**9
 
 
 @dataclass(frozen=True)

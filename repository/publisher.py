@@ -123,6 +123,15 @@ class Publisher:
         return {"type": "delta", "ref": ref, "size": size, "base": last[0], "hash": new_hash}
 
 
+def last_export_hash(state: Path) -> str | None:
+    """The hash of the export this home last published or attached: the catalog it reads is
+    the store's current one while the root's chain ends in it."""
+    try:
+        return str(json.loads((state / "last-export.json").read_text())["hash"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def compress(src: Path, dest: Path) -> Path:
     """zstd `src` into `dest` as a stream. The frame records the size, so that a reader's
     `decompress` allocates what it needs rather than its whole limit. Level 6: on a 1.7 MB

@@ -76,6 +76,7 @@ class RestoreResult:
     warnings: list[tuple[bytes, str]] = field(default_factory=list)  # attributes not restored
     setid_dropped: int = 0  # set-user/group-ID bits dropped: the owner could not be restored
     damaged: set[int] = field(default_factory=set)  # contents the store gave wrong or no bytes of
+    missing: set[bytes] = field(default_factory=set)  # paths failed for an object not in the store
 
 
 def check_path(path: bytes) -> list[bytes]:
@@ -235,6 +236,8 @@ class Restorer:
         self.result.errors.append((entry.path, message))
         if isinstance(exc, CorruptData | ObjectMissing) and entry.kind == KIND_FILE:
             self.result.damaged.add(entry.content_id)
+        if isinstance(exc, ObjectMissing):
+            self.result.missing.add(entry.path)
 
     def _parts(self, path: bytes) -> list[bytes]:
         """The checked components of `path` below the target."""

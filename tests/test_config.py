@@ -145,7 +145,7 @@ def test_config_show_prints_the_effective_settings_with_secrets_masked(
         home,
         f'store = "file://{tmp_path / "store"}"\nstore_cap = "URI:MDMF:secretwrite:fingerprint"\n'
         'sources = ["~/docs"]\n[retention]\nkeep_daily = 7\nkeep_within = "2w"\n'
-        "[upload]\npack_size = 65536\n",
+        '[upload]\npack_size = 65536\n[maintenance]\ndelete_after = "12h"\n',
     )
     text = cli("config", "show")
     assert text.code == 0, text.err
@@ -158,6 +158,7 @@ def test_config_show_prints_the_effective_settings_with_secrets_masked(
     assert "secretwrite" not in doc["store_cap"]
     assert doc["retention"] == {"keep_daily": 7, "keep_within": "2w"}
     assert doc["upload"]["pack_size"] == 65536 and doc["upload"]["max_chain"] == 16
+    assert doc["maintenance"] == {"delete_after": "12h"} and 'delete_after = "12h"' in text.out
     shown = cli("--json", "config", "show", "--show-secrets").json
     assert shown["store_cap"] == "URI:MDMF:secretwrite:fingerprint"
     assert cli("config", "path").out.strip() == str(home / "config.toml")
@@ -168,6 +169,7 @@ def test_config_show_on_a_new_home_shows_the_defaults(home: Path, cli) -> None:
     assert doc["initialised"] is False
     assert doc["store"] == f"file://{home / 'store'}"
     assert doc["sources"] == [] and doc["retention"] == {}
+    assert doc["maintenance"] == {"delete_after": "1d"}
     assert not home.exists()
 
 
@@ -188,6 +190,9 @@ def test_config_show_on_a_new_home_shows_the_defaults(home: Path, cli) -> None:
         ('[upload]\npack_size = "big"\n', 2, ["upload.pack_size: must be an integer"]),
         ("[upload]\n\npiece_size = 0\n", 3, ["upload.piece_size: must be from 4,096 to"]),
         ("retention = 5\n", 1, ["retention: must be a table"]),
+        ("[maintenance]\ndelete_after = 'soon'\n", 2, ["maintenance.delete_after", "7d"]),
+        ("[maintenance]\ndelete_after = 3\n", 2, ["maintenance.delete_after: must be a string"]),
+        ("[maintenance]\nkeep = 1\n", 2, ["maintenance.keep: unknown key"]),
     ],
 )
 def test_a_mistake_in_the_config_names_the_key_and_the_line(

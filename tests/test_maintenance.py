@@ -134,13 +134,27 @@ def assert_restores(home: Path, snapshot: int, src: Path, expected: dict, target
     shutil.rmtree(target)
 
 
+def waiting(home: Path) -> set[str]:
+    """The objects prune recorded as unreferenced, to delete once `delete_after` has passed."""
+    return {r[0] for r in query(home, "SELECT ref FROM unreferenced")}
+
+
 def assert_clean(home: Path) -> None:
-    """verify --read-data finds nothing, and the store holds exactly what is referenced."""
+    """verify --read-data finds nothing; the store holds everything referenced, and nothing
+    else but what waits out `delete_after`."""
     verified = call(home, "--json", "verify", "--read-data")
     assert verified.code == 0, verified.err
     assert verified.json["problems"] == []
-    store = home / "store"
-    assert store_objects(store) == referenced(home), "orphans or missing objects in the store"
+    stored, named = store_objects(home / "store"), referenced(home)
+    assert named <= stored, f"objects missing from the store: {named - stored}"
+    assert stored - named <= waiting(home), "orphans in the store that prune did not record"
+
+
+def set_delete_after(home: Path, duration: str) -> None:
+    """Set `[maintenance] delete_after` in the home's config.toml."""
+    config = home / "config.toml"
+    text = config.read_text().split("\n[maintenance]\n")[0]
+    config.write_text(text + f'\n[maintenance]\ndelete_after = "{duration}"\n')
 
 
 def chain_invariants(home: Path) -> None:
@@ -281,7 +295,7 @@ def test_forty_nights_forget_and_prune_keep_exactly_the_policy(tmp_path: Path) -
     # What puts killed part-way leave: half-written objects and a half-written root pointer.
     (store / "objects" / ".tmp-killedput").write_bytes(b"x" * 1000)
     (store / ".tmp-killedroot").write_bytes(b"{")
-    pruned = ok(home, "prune")
+    pruned = ok(home, "prune", "--delete-now")
     assert not list(store.glob(".tmp-*")) and not list(store.glob("objects/.tmp-*"))
     assert pruned["versions_dropped"] == plan["plan"]["versions"]
     assert pruned["contents_dropped"] == plan["plan"]["contents"]
@@ -369,6 +383,7 @@ def pruneable(tmp_path_factory: pytest.TempPathFactory) -> Pruneable:
     base = tmp_path_factory.mktemp("pruneable")
     src, home = base / "src", base / "home"
     configure(home, **SMALL_PACKS)
+    set_delete_after(home, "0s")  # every step of deleting runs in the one prune, to be killed in
     nights = backup_nights(home, Tree(src, seed=12), range(1, 13))
     forgot = ok(home, "forget", "--keep-last", "2", "--keep-weekly", "2")
     kept = [d["id"] for d in forgot["kept"]]
@@ -458,6 +473,58 @@ def test_prune_killed_at_each_step_loses_nothing_and_reruns(
     _out, err = proc.communicate(timeout=300)
     assert proc.returncode == -signal.SIGKILL, f"never reached {method} #{k}: {err}"
     check_after_kill(pruneable, home, tmp_path)
+
+
+# A prune that defers: the first records what it frees, a later one (after delete_after) deletes.
+GRACE = 2.0
+DEFERRED_KILLS = {
+    # the catalog rewritten, the unreferenced rows not committed: rolled back
+    "record/rewrite_catalog-after": ("deltagrid.maintenance.executor", "Executor._rewrite_catalog"),
+    # rows committed, the root moved, their grace period not started yet
+    "record/replace_root-after": ("deltagrid.store.filestore", "FileStore.replace_root"),
+    # the grace period over: the first object deleted, the rest not
+    "delete/delete-first-after": ("deltagrid.store.filestore", "FileStore.delete"),
+    # every due object deleted, their rows not dropped yet
+    "delete/delete-last-after": ("deltagrid.store.filestore", "FileStore.delete"),
+}
+
+
+@pytest.mark.parametrize("point", list(DEFERRED_KILLS))
+def test_deferred_prune_killed_at_each_step_loses_nothing(
+    tmp_path: Path, pruneable: Pruneable, point: str
+) -> None:
+    home = pruneable.copy(tmp_path / "home")
+    set_delete_after(home, f"{GRACE:g}s")
+    module, method = DEFERRED_KILLS[point]
+    k = 1
+    if point.startswith("delete/"):
+        first = ok(home, "prune")
+        assert first["objects_deleted"] == 0 and first["objects_waiting"] > 0
+        k = first["objects_waiting"] if point.endswith("last-after") else 1
+        time.sleep(GRACE + 0.2)
+    proc = prune_process(home, module, method, str(k), "after")
+    _out, err = proc.communicate(timeout=300)
+    assert proc.returncode == -signal.SIGKILL, f"never reached {method} #{k}: {err}"
+    check_after_deferred_kill(pruneable, home, tmp_path)
+
+
+def check_after_deferred_kill(p: Pruneable, home: Path, work: Path) -> None:
+    """Every kept snapshot restores from what the kill left, and from the store alone; prunes
+    after the grace period delete every unreferenced object and nothing else."""
+    for sid in p.kept:
+        assert_restores(home, sid, p.src, p.nights[sid], work / f"killed-{sid}")
+    fresh = work / "fresh-home"
+    assert call(fresh, "attach", "--store", f"file://{home / 'store'}").code == 0
+    assert referenced(fresh) <= store_objects(home / "store")  # the root's catalog is whole
+    assert_restores(fresh, p.kept[-1], p.src, p.nights[p.kept[-1]], work / "fresh")
+    for _ in range(2):  # the rerun stamps what the kill left unstamped; the next deletes it
+        time.sleep(GRACE + 0.2)
+        assert call(home, "prune").code == 0
+    assert waiting(home) == set() and store_objects(home / "store") == referenced(home)
+    for sid in p.kept:
+        assert_restores(home, sid, p.src, p.nights[sid], work / f"rerun-{sid}")
+    assert_clean(home)
+    chain_invariants(home)
 
 
 def kill_after(p: Pruneable, home: Path, seconds: float) -> None:

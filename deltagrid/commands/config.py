@@ -66,9 +66,10 @@ def run(args: argparse.Namespace, home: Home, out: Output) -> int:
         out.line("# none: forget needs --keep-* options")
     for key, value in doc["retention"].items():
         out.line(f"{key} = {toml_value(value)}")
-    out.line()
-    out.line("[upload]")
-    for key, value in doc["upload"].items():
-        out.line(f"{key} = {toml_value(value)}")
+    for table in ("upload", "maintenance"):
+        out.line()
+        out.line(f"[{table}]")
+        for key, value in doc[table].items():
+            out.line(f"{key} = {toml_value(value)}")
     out.document({"path": str(home.config_path), "initialised": initialised, **doc})
     return 0

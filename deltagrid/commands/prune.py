@@ -1,4 +1,7 @@
-"""`deltagrid prune [--dry-run] [--repack-threshold F]`: drop data only forgotten snapshots need."""
+"""`deltagrid prune [--dry-run] [--repack-threshold F] [--delete-now]`: drop data only forgotten
+snapshots need. Store objects nothing names any more are deleted by a later prune, once they have
+been unreferenced for `[maintenance] delete_after` (readers on other machines may still read
+them); `--delete-now` deletes them at once (still after the readers on this machine)."""
 
 from __future__ import annotations
 
@@ -25,6 +28,13 @@ def add(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> Non
         metavar="F",
         help="repack packs whose dead share of bytes exceeds F (default 0.5)",
     )
+    p.add_argument(
+        "--delete-now",
+        action="store_true",
+        help="delete what nothing references at once, not after [maintenance] delete_after "
+        "(a restore on another machine that began before may then fail; readers on this "
+        "machine are still waited for)",
+    )
     p.set_defaults(run=run)
 
 
@@ -44,6 +54,7 @@ def outcome_text(out: Output, o: Outcome) -> None:
         f"{o.keyframes_written} keyframes; packs: {o.packs_deleted} deleted, {o.packs_repacked} "
         f"repacked into {o.packs_written}; freed {human_bytes(o.bytes_freed)}, wrote "
         f"{human_bytes(o.bytes_written)}; {o.objects_deleted} store objects deleted"
+        + (f", {o.objects_waiting} waiting out delete_after" if o.objects_waiting else "")
     )
 
 
@@ -62,7 +73,7 @@ def run(args: argparse.Namespace, home: Home, out: Output) -> int:
             )
             out.document({"dry_run": True, "plan": doc})
             return 0
-        outcome = session.executor(home, out).run(plan, live, latest)
+        outcome = session.executor(home, out, args.delete_now).run(plan, live, latest)
     outcome_text(out, outcome)
     out.document({"dry_run": False, **asdict(outcome)})
     return 0

@@ -18,6 +18,7 @@ from deltagrid.output import Output
 from deltagrid.restore.damage import locate, record
 from deltagrid.restore.mirror import publish, remove_tree, staging_for
 from deltagrid.restore.policy import DEFAULT, MODES
+from deltagrid.restore.pruned import pruned
 from deltagrid.restore.resolve import require_paths, resolve
 from deltagrid.restore.restore import Restorer, RestoreResult
 
@@ -118,6 +119,7 @@ def run(args: argparse.Namespace, home: Home, out: Output) -> int:
     how = None
     try:
         with plain_reading(home) as (conn, store, published):
+            began = store.read_root()
             snap = resolve(conn, published, args.snapshot, args.at)
             require_paths(conn, snap.id, prefixes)
             with out.bar(desc="restore", unit="B", unit_scale=True) as bar:
@@ -134,6 +136,8 @@ def run(args: argparse.Namespace, home: Home, out: Output) -> int:
                 )
                 out.so_far = lambda: _restored_so_far(snap.id, restorer.result)
                 result = restorer.run(snap.id, prefixes)
+            if result.missing and (why := pruned(store, began, home.state, "restore")):
+                raise why  # not damage: nothing recorded, nothing published
             found = locate(conn, store, result.damaged) if result.damaged else []
         if args.into is not None and not result.errors:
             if result.files + result.dirs + result.symlinks == 0:

@@ -16,13 +16,14 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from deltagrid.backupdb import queries
+from deltagrid.backupdb import damage, queries
 from deltagrid.backupdb.damage import Damage
 from deltagrid.floor.errors import EXIT_ERROR, EXIT_OK, DeltagridError, ObjectMissing, UsageError
 from deltagrid.floor.units import plural
 from deltagrid.home import Home, reading
 from deltagrid.output import Output
 from deltagrid.restore.damage import NamingSource, pack_damage, record
+from deltagrid.restore.pruned import pruned
 from deltagrid.restore.rebuild import materialize
 from deltagrid.store.tahoe import TahoeStore
 
@@ -120,6 +121,7 @@ def run(args: argparse.Namespace, home: Home, out: Output) -> int:
         raise UsageError("--subset goes with --read-data")
     checked = 0
     with reading(home) as (conn, store, published):
+        began = store.read_root()
         packs = queries.all_packs(conn)
         problems, unhealthy, lost = check_packs(store, packs)
         raw = queries.driver(conn)
@@ -128,6 +130,9 @@ def run(args: argparse.Namespace, home: Home, out: Output) -> int:
             checked, damaged, named = read_data(conn, store, published, fraction, home, out)
             problems += damaged
             found += named
+        missing = any(d.how == damage.MISSING for d in found)
+        if missing and (why := pruned(store, began, home.state, "verify")):
+            raise why  # not damage: nothing recorded
     recorded, unrecorded = record(home.db_path, found)
     for p in problems:
         if "pack" in p:

@@ -115,7 +115,7 @@ def test_restore_of_a_forgotten_snapshot_completes_while_prune_waits_for_it(
     restore = dg_process(home, "restore", "--snapshot", "1", target)
     stop_when(restore, home, lambda: any(target.glob("**/.deltagrid-restore-*")))
     before = forget_all_but_the_last(home)
-    prune = dg_process(home, "--json", "--wait", "60", "prune")
+    prune = dg_process(home, "--json", "--wait", "60", "prune", "--delete-now")
     assert prune.stderr is not None
     waiting = prune.stderr.readline()  # prune has rewritten the catalog, and waits
     assert "waiting up to" in waiting and "readers" in waiting, waiting
@@ -142,7 +142,7 @@ def test_verify_completes_while_prune_leaves_its_packs_to_the_next_run(
     verify = dg_process(home, "--json", "verify", "--read-data")
     stop_when(verify, home, lambda: spool.is_dir() and any(spool.glob("tmp*")))
     before = forget_all_but_the_last(home)
-    pruned = call(home, "--json", "prune")  # no --wait: it does not wait for the reader
+    pruned = call(home, "--json", "prune", "--delete-now")  # no --wait: no waiting for it
     assert pruned.code == 0, pruned.err
     assert "still reading" in pruned.err and "next prune deletes them" in pruned.err
     kept = pruned.json["objects_kept"]
@@ -152,7 +152,7 @@ def test_verify_completes_while_prune_leaves_its_packs_to_the_next_run(
     v_out, v_err = verify.communicate(timeout=120)
     assert verify.returncode == 0, v_err
     assert not json.loads(v_out)["problems"]
-    again = ok(home, "prune")  # no reader now: the packs left behind go
+    again = ok(home, "prune", "--delete-now")  # no reader now: the packs left behind go
     assert again["objects_deleted"] >= kept and again["objects_kept"] == 0
     assert ok(home, "verify", "--read-data")["problems"] == []
     figures.count("readers vs maintenance", "verify --read-data during forget + prune")
