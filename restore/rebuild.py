@@ -26,6 +26,7 @@ from deltagrid.backupdb import restore_queries, upload_queries
 from deltagrid.floor.errors import CorruptData
 from deltagrid.floor.rdiff import apply_delta
 from deltagrid.restore import compose
+from deltagrid.restore.leftovers import tagged
 from deltagrid.store.base import Store
 from deltagrid.store.pack import decode_blob, digest
 
@@ -114,6 +115,12 @@ class DirectSource:
             i = j
 
 
+def _temporary(workdir: Path) -> tuple[int, str]:
+    """A new file for a version: restore makes it beside the file it becomes, under a name that
+    a later restore removes if this process is killed (restore/leftovers.py)."""
+    return tempfile.mkstemp(dir=workdir, prefix=tagged(".deltagrid-rebuild"))
+
+
 def _write(source: BlobSource, conn: Connection, content_id: int, out: BinaryIO) -> None:
     for raw in source.blobs(conn, content_id):
         out.write(raw)
@@ -190,7 +197,7 @@ def _version(
 def _checked_file(workdir: Path, row: Any, fill: Callable[[_Hashing], None]) -> Path:
     """A new temporary file under `workdir` that `fill` writes, checked against `row`'s hash as
     it is written; removed again if anything fails."""
-    fd, name = tempfile.mkstemp(dir=workdir, prefix="rebuild-")
+    fd, name = _temporary(workdir)
     path = Path(name)
     try:
         with os.fdopen(fd, "wb") as raw_out:
@@ -279,7 +286,7 @@ def _emit(
             stack.callback(keyframe.drain)  # the blobs past the map's last range, read as planned
             read = keyframe.read
         else:
-            fd, name = tempfile.mkstemp(dir=workdir, prefix="rebuild-")
+            fd, name = _temporary(workdir)
             stack.callback(os.unlink, name)
             spill = stack.enter_context(os.fdopen(fd, "w+b"))
             for raw in blobs:
@@ -313,7 +320,7 @@ def materialize(
     rebuilt = rebuild(conn, source, content_id, workdir, chain)
     if isinstance(rebuilt, Path):
         return rebuilt
-    fd, name = tempfile.mkstemp(dir=workdir, prefix="rebuild-")
+    fd, name = _temporary(workdir)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(rebuilt)
