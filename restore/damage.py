@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterable, Iterator
 from contextlib import closing
 from pathlib import Path
+from typing import Any
 
 from deltagrid.backupdb import connection, damage, restore_queries
 from deltagrid.backupdb.damage import Damage
@@ -96,20 +97,31 @@ def record(db_path: Path, found: list[Damage]) -> tuple[int, str | None]:
 
 class NamingSource(DirectSource):
     """Straight from the store, as DirectSource, noting which blob a rebuild found damaged: a
-    check that names the blob at fault with no read of its own (verify reads each blob once)."""
+    check that names the blob at fault with no read of its own (verify reads each blob once).
+    Adjacent blobs are read in one go, as DirectSource does; only a run that fails is read
+    again blob by blob from the blob that failed, so the one at fault is named, and one wrong
+    read is not taken for damage."""
 
     def __init__(self, store: Store) -> None:
         super().__init__(store)
         self.found: list[Damage] = []
 
-    def blobs(
-        self, conn: sqlite3.Connection, content_id: int, checked: bool = True
-    ) -> Iterator[bytes]:
-        for p in restore_queries.content_pieces(conn, content_id):
-            try:
-                frame = self.store.get(p.ref, p.offset, p.length)
-                yield decode_blob(frame, p.raw_length, p.hash, checked)
-            except (ObjectMissing, CorruptData) as exc:
-                how = damage.MISSING if isinstance(exc, ObjectMissing) else damage.MISMATCH
-                self.found.append(Damage(p.id, p.hash, p.ref, how))
-                raise
+    def _run(self, run: list[Any], checked: bool) -> Iterator[bytes]:
+        done = 0
+        try:
+            for raw in super()._run(run, checked):
+                yield raw
+                done += 1
+        except (ObjectMissing, CorruptData):
+            for p in run[done:]:
+                yield self._blob(p, checked)
+
+    def _blob(self, p: restore_queries.BlobPiece, checked: bool) -> bytes:
+        try:
+            return decode_blob(
+                self.store.get(p.ref, p.offset, p.length), p.raw_length, p.hash, checked
+            )
+        except (ObjectMissing, CorruptData) as exc:
+            how = damage.MISSING if isinstance(exc, ObjectMissing) else damage.MISMATCH
+            self.found.append(Damage(p.id, p.hash, p.ref, how))
+            raise

@@ -106,13 +106,16 @@ class DirectSource:
                 and pieces[j].offset + pieces[j].length - pieces[i].offset <= 64 << 20
             ):
                 j += 1
-            start = pieces[i].offset
-            end = pieces[j - 1].offset + pieces[j - 1].length
-            data = self.store.get(pieces[i].ref, start, end - start)
-            for piece in pieces[i:j]:
-                frame = data[piece.offset - start : piece.offset - start + piece.length]
-                yield decode_blob(frame, piece.raw_length, piece.hash, checked)
+            yield from self._run(pieces[i:j], checked)
             i = j
+
+    def _run(self, run: list[Any], checked: bool) -> Iterator[bytes]:
+        """Adjacent blobs of one pack, in one read."""
+        start = run[0].offset
+        data = self.store.get(run[0].ref, start, run[-1].offset + run[-1].length - start)
+        for piece in run:
+            frame = data[piece.offset - start : piece.offset - start + piece.length]
+            yield decode_blob(frame, piece.raw_length, piece.hash, checked)
 
 
 def _temporary(workdir: Path) -> tuple[int, str]:
