@@ -120,7 +120,7 @@ class Restorer:
         self.result = RestoreResult()
         self.made: set[bytes] = set()
         self.chains: dict[int, list[Any]] = {}  # content id -> its chain rows, from the plan
-        self.token = os.urandom(6).hex().encode()  # names this run's temporary entries
+        self.token = os.urandom(6).hex().encode()  # names this restore's temporary entries
         self.names = itertools.count()
         self.workdirs: dict[bytes, Path] = {}
         self.on_total = on_total or (lambda _n: None)
