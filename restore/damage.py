@@ -98,30 +98,32 @@ def record(db_path: Path, found: list[Damage]) -> tuple[int, str | None]:
 class NamingSource(DirectSource):
     """Straight from the store, as DirectSource, noting which blob a rebuild found damaged: a
     check that names the blob at fault with no read of its own (verify reads each blob once).
-    Adjacent blobs are read in one go, as DirectSource does; only a run that fails is read
-    again blob by blob from the blob that failed, so the one at fault is named, and one wrong
-    read is not taken for damage."""
+    Adjacent blobs are read in one request, as DirectSource does: a blob whose bytes are wrong
+    is named from that read; only a run the store cannot give whole (its pack cut short) is
+    read again blob by blob, to name the first one it lost."""
 
     def __init__(self, store: Store) -> None:
         super().__init__(store)
         self.found: list[Damage] = []
 
     def _run(self, run: list[Any], checked: bool) -> Iterator[bytes]:
-        done = 0
         try:
-            for raw in super()._run(run, checked):
-                yield raw
-                done += 1
-        except (ObjectMissing, CorruptData):
-            for p in run[done:]:
-                yield self._blob(p, checked)
-
-    def _blob(self, p: restore_queries.BlobPiece, checked: bool) -> bytes:
-        try:
-            return decode_blob(
-                self.store.get(p.ref, p.offset, p.length), p.raw_length, p.hash, checked
-            )
+            frames = self._frames(run)
         except (ObjectMissing, CorruptData) as exc:
-            how = damage.MISSING if isinstance(exc, ObjectMissing) else damage.MISMATCH
-            self.found.append(Damage(p.id, p.hash, p.ref, how))
-            raise
+            if isinstance(exc, ObjectMissing) or len(run) == 1:
+                self._name(run[0], exc)
+                raise
+            for piece in run:
+                yield from self._run([piece], checked)
+            return
+        for piece, frame in frames:
+            try:
+                raw = decode_blob(frame, piece.raw_length, piece.hash, checked)
+            except CorruptData as exc:
+                self._name(piece, exc)
+                raise
+            yield raw
+
+    def _name(self, p: restore_queries.BlobPiece, exc: Exception) -> None:
+        how = damage.MISSING if isinstance(exc, ObjectMissing) else damage.MISMATCH
+        self.found.append(Damage(p.id, p.hash, p.ref, how))

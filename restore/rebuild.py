@@ -111,11 +111,14 @@ class DirectSource:
 
     def _run(self, run: list[Any], checked: bool) -> Iterator[bytes]:
         """Adjacent blobs of one pack, in one read."""
+        for piece, frame in self._frames(run):
+            yield decode_blob(frame, piece.raw_length, piece.hash, checked)
+
+    def _frames(self, run: list[Any]) -> Iterator[tuple[Any, bytes]]:
+        """Each blob of `run` with its bytes, read from the store now in one request."""
         start = run[0].offset
         data = self.store.get(run[0].ref, start, run[-1].offset + run[-1].length - start)
-        for piece in run:
-            frame = data[piece.offset - start : piece.offset - start + piece.length]
-            yield decode_blob(frame, piece.raw_length, piece.hash, checked)
+        return ((p, data[p.offset - start : p.offset - start + p.length]) for p in run)
 
 
 def _temporary(workdir: Path) -> tuple[int, str]:
