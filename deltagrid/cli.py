@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import gc
 import signal
 import sqlite3
 import sys
@@ -149,6 +150,8 @@ def _main(argv: list[str]) -> int:
     from deltagrid import history  # imported only now: `--version` and `--help` never need it
 
     so_far = out.so_far() if code > EXIT_SIGNAL else None
+    if code > EXIT_SIGNAL:  # a connection the signal caught mid-way may hold the backupdb's
+        gc.collect()  # write lock, kept by the unwound frames: collected, it rolls back
     history.record(home, args.command, argv, started, code, out.doc, error, so_far)
     return code
 

@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterable, Iterator
 from contextlib import closing
 from pathlib import Path
+from typing import Any
 
 from deltagrid.backupdb import connection, damage, restore_queries
 from deltagrid.backupdb.damage import Damage
@@ -96,20 +97,33 @@ def record(db_path: Path, found: list[Damage]) -> tuple[int, str | None]:
 
 class NamingSource(DirectSource):
     """Straight from the store, as DirectSource, noting which blob a rebuild found damaged: a
-    check that names the blob at fault with no read of its own (verify reads each blob once)."""
+    check that names the blob at fault with no read of its own (verify reads each blob once).
+    Adjacent blobs are read in one request, as DirectSource does: a blob whose bytes are wrong
+    is named from that read; only a run the store cannot give whole (its pack cut short) is
+    read again blob by blob, to name the first one it lost."""
 
     def __init__(self, store: Store) -> None:
         super().__init__(store)
         self.found: list[Damage] = []
 
-    def blobs(
-        self, conn: sqlite3.Connection, content_id: int, checked: bool = True
-    ) -> Iterator[bytes]:
-        for p in restore_queries.content_pieces(conn, content_id):
-            try:
-                frame = self.store.get(p.ref, p.offset, p.length)
-                yield decode_blob(frame, p.raw_length, p.hash, checked)
-            except (ObjectMissing, CorruptData) as exc:
-                how = damage.MISSING if isinstance(exc, ObjectMissing) else damage.MISMATCH
-                self.found.append(Damage(p.id, p.hash, p.ref, how))
+    def _run(self, run: list[Any], checked: bool) -> Iterator[bytes]:
+        try:
+            frames = self._frames(run)
+        except (ObjectMissing, CorruptData) as exc:
+            if isinstance(exc, ObjectMissing) or len(run) == 1:
+                self._name(run[0], exc)
                 raise
+            for piece in run:
+                yield from self._run([piece], checked)
+            return
+        for piece, frame in frames:
+            try:
+                raw = decode_blob(frame, piece.raw_length, piece.hash, checked)
+            except CorruptData as exc:
+                self._name(piece, exc)
+                raise
+            yield raw
+
+    def _name(self, p: restore_queries.BlobPiece, exc: Exception) -> None:
+        how = damage.MISSING if isinstance(exc, ObjectMissing) else damage.MISMATCH
+        self.found.append(Damage(p.id, p.hash, p.ref, how))

@@ -4,6 +4,7 @@ snapshot does not have, as rsync --delete and restic's restore --delete do.
 Only below the restored roots, and never through a symlink: the walk holds each directory open
 (O_NOFOLLOW, O_DIRECTORY) and works relative to it, so a symlink planted in the target, or an
 entry swapped for one while we work, is removed as a name, never followed out of TARGET.
+Another restore's temporaries, while it runs, are not ours to remove.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Callable
+
+from deltagrid.restore import leftovers
 
 OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -66,7 +69,7 @@ def _sweep(
     for name, is_dir in entries:
         child = path + b"/" + os.fsencode(name)
         try:
-            if child not in expected:
+            if child not in expected and not leftovers.live(os.fsencode(name)):
                 if is_dir:
                     shutil.rmtree(name, dir_fd=fd)  # fd-relative: never follows a symlink
                 else:

@@ -11,13 +11,14 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-import shutil
 import stat
 from collections.abc import Callable
 from pathlib import Path
 
 from deltagrid.floor.errors import DeltagridError, UsageError
 from deltagrid.floor.fs import fsync_dir
+from deltagrid.restore import leftovers
+from deltagrid.restore.leftovers import remove_tree
 
 AT_FDCWD = -100
 RENAME_EXCHANGE = 2
@@ -44,47 +45,17 @@ def exchange(a: Path, b: Path) -> None:
         raise OSError(err, os.strerror(err))
 
 
-def remove_tree(path: Path) -> None:
-    """Delete a tree we restored, even one with read-only directories (as non-root)."""
-
-    def writable_then_retry(func: Callable[[str], object], failed: str, _exc: object) -> None:
-        os.chmod(os.path.dirname(failed), 0o700)
-        func(failed)
-
-    shutil.rmtree(path, onerror=writable_then_retry)
-
-
 def _beside(dest: Path, role: str) -> Path:
     """A name beside `dest` for this run's staging or old tree. The pid in it tells a later run
     whether the tree is a leftover of a killed run or another restore's work in progress."""
-    return dest.parent / f".{dest.name}.deltagrid-{role}-{os.getpid()}-{os.urandom(4).hex()}"
-
-
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    return True
+    return dest.parent / (leftovers.tagged(f".{dest.name}.deltagrid-{role}") + os.urandom(4).hex())
 
 
 def clear_leftovers(dest: Path) -> None:
     """Remove the staging and old trees that killed runs left beside `dest` (their process is
     gone): a half-written new tree, or after the swap the old tree that was to be removed."""
-    prefix = f".{dest.name}.deltagrid-"
-    with os.scandir(dest.parent) as entries:
-        ours = [e for e in entries if e.name.startswith(prefix)]
-    for entry in ours:
-        role, _, rest = entry.name[len(prefix) :].partition("-")
-        pid = rest.partition("-")[0]
-        if role not in ("staging", "old") or not pid.isdigit() or _running(int(pid)):
-            continue
-        if entry.is_dir(follow_symlinks=False):
-            remove_tree(Path(entry.path))
-        else:
-            os.unlink(entry.path)
+    roles = (f".{dest.name}.deltagrid-{role}" for role in ("staging", "old"))
+    leftovers.clear(os.fsencode(dest.parent), [os.fsencode(r) for r in roles])
 
 
 def staging_for(dest: Path) -> Path:

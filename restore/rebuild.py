@@ -26,6 +26,7 @@ from deltagrid.backupdb import restore_queries, upload_queries
 from deltagrid.floor.errors import CorruptData
 from deltagrid.floor.rdiff import apply_delta
 from deltagrid.restore import compose
+from deltagrid.restore.leftovers import tagged
 from deltagrid.store.base import Store
 from deltagrid.store.pack import decode_blob, digest
 
@@ -105,13 +106,25 @@ class DirectSource:
                 and pieces[j].offset + pieces[j].length - pieces[i].offset <= 64 << 20
             ):
                 j += 1
-            start = pieces[i].offset
-            end = pieces[j - 1].offset + pieces[j - 1].length
-            data = self.store.get(pieces[i].ref, start, end - start)
-            for piece in pieces[i:j]:
-                frame = data[piece.offset - start : piece.offset - start + piece.length]
-                yield decode_blob(frame, piece.raw_length, piece.hash, checked)
+            yield from self._run(pieces[i:j], checked)
             i = j
+
+    def _run(self, run: list[Any], checked: bool) -> Iterator[bytes]:
+        """Adjacent blobs of one pack, in one read."""
+        for piece, frame in self._frames(run):
+            yield decode_blob(frame, piece.raw_length, piece.hash, checked)
+
+    def _frames(self, run: list[Any]) -> Iterator[tuple[Any, bytes]]:
+        """Each blob of `run` with its bytes, read from the store now in one request."""
+        start = run[0].offset
+        data = self.store.get(run[0].ref, start, run[-1].offset + run[-1].length - start)
+        return ((p, data[p.offset - start : p.offset - start + p.length]) for p in run)
+
+
+def _temporary(workdir: Path) -> tuple[int, str]:
+    """A new file for a version: restore makes it beside the file it becomes, under a name that
+    a later restore removes if this process is killed (restore/leftovers.py)."""
+    return tempfile.mkstemp(dir=workdir, prefix=tagged(".deltagrid-rebuild"))
 
 
 def _write(source: BlobSource, conn: Connection, content_id: int, out: BinaryIO) -> None:
@@ -190,7 +203,7 @@ def _version(
 def _checked_file(workdir: Path, row: Any, fill: Callable[[_Hashing], None]) -> Path:
     """A new temporary file under `workdir` that `fill` writes, checked against `row`'s hash as
     it is written; removed again if anything fails."""
-    fd, name = tempfile.mkstemp(dir=workdir, prefix="rebuild-")
+    fd, name = _temporary(workdir)
     path = Path(name)
     try:
         with os.fdopen(fd, "wb") as raw_out:
@@ -279,7 +292,7 @@ def _emit(
             stack.callback(keyframe.drain)  # the blobs past the map's last range, read as planned
             read = keyframe.read
         else:
-            fd, name = tempfile.mkstemp(dir=workdir, prefix="rebuild-")
+            fd, name = _temporary(workdir)
             stack.callback(os.unlink, name)
             spill = stack.enter_context(os.fdopen(fd, "w+b"))
             for raw in blobs:
@@ -313,7 +326,7 @@ def materialize(
     rebuilt = rebuild(conn, source, content_id, workdir, chain)
     if isinstance(rebuilt, Path):
         return rebuilt
-    fd, name = tempfile.mkstemp(dir=workdir, prefix="rebuild-")
+    fd, name = _temporary(workdir)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(rebuilt)

@@ -34,6 +34,8 @@ from deltagrid.floor.fs import sync_filesystem
 from deltagrid.restore.background import Background
 from deltagrid.restore.extras import remove_extras
 from deltagrid.restore.fetch import Fetcher, Piece
+from deltagrid.restore.leftovers import clear as clear_leftovers
+from deltagrid.restore.leftovers import tagged
 from deltagrid.restore.metadata import MetadataWriter
 from deltagrid.restore.policy import DEFAULT, Verdict, judge
 from deltagrid.restore.rebuild import (
@@ -132,6 +134,7 @@ class Restorer:
         os.makedirs(self.target, exist_ok=True)
         try:
             self.meta.make_writable(self.target, os.stat(self.target))
+            clear_leftovers(self.target)  # a killed restore's work directory, its temporaries
             self._entries(snapshot_id, prefixes)
         except KeyboardInterrupt:  # and SIGTERM, SIGHUP (floor.errors.Interrupted)
             self._sweep_temporaries()
@@ -152,7 +155,8 @@ class Restorer:
         for e in dirs:
             self._guard(e, self._dir)
         files, plan, order = self._plan(files)
-        work = Path(tempfile.mkdtemp(dir=os.fsdecode(self.target), prefix=".deltagrid-restore-"))
+        where, prefix = os.fsdecode(self.target), tagged(".deltagrid-restore")
+        work = Path(tempfile.mkdtemp(dir=where, prefix=prefix))
         self.source = Fetcher(self.store, work, plan, order)
         try:
             self._files(files)
@@ -259,15 +263,21 @@ class Restorer:
         return current
 
     def _real_dir(self, path: bytes) -> None:
-        """Create `path`, or check it is a real directory (never a symlink); remember it."""
+        """Create `path`, or check it is a real directory (never a symlink); remember it. In
+        one that was there, remove the temporaries a killed restore left (restore/leftovers.py)."""
         try:
             st = os.lstat(path)
         except FileNotFoundError:
             os.mkdir(path, 0o700)
             st = os.lstat(path)
+            found = False
+        else:
+            found = True
         if not stat.S_ISDIR(st.st_mode):
             raise UnsafePath(f"{os.fsdecode(path)} is in the way and not a directory")
         self.meta.make_writable(path, st)  # a read-only one an earlier restore left
+        if found:
+            clear_leftovers(path)
         self.made.add(path)
 
     def _dest(self, path: bytes) -> bytes:
@@ -313,10 +323,11 @@ class Restorer:
         except IsADirectoryError:
             raise UnsafePath(f"{os.fsdecode(dest)} is a directory in the way") from None
 
-    def _temporary(self, parent: bytes, kind: bytes) -> bytes:
+    def _temporary(self, parent: bytes, kind: str) -> bytes:
         """A new name in `parent` for an entry being made: created with O_EXCL (or link and
         symlink, which never follow), so a name already taken fails, never redirects."""
-        return b"%s/.deltagrid-%s-%s-%d" % (parent, kind, self.token, next(self.names))
+        prefix = tagged(".deltagrid-" + kind).encode()
+        return b"%s/%s%s-%d" % (parent, prefix, self.token, next(self.names))
 
     def _sweep_temporaries(self) -> None:
         """Remove what an interruption may have caught between creating one of this run's
@@ -341,7 +352,7 @@ class Restorer:
         if first is not None and first[1] == e.content_hash:
             if not self._wanted(e, dest, lambda: _same_inode(dest, first[0]), self._count_link):
                 return
-            tmp = self._temporary(parent, b"link")
+            tmp = self._temporary(parent, "link")
             os.link(first[0], tmp)
             self._install(tmp, dest)
             self._count_link(e)
@@ -394,7 +405,7 @@ class Restorer:
     def _write_new(self, data: bytes, parent: bytes, dest: bytes, e: Any) -> None:
         """Write a file rebuilt in memory to a new name beside `dest`, give it its metadata
         through the open descriptor, and rename it into place: a few syscalls per file."""
-        tmp = self._temporary(parent, b"file")
+        tmp = self._temporary(parent, "file")
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         fd = os.open(tmp, flags, 0o600)
         try:
@@ -432,7 +443,7 @@ class Restorer:
             and digest_file(Path(os.fsdecode(previous))) == e.content_hash
         ):
             return False
-        tmp = self._temporary(parent, b"link")
+        tmp = self._temporary(parent, "link")
         os.link(previous, tmp)
         self._install(tmp, dest)
         return True
@@ -442,7 +453,7 @@ class Restorer:
         if not self._wanted(e, dest, lambda: os.readlink(dest) == e.target, self._count_same):
             return
         parent = dest.rsplit(b"/", 1)[0]
-        tmp = self._temporary(parent, b"link")
+        tmp = self._temporary(parent, "link")
         os.symlink(e.target, tmp)
         self._install_as(tmp, dest, e, follow=False)
         self.result.symlinks += 1

@@ -8,16 +8,23 @@ pack file, or the store's objects folder emptied.
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import sqlite3
 import subprocess
 import time
+from collections.abc import Callable
 from contextlib import closing
 from pathlib import Path
 
+import pytest
+
+from deltagrid.restore.rebuild import DirectSource, materialize
+from deltagrid.store.filestore import FileStore
 from deltagrid.store.tahoe_grid import LocalGrid, tahoe_executable
 from tests import gridfixtures
 from tests.helpers import describe, dg, restored_root, settle
+from tests.test_maintenance import call, configure, ok
 
 grid = gridfixtures.grid  # the session's grid, shared with the other grid tests
 healthy = gridfixtures.healthy
@@ -54,14 +61,15 @@ def _content_of(home: Path, path: Path) -> int:
     return int(row[0])
 
 
-def _flip_bit(home: Path, content_id: int) -> int:
-    """Flip one bit in the middle of the content's first blob, in its pack file; the blob id."""
+def _flip_bit(home: Path, content_id: int, seq: int = 0) -> int:
+    """Flip one bit in the middle of the content's blob number `seq` (the first), in its pack
+    file; the blob id."""
     with closing(_db(home)) as conn:
         blob_id, ref, offset, length = conn.execute(
             "SELECT b.id, p.ref, b.offset, b.length FROM content_blobs cb "
             "JOIN blobs b ON b.id = cb.blob_id JOIN packs p ON p.id = b.pack_id "
-            "WHERE cb.content_id = ? ORDER BY cb.seq LIMIT 1",
-            (content_id,),
+            "WHERE cb.content_id = ? ORDER BY cb.seq LIMIT 1 OFFSET ?",
+            (content_id, seq),
         ).fetchone()
     pack = home / "store" / "objects" / ref[:2] / ref
     data = bytearray(pack.read_bytes())
@@ -214,6 +222,86 @@ def test_repair_heals_a_wiped_objects_folder(tmp_path: Path, figures) -> None:
     # the next night is an ordinary one again
     (src / "f").write_bytes(os.urandom(3000))
     assert dg(home, "backup", src).code == 0
+    _restores_exactly(home, tmp_path, src, describe(src))
+
+
+# --- verify reads adjacent blobs in one read, and still names the one at fault --------------------
+
+PIECE = 64 << 10  # files of a few pieces: blobs adjacent in their pack, read as one run
+
+
+def _small_files_and_a_few_in_pieces(src: Path) -> None:
+    rng = random.Random(18)
+    for i in range(300):
+        path = src / f"d{i % 6}" / f"f{i:03d}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(rng.randbytes(rng.randint(10, 4000)))
+    for i in range(3):
+        (src / f"pieces{i}").write_bytes(rng.randbytes(10 * PIECE + 123))
+    settle(src)
+
+
+def _store_reads(monkeypatch: pytest.MonkeyPatch, run: Callable[[], object]) -> int:
+    """How many reads `run` asks of the real FileStore (every get is counted, then done)."""
+    reads = [0]
+    real = FileStore.get
+
+    def counted(self: FileStore, ref: str, offset: int = 0, length: int | None = None) -> bytes:
+        reads[0] += 1
+        return real(self, ref, offset, length)
+
+    with monkeypatch.context() as m:
+        m.setattr(FileStore, "get", counted)
+        run()
+    return reads[0]
+
+
+def _rebuild_every_content_directly(home: Path, work: Path) -> None:
+    """What verify --read-data did before it named damaged blobs: every content rebuilt
+    through DirectSource (one read per run of adjacent blobs), in id order."""
+    work.mkdir()
+    store = FileStore(home / "store")
+    with closing(_db(home)) as conn:
+        for (content_id,) in conn.execute("SELECT id FROM contents ORDER BY id").fetchall():
+            materialize(conn, DirectSource(store), content_id, work).unlink()
+
+
+def test_a_clean_verify_reads_adjacent_blobs_in_one_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, figures
+) -> None:
+    src, home = tmp_path / "src", tmp_path / "home"
+    _small_files_and_a_few_in_pieces(src)
+    configure(home, piece_size=PIECE)
+    assert call(home, "backup", src).code == 0
+    with closing(_db(home)) as conn:
+        blobs = conn.execute("SELECT count(*) FROM content_blobs").fetchone()[0]
+
+    packs_only = _store_reads(monkeypatch, lambda: ok(home, "verify"))
+    verify = _store_reads(monkeypatch, lambda: ok(home, "verify", "--read-data"))
+    before = _store_reads(
+        monkeypatch, lambda: _rebuild_every_content_directly(home, tmp_path / "w")
+    )
+
+    print(f"verify --read-data: {verify - packs_only} reads for {blobs} blobs; before: {before}")
+    assert verify - packs_only == before < blobs - 20  # each file in pieces: one read, not 11
+    figures.count("damage", "blob reads a clean verify saved", blobs - before)
+
+
+def test_verify_names_the_one_damaged_blob_of_a_run(tmp_path: Path, figures) -> None:
+    src, home = tmp_path / "src", tmp_path / "home"
+    _small_files_and_a_few_in_pieces(src)
+    configure(home, piece_size=PIECE)
+    assert call(home, "backup", src).code == 0
+    flipped = _flip_bit(home, _content_of(home, src / "pieces1"), seq=5)
+    figures.count("damage", "bits flipped", 1)
+
+    verify = dg(home, "--json", "verify", "--read-data")
+
+    assert verify.code == 1, verify.err
+    assert [p["paths"] for p in verify.json["problems"]] == [[str(src / "pieces1")]]
+    assert _damaged(home) == {flipped}
+    assert dg(home, "repair").code == 0
+    assert dg(home, "verify", "--read-data").code == 0
     _restores_exactly(home, tmp_path, src, describe(src))
 
 

@@ -13,6 +13,7 @@ over. With --runslow each command is interrupted ten times as often.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
@@ -271,6 +272,33 @@ def copy_home(home: Path, dest: Path) -> Path:
     return dest
 
 
+def holds_lock(home: Path, proc: subprocess.Popen[str]) -> bool:
+    """Whether `proc` holds the home's write lock: the lock file names its holder while held."""
+    try:
+        holder = json.loads((home / "lock").read_text() or "null")
+    except (OSError, ValueError):
+        return False  # not there yet, or caught between its truncation and its write
+    return isinstance(holder, dict) and holder.get("pid") == proc.pid
+
+
+def locked_prune(home: Path) -> tuple[subprocess.Popen[str], float]:
+    """A prune started, once it holds the home's lock; when that was."""
+    proc = start(home, "prune")
+    until(lambda: holds_lock(home, proc), proc)
+    return proc, time.monotonic()
+
+
+def lock_window(home: Path) -> float:
+    """How long an uninterrupted prune holds the home's lock: the time its work takes."""
+    proc, took = locked_prune(home)
+    while holds_lock(home, proc):
+        time.sleep(0.002)
+    window = time.monotonic() - took
+    _out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    return window
+
+
 def test_sigterm_at_random_moments_of_prune_loses_nothing(
     forgotten: tuple[Path, Path],
     tmp_path: Path,
@@ -278,23 +306,33 @@ def test_sigterm_at_random_moments_of_prune_loses_nothing(
     kills: Callable[[int], int],
     figures: Figures,
 ) -> None:
+    """The moment is drawn over the time prune holds the home's lock (taken before it reads
+    the plan, released after its last deletion), counted from when this prune takes it, so
+    nearly every SIGTERM lands in prune's work, not in Python starting. The window is the
+    shorter of two uninterrupted runs', so a run slowed by load does not stretch it past
+    the work of the next ones."""
     home, src = forgotten
-    took = timed(copy_home(home, tmp_path / "measure"), "prune")
+    window = min(lock_window(copy_home(home, tmp_path / f"measure{i}")) for i in range(2))
     stopped = 0
     for k in range(kills(3)):
         copy, target = copy_home(home, tmp_path / f"h{k}"), tmp_path / "restored"
-        after = rng.uniform(0.2, took)
-        if not interrupt(start(copy, "prune"), after, figures):
+        proc, locked = locked_prune(copy)
+        after = rng.uniform(0, window)
+        if not interrupt(proc, max(0.0, locked + after - time.monotonic()), figures):
+            figures.count("signals", "prune SIGTERMs after its work was done")
             continue
         stopped += 1
         run = last_run(copy, "prune")
-        print(f"prune {k}: SIGTERM after {after:.2f} s of {took:.2f}: {run['summary']}")
+        print(
+            f"prune {k}: SIGTERM {after:.2f} s into the {window:.2f} s it locks: {run['summary']}"
+        )
         assert_no_litter(copy)
         assert_restores(copy, src, target)
         assert ok(copy, "prune")["objects_kept"] == 0
         assert_restores(copy, src, target)
         assert ok(copy, "verify", "--read-data")["problems"] == []
     figures.count("signals", "prune SIGTERMs", stopped)
+    assert stopped > 0, "no SIGTERM landed inside prune"
 
 
 # --- SIGINT and SIGHUP, once each, mid-work -----------------------------------------------------
