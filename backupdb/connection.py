@@ -17,11 +17,12 @@ from pathlib import Path
 
 from deltagrid.floor.errors import BackupDBError
 
-SCHEMA_VERSION = 3
-# Version history (every change so far only adds tables, so migrating is creating them):
+SCHEMA_VERSION = 4
+# Version history (migrating creates the tables and columns an older backupdb lacks):
 #   1  first release
 #   2  `forgotten`: snapshots marked by `forget`, dropped from listings, their data pruned
 #   3  `runs` (local): the history of writer runs, for `deltagrid log` and `report`
+#   4  `versions.extents`: a sparse file's data runs; times past 64-bit ns stored as BLOBs
 
 # The tables of schema.py (tests hold the two together): the catalog, in export order, then the
 # local ones.
@@ -38,6 +39,8 @@ CATALOG = (
     "forgotten",
 )
 LOCAL = ("scans", "queue", "scan_errors", "runs")
+# Columns added to existing tables since, as migrate adds them: (table, column, type).
+ADDED_COLUMNS = (("versions", "extents", "BLOB"),)
 # What `create` runs: generated from schema.py by `python -m deltagrid.backupdb.schema_sql`.
 SCHEMA_SQL = Path(__file__).with_name("schema.sql")
 _CREATE = re.compile(r"^(CREATE (?:UNIQUE )?(?:TABLE|INDEX)) ")
@@ -82,11 +85,17 @@ def create(path: Path) -> sqlite3.Connection:
 
 
 def migrate(conn: sqlite3.Connection) -> None:
-    """Bring an older backupdb to SCHEMA_VERSION: so far every change only adds tables and
-    indexes, so migrating is creating what is missing, in one transaction."""
+    """Bring an older backupdb to SCHEMA_VERSION: every change so far only adds tables,
+    indexes and nullable columns, so migrating is creating what is missing, in one
+    transaction. An added column comes last, as in a new backupdb (schema.py keeps it there),
+    so the export's columns are in the same order either way."""
     with transaction(conn):
         for statement in _ddl(if_missing=True):
             conn.execute(statement)
+        for table, column, kind in ADDED_COLUMNS:
+            have = {row[1] for row in conn.execute(f'PRAGMA table_info("{table}")')}
+            if column not in have:
+                conn.execute(f'ALTER TABLE "{table}" ADD COLUMN "{column}" {kind}')
         conn.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
 
 

@@ -11,6 +11,29 @@ KIND_FILE = "f"
 KIND_DIR = "d"
 KIND_LINK = "l"
 
+_NS_RANGE = range(-(1 << 63), 1 << 63)  # SQLite's INTEGER: 1677-09-21 to 2262-04-11 in ns
+
+
+def time_to_db(ns: int) -> int | bytes:
+    """A time in ns as the catalog stores it: an INTEGER when it fits SQLite's 64 bits, else its
+    decimal digits as a BLOB (a BLOB, as SQLite turns digits given as TEXT into a lossy REAL).
+    So any time a file system can hold is stored exactly."""
+    return ns if ns in _NS_RANGE else str(ns).encode()
+
+
+def time_from_db(value: int | bytes) -> int:
+    """The time in ns a catalog column holds (`time_to_db`)."""
+    return value if type(value) is int else int(value)
+
+
+def with_times(entry: Any) -> Any:
+    """A row NamedTuple with `mtime_ns` and `ctime_ns` as ints, however the catalog stored them."""
+    if type(entry.mtime_ns) is int and type(entry.ctime_ns) is int:
+        return entry
+    return entry._replace(
+        mtime_ns=time_from_db(entry.mtime_ns), ctime_ns=time_from_db(entry.ctime_ns)
+    )
+
 
 def kind_of(mode: int) -> str | None:
     """The entry kind deltagrid stores for an st_mode, or None for sockets, FIFOs and devices."""
@@ -38,9 +61,12 @@ class Meta:
     dev: int
     nlink: int
     target: bytes | None = None
+    extents: bytes | None = None  # a sparse file's data runs (floor/sparse.py); None: no holes
 
     @classmethod
-    def from_stat(cls, st: os.stat_result, target: bytes | None = None) -> Meta:
+    def from_stat(
+        cls, st: os.stat_result, target: bytes | None = None, extents: bytes | None = None
+    ) -> Meta:
         kind = kind_of(st.st_mode)
         if kind is None:
             raise ValueError("not a file, directory or symlink")
@@ -56,6 +82,7 @@ class Meta:
             dev=st.st_dev,
             nlink=st.st_nlink,
             target=target,
+            extents=extents,
         )
 
     @classmethod
@@ -66,12 +93,13 @@ class Meta:
             uid=row.uid,
             gid=row.gid,
             size=row.size,
-            mtime_ns=row.mtime_ns,
-            ctime_ns=row.ctime_ns,
+            mtime_ns=time_from_db(row.mtime_ns),
+            ctime_ns=time_from_db(row.ctime_ns),
             inode=row.inode,
             dev=row.dev,
             nlink=row.nlink,
             target=row.target,
+            extents=row.extents,
         )
 
     def columns(self) -> dict[str, Any]:
@@ -82,10 +110,11 @@ class Meta:
             "uid": self.uid,
             "gid": self.gid,
             "size": self.size,
-            "mtime_ns": self.mtime_ns,
-            "ctime_ns": self.ctime_ns,
+            "mtime_ns": time_to_db(self.mtime_ns),
+            "ctime_ns": time_to_db(self.ctime_ns),
             "inode": self.inode,
             "dev": self.dev,
             "nlink": self.nlink,
             "target": self.target,
+            "extents": self.extents,
         }

@@ -146,6 +146,7 @@ CREATE TABLE versions (
     target BLOB,
     content_id INTEGER,
     recheck BOOLEAN NOT NULL,
+    extents BLOB,
     PRIMARY KEY (id)
 );
 

@@ -17,7 +17,7 @@ from operator import attrgetter
 from typing import Any
 
 from deltagrid.backupdb import scan_queries
-from deltagrid.backupdb.entries import KIND_DIR, KIND_FILE, KIND_LINK, Meta, kind_of
+from deltagrid.backupdb.entries import KIND_DIR, KIND_FILE, KIND_LINK, Meta, kind_of, time_to_db
 from deltagrid.backupdb.scan_queries import STAT_KEY
 from deltagrid.floor.errors import UsageError
 from deltagrid.scanner.excludes import Excludes
@@ -128,7 +128,7 @@ class Scanner:
                 "reason": reason,
                 "kind": meta.kind,
                 "size": meta.size,
-                "mtime_ns": meta.mtime_ns,
+                "mtime_ns": time_to_db(meta.mtime_ns),
                 "inode": meta.inode,
                 "dev": meta.dev,
                 "prev_version_id": prev.id if prev is not None else None,
