@@ -9,6 +9,7 @@ no link restored in this run can redirect a later write.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import shutil
@@ -24,6 +25,7 @@ from deltagrid.backupdb import restore_queries
 from deltagrid.backupdb.entries import KIND_DIR, KIND_FILE, KIND_LINK
 from deltagrid.floor.errors import DeltagridError
 from deltagrid.floor.fs import sync_filesystem
+from deltagrid.restore import sparse
 from deltagrid.restore.background import Background
 from deltagrid.restore.fetch import Fetcher, Piece
 from deltagrid.restore.rebuild import (
@@ -300,8 +302,17 @@ class Restorer:
             self._workdir(parent),
             self.chains.get(e.content_id),
         )
-        if isinstance(rebuilt, bytes):
-            self._write_new(rebuilt, parent, dest, e)
+        if e.extents is not None:  # a sparse file: its data, laid out around its holes
+            try:
+                fill = functools.partial(
+                    sparse.lay_out, content=rebuilt, extents=e.extents, size=e.size
+                )
+                self._write_new(fill, parent, dest, e)
+            finally:
+                if isinstance(rebuilt, Path):
+                    rebuilt.unlink()
+        elif isinstance(rebuilt, bytes):
+            self._write_new(functools.partial(_write_all, data=rebuilt), parent, dest, e)
         else:
             self._install_as(os.fsencode(rebuilt), dest, e, follow=True)
         return False
@@ -319,18 +330,16 @@ class Restorer:
         self.result.size += e.size
         self.on_progress(e.size)
 
-    def _write_new(self, data: bytes, parent: bytes, dest: bytes, e: Any) -> None:
-        """Write a file rebuilt in memory to a new name beside `dest`, give it its metadata
-        through the open descriptor, and rename it into place: a few syscalls per file."""
+    def _write_new(self, fill: Callable[[int], None], parent: bytes, dest: bytes, e: Any) -> None:
+        """Write a file (`fill` writes it into a descriptor) to a new name beside `dest`, give
+        it its metadata through the open descriptor, and rename it into place: a few syscalls
+        per file."""
         tmp = self._temporary(parent, b"file")
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         fd = os.open(tmp, flags, 0o600)
         try:
             try:
-                with memoryview(data) as view:
-                    written = 0
-                    while written < len(view):
-                        written += os.write(fd, view[written:])
+                fill(fd)
                 if self.as_root:
                     os.fchown(fd, e.uid, e.gid)
                 os.fchmod(fd, e.mode)
@@ -358,7 +367,11 @@ class Restorer:
             and (st.st_size, st.st_mtime_ns, stat.S_IMODE(st.st_mode))
             == (e.size, e.mtime_ns, e.mode)
             and (not self.as_root or (st.st_uid, st.st_gid) == (e.uid, e.gid))
-            and digest_file(Path(os.fsdecode(previous))) == e.content_hash
+            and (
+                digest_file(Path(os.fsdecode(previous))) == e.content_hash
+                if e.extents is None
+                else sparse.same_file(previous, e.extents, e.size, e.content_hash)
+            )
         ):
             return False
         tmp = self._temporary(parent, b"link")
@@ -373,3 +386,10 @@ class Restorer:
         os.symlink(e.target, tmp)
         self._install_as(tmp, dest, e, follow=False)
         self.result.symlinks += 1
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    with memoryview(data) as view:
+        written = 0
+        while written < len(view):
+            written += os.write(fd, view[written:])

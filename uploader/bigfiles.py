@@ -175,14 +175,14 @@ class BigReader:
                 sig.close()
             raise
         prepared.source = source
-        if source.temporary or source.data is not None:  # moved on, or shrank, meanwhile
+        if source.temporary or source.data is not None:  # moved on, shrank, or sparse
             _cancel(cutter, signer, delta)
             self._drop_writer()  # pieces handed over before are left unused
             if signer is not None and sig is not None:  # what was signed is not this source
                 sig.seek(0)
                 sig.truncate()
                 with source.open() as f:
-                    sign(f, sig, source.meta.size, s.block_max)
+                    sign(f, sig, source.size, s.block_max)
             return prepared
         try:
             if cutter is not None:
