@@ -9,6 +9,7 @@ only: the writers here begin and commit their own).
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import stat
 import time
@@ -157,6 +158,12 @@ def finish_scan(
             "UPDATE scans SET finished_ns = ?, counts = ?, errors = ? WHERE id = ?",
             (time.time_ns(), json.dumps(counts), errors, scan_id),
         )
+
+
+def scan_roots(conn: sqlite3.Connection, scan_id: int) -> set[bytes]:
+    """The roots a scan walked."""
+    row = conn.execute("SELECT roots FROM scans WHERE id = ?", (scan_id,)).fetchone()
+    return set() if row is None else {os.fsencode(root) for root in json.loads(row[0])}
 
 
 def interrupted_scan(conn: sqlite3.Connection) -> bool:

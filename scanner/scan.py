@@ -19,8 +19,10 @@ from typing import Any
 from deltagrid.backupdb import scan_queries
 from deltagrid.backupdb.entries import KIND_DIR, KIND_FILE, KIND_LINK, Meta, kind_of, time_to_db
 from deltagrid.backupdb.scan_queries import STAT_KEY
+from deltagrid.floor import fs
 from deltagrid.floor.errors import UsageError
 from deltagrid.scanner.excludes import Excludes
+from deltagrid.scanner.pseudo import pseudo_devices
 
 BATCH = 2000
 REASONS = ("new", "changed", "meta", "deleted")
@@ -35,6 +37,7 @@ class ScanResult:
     unchanged: int = 0
     skipped: list[bytes] = field(default_factory=list)  # sockets, FIFOs, devices
     errors: list[tuple[bytes, str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # a source followed, a pseudo fs skipped
 
 
 def normalise_roots(sources: list[str]) -> list[bytes]:
@@ -96,11 +99,14 @@ class Scanner:
         one_file_system: bool = False,
         on_entries: Callable[[int], None] | None = None,
         warn: Callable[[str], None] | None = None,
+        include_pseudo_fs: bool = False,
     ) -> None:
         self.conn = conn
         self.excludes = excludes
         self.checksum = checksum
         self.one_file_system = one_file_system
+        self.include_pseudo_fs = include_pseudo_fs
+        self.pseudo: dict[int, tuple[bytes, str]] = {}  # st_dev -> (mount point, type)
         self.on_entries = on_entries or (lambda _n: None)  # progress: entries listed
         self.warn = warn or (lambda _msg: None)
         self.rows: list[dict[str, Any]] = []
@@ -109,6 +115,8 @@ class Scanner:
     def run(self, roots: list[bytes]) -> ScanResult:
         conn = self.conn
         self.result = ScanResult(scan_queries.begin_scan(conn, [os.fsdecode(r) for r in roots]))
+        if not self.include_pseudo_fs:
+            self.pseudo = pseudo_devices()
         for root in roots:
             self._scan_root(conn, root)
         self._flush(conn)
@@ -144,8 +152,9 @@ class Scanner:
         self._errors_saved += len(errors)
         self.rows = []
 
-    def _error(self, path: bytes, exc: OSError) -> None:
-        message = exc.strerror or str(exc)
+    def _error(self, path: bytes, exc: Exception) -> None:
+        """One entry cannot be read: it is named, keeps its live version, and the scan goes on."""
+        message = (exc.strerror if isinstance(exc, OSError) else None) or str(exc)
         self.result.errors.append((path, message))
         self.warn(f"cannot read {os.fsdecode(path)}: {message}")
 
@@ -172,8 +181,11 @@ class Scanner:
         target = None
         if stat.S_ISLNK(st.st_mode):
             try:
-                target = os.readlink(path)
+                target = fs.read_link(path)
             except FileNotFoundError:
+                return None
+            except OSError as exc:  # EACCES (/proc/1/cwd), EINVAL (now a file)...
+                self._error(path, exc)
                 return None
         meta = Meta.from_stat(st, target)
         reason = reason_for(prev, meta, self.checksum)
@@ -187,7 +199,7 @@ class Scanner:
 
     def _scan_root(self, conn: sqlite3.Connection, root: bytes) -> None:
         try:
-            st = os.lstat(root)
+            st = self._root_stat(root)
         except OSError as exc:
             self._error(root, exc)
             return
@@ -212,6 +224,24 @@ class Scanner:
             self._compare(conn, root, st.st_dev, entries, live, stack)
             for row in live.values():
                 self._delete_live(conn, row)
+
+    def _root_stat(self, root: bytes) -> os.stat_result:
+        """A source's lstat; for a symlink to a directory, the directory's stat: the source is
+        that tree, recorded under the path given (docs/everyday.md has the rule)."""
+        st = os.lstat(root)
+        if stat.S_ISLNK(st.st_mode):
+            try:
+                followed = os.stat(root)
+            except OSError:
+                return st  # dangling: the link is what there is
+            if stat.S_ISDIR(followed.st_mode):
+                target = os.fsdecode(fs.read_link(root))
+                self.note(f"{os.fsdecode(root)} is a symlink to {target}: backing up its tree")
+                return followed
+        return st
+
+    def note(self, text: str) -> None:
+        self.result.notes.append(text)
 
     def _compare(
         self,
@@ -267,7 +297,11 @@ class Scanner:
                     self._descend(stack, path, st, root_dev, row[_PATH_ID])
                 continue
             prev = None if row is None else scan_queries.live_entry(conn, row[_VERSION_ID])
-            visited = self._visit(conn, path, st, prev)
+            try:
+                visited = self._visit(conn, path, st, prev)
+            except (OSError, OverflowError, ValueError) as exc:  # one odd entry, not the night
+                self._error(path, exc)
+                continue
             if visited is None or not visited[1]:
                 continue
             child_id = prev.path_id if prev is not None and prev.kind == KIND_DIR else None
@@ -281,9 +315,17 @@ class Scanner:
         root_dev: int,
         path_id: int | None,
     ) -> None:
-        """Walk into the directory `path` later, unless --one-file-system keeps us out of it."""
-        if not (self.one_file_system and st.st_dev != root_dev):
-            stack.append((path, path_id))
+        """Walk into the directory `path` later, unless --one-file-system keeps us out of it or
+        it is a pseudo file system below the source (noted; what was backed up of it goes)."""
+        if self.one_file_system and st.st_dev != root_dev:
+            return
+        if st.st_dev in self.pseudo and st.st_dev != root_dev:
+            fstype = self.pseudo[st.st_dev][1]
+            self.note(f"skipped {os.fsdecode(path)}: a {fstype} file system (--include-pseudo-fs)")
+            for below in scan_queries.live_entries_below(self.conn, path):
+                self._queue(self.conn, below.path, "deleted", below, below)
+            return
+        stack.append((path, path_id))
 
     def _delete_live(self, conn: sqlite3.Connection, row: tuple[Any, ...]) -> None:
         """A live child (a scan_queries.live_children row) is no longer there."""
