@@ -8,6 +8,7 @@ import os
 import tempfile
 from pathlib import Path
 
+from deltagrid.floor import longpath
 from deltagrid.floor.errors import naming
 
 
@@ -61,4 +62,4 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
 def read_link(path: bytes) -> bytes:
     """A symlink's target: the one place deltagrid reads links (tests hook it to swap a link for
     a file at the worst moment)."""
-    return os.readlink(path)
+    return longpath.readlink(path)

@@ -28,6 +28,7 @@ from deltagrid.floor.fs import sync_filesystem
 from deltagrid.restore import sparse
 from deltagrid.restore.background import Background
 from deltagrid.restore.fetch import Fetcher, Piece
+from deltagrid.restore.handles import Handles
 from deltagrid.restore.rebuild import (
     IN_MEMORY,
     chain_ids,
@@ -98,9 +99,16 @@ class Restorer:
         self.names = itertools.count()
         self.workdirs: dict[bytes, Path] = {}
         self.on_total = on_total or (lambda _n: None)
+        self.handles = Handles()
 
     def run(self, snapshot_id: int, prefixes: list[bytes]) -> RestoreResult:
         """Restore; files are rebuilt in store order, and made durable by one sync at the end."""
+        try:
+            return self._run(snapshot_id, prefixes)
+        finally:
+            self.handles.close()
+
+    def _run(self, snapshot_id: int, prefixes: list[bytes]) -> RestoreResult:
         os.makedirs(self.target, exist_ok=True)
         dirs: list[Any] = []
         files: list[Any] = []
@@ -199,11 +207,12 @@ class Restorer:
         return parts[len(self.strip) :]
 
     def _parent(self, path: bytes) -> bytes:
-        """Make sure every directory above `path` under the target is a real directory."""
+        """Make sure every directory above `path` under the target is a real directory; the
+        name to reach the last of them by (restore/handles.py: past PATH_MAX, a short one)."""
         parts = self._parts(path)
         current = self.target
         for part in parts[:-1]:
-            current = current + b"/" + part
+            current = self.handles.child(current, part)
             if current not in self.made:
                 self._real_dir(current)
         return current
@@ -355,6 +364,8 @@ class Restorer:
         """With link_dest: hard-link the same file of the previous tree, if it is identical."""
         if self.link_dest is None:
             return False
+        if not dest.startswith(self.target + b"/"):
+            return False  # reached through a descriptor (past PATH_MAX): no such PREV_DIR path
         previous = self.link_dest + dest[len(self.target) :]
         if not os.path.realpath(previous).startswith(os.path.realpath(self.link_dest) + b"/"):
             return False  # a symlinked directory in PREV_DIR leads elsewhere: never link there

@@ -19,7 +19,7 @@ from typing import Any
 from deltagrid.backupdb import scan_queries
 from deltagrid.backupdb.entries import KIND_DIR, KIND_FILE, KIND_LINK, Meta, kind_of, time_to_db
 from deltagrid.backupdb.scan_queries import STAT_KEY
-from deltagrid.floor import fs
+from deltagrid.floor import fs, longpath
 from deltagrid.floor.errors import UsageError
 from deltagrid.scanner.excludes import Excludes
 from deltagrid.scanner.pseudo import pseudo_devices
@@ -28,6 +28,37 @@ BATCH = 2000
 REASONS = ("new", "changed", "meta", "deleted")
 _name = attrgetter("name")
 _VERSION_ID, _PATH_ID = 1, 2  # in a scan_queries.live_children row
+
+
+class _FarEntry:
+    """An entry of a directory past PATH_MAX, as os.DirEntry has it: stat'ed through its
+    directory's descriptor."""
+
+    __slots__ = ("name", "path", "fd")
+
+    def __init__(self, name: bytes, directory: bytes, fd: int) -> None:
+        self.name = name
+        self.path = directory + b"/" + name
+        self.fd = fd
+
+    def stat(self, follow_symlinks: bool = True) -> os.stat_result:
+        return os.stat(self.name, dir_fd=self.fd, follow_symlinks=follow_symlinks)
+
+
+def _list(directory: bytes) -> tuple[list[Any], int | None]:
+    """A directory's entries by name, and the descriptor they need (the caller closes it): a
+    directory whose entries' paths may pass PATH_MAX is opened by descriptors
+    (floor/longpath.py) and listed through one."""
+    if len(directory) < longpath.NEAR:
+        with os.scandir(directory) as it:
+            return sorted(it, key=_name), None
+    fd = longpath.open_dir(directory)
+    try:
+        names = [os.fsencode(name) for name in os.listdir(fd)]  # str from a descriptor
+        return sorted((_FarEntry(n, directory, fd) for n in names), key=_name), fd
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 @dataclass
@@ -212,16 +243,19 @@ class Scanner:
         while stack:
             directory, dir_id = stack.pop()
             try:
-                with os.scandir(directory) as it:
-                    entries = sorted(it, key=_name)
+                entries, fd = _list(directory)
             except (FileNotFoundError, NotADirectoryError):
                 continue  # removed (or made a file) mid-walk; the next scan of its parent sees it
             except OSError as exc:
                 self._error(directory, exc)
                 continue
-            self.on_entries(len(entries))
-            live = scan_queries.live_children(conn, dir_id) if dir_id is not None else {}
-            self._compare(conn, root, st.st_dev, entries, live, stack)
+            try:
+                self.on_entries(len(entries))
+                live = scan_queries.live_children(conn, dir_id) if dir_id is not None else {}
+                self._compare(conn, root, st.st_dev, entries, live, stack)
+            finally:
+                if fd is not None:
+                    os.close(fd)
             for row in live.values():
                 self._delete_live(conn, row)
 
@@ -248,7 +282,7 @@ class Scanner:
         conn: sqlite3.Connection,
         root: bytes,
         root_dev: int,
-        entries: list[os.DirEntry[bytes]],
+        entries: list[Any],
         live: dict[bytes, tuple[Any, ...]],
         stack: list[tuple[bytes, int | None]],
     ) -> None:

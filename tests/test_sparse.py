@@ -141,7 +141,7 @@ def test_every_night_restores_exactly_as_the_hole_layout_changes(
     punch_hole(f, 8 * MIB, 40 * MIB)  # sparse again
     night()
     assert [n[1][1] is None for n in nights] == [False, False, False, True, False]
-    for a, b in zip(nights, nights[1:]):
+    for a, b in zip(nights[:-1], nights[1:], strict=True):
         assert f"M {f}" in dg(home, "diff", str(a[0]), str(b[0])).out.splitlines()
 
     for snapshot, expected, size_on_disk in nights:

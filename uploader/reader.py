@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from deltagrid.backupdb.entries import Meta
-from deltagrid.floor import rdiff, sparse
+from deltagrid.floor import longpath, rdiff, sparse
 from deltagrid.uploader.holes import read_runs
 
 _CHUNK = 1 << 20
@@ -203,9 +203,9 @@ def open_source(path: bytes) -> tuple[int, os.stat_result]:
     flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK
     try:
         try:
-            fd = os.open(path, flags | getattr(os, "O_NOATIME", 0))
+            fd = longpath.open_file(path, flags | getattr(os, "O_NOATIME", 0))
         except PermissionError:  # O_NOATIME needs ownership
-            fd = os.open(path, flags)
+            fd = longpath.open_file(path, flags)
     except OSError as exc:
         raise SourceError(exc) from exc
     try:

@@ -31,7 +31,7 @@ from deltagrid.backupdb.connection import transaction
 from deltagrid.backupdb.entries import KIND_DIR, KIND_FILE, KIND_LINK, Meta, kind_of
 from deltagrid.backupdb.scan_queries import LiveEntry
 from deltagrid.backupdb.upload_queries import Content, QueueRow
-from deltagrid.floor import fs, rdiff
+from deltagrid.floor import fs, longpath, rdiff
 from deltagrid.floor.errors import CorruptData, StoreError, naming
 from deltagrid.store.base import Store, check_stored
 from deltagrid.store.pack import PackWriter, digest
@@ -302,7 +302,7 @@ class Uploader:
             st = prepared.st
         else:
             try:
-                st = os.lstat(row.path)
+                st = longpath.lstat(row.path)
                 if row.kind == KIND_DIR and stat.S_ISLNK(st.st_mode) and self._is_root(row):
                     st = os.stat(row.path)  # a source that links to a directory: its tree
             except OSError as exc:
