@@ -136,7 +136,11 @@ def tmpfs_dir():
 def test_times_far_outside_64_bit_nanoseconds_round_trip(home: Path, tmpfs_dir: Path) -> None:
     src = tmpfs_dir / "src"
     src.mkdir()
-    wanted = {"before_1677": TIMES["before_1677"], "year_5138": 10**20 + 5}
+    wanted = {
+        "before_1677": TIMES["before_1677"],
+        "year_5138": 10**20 + 5,
+        "year_33658": 10**21 + 1,  # past what Python's datetime holds
+    }
     for name, ns in wanted.items():
         (src / name).write_text(name)
         if not settable(src / name, ns):
@@ -148,3 +152,5 @@ def test_times_far_outside_64_bit_nanoseconds_round_trip(home: Path, tmpfs_dir: 
     assert dg(home, "restore", target).code == 0
     for name, ns in wanted.items():
         assert os.stat(restored_root(target, src) / name).st_mtime_ns == ns, name
+    listing = dg(home, "ls", "2", src / "year_33658")
+    assert listing.code == 0 and f"@{10**12}" in listing.out
