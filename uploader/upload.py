@@ -395,10 +395,7 @@ class Uploader:
                     content = self._content(row, live, source, sig_out)
             finally:
                 source.cleanup()
-        # A write in the same timestamp tick as the read may leave the mtime as read. An mtime
-        # set in the future (2300) is no such tick: a later write would move it back to now.
-        tick = 1_000_000_000
-        recheck = source.changed or start_ns - tick <= source.meta.mtime_ns <= time.time_ns() + tick
+        recheck = source.changed or source.meta.mtime_ns >= start_ns - 1_000_000_000
         return source.meta, content, recheck
 
     def _content(
