@@ -19,7 +19,7 @@ from pathlib import Path
 
 from deltagrid.floor.errors import BackupDBError
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 # Version history (migrating creates the tables added since, and adds the columns of ADDED_COLUMNS):
 #   1  first release
 #   2  `forgotten`: snapshots marked by `forget`, dropped from listings, their data pruned
@@ -27,6 +27,7 @@ SCHEMA_VERSION = 6
 #   4  `versions.xattrs`: extended attributes and POSIX ACLs (NULL in older rows: none known)
 #   5  `damaged_blobs`: blobs verify, restore or repair found damaged; never reused
 #   6  `unreferenced` (local): store objects prune deletes once `delete_after` has passed
+#   7  `versions.extents`: a sparse file's data runs; times past 64-bit ns stored as BLOBs
 
 # The tables of schema.py (tests hold the two together): the catalog, in export order, then the
 # local ones.
@@ -46,7 +47,7 @@ CATALOG = (
 LOCAL = ("scans", "queue", "scan_errors", "runs", "unreferenced")
 # Columns added to existing tables, last in their table (as schema.py declares them), so an
 # older table altered and a new one created alike have the same columns in the same order.
-ADDED_COLUMNS = (("versions", "xattrs", "BLOB"),)
+ADDED_COLUMNS = (("versions", "xattrs", "BLOB"), ("versions", "extents", "BLOB"))
 # What `create` runs: generated from schema.py by `python -m deltagrid.backupdb.schema_sql`.
 SCHEMA_SQL = Path(__file__).with_name("schema.sql")
 _CREATE = re.compile(r"^(CREATE (?:UNIQUE )?(?:TABLE|INDEX)) ")

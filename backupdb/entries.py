@@ -11,6 +11,29 @@ KIND_FILE = "f"
 KIND_DIR = "d"
 KIND_LINK = "l"
 
+_NS_RANGE = range(-(1 << 63), 1 << 63)  # SQLite's INTEGER: 1677-09-21 to 2262-04-11 in ns
+
+
+def time_to_db(ns: int) -> int | bytes:
+    """A time in ns as the catalog stores it: an INTEGER when it fits SQLite's 64 bits, else its
+    decimal digits as a BLOB (a BLOB, as SQLite turns digits given as TEXT into a lossy REAL).
+    So any time a file system can hold is stored exactly."""
+    return ns if ns in _NS_RANGE else str(ns).encode()
+
+
+def time_from_db(value: int | bytes) -> int:
+    """The time in ns a catalog column holds (`time_to_db`)."""
+    return value if type(value) is int else int(value)
+
+
+def with_times(entry: Any) -> Any:
+    """A row NamedTuple with `mtime_ns` and `ctime_ns` as ints, however the catalog stored them."""
+    if type(entry.mtime_ns) is int and type(entry.ctime_ns) is int:
+        return entry
+    return entry._replace(
+        mtime_ns=time_from_db(entry.mtime_ns), ctime_ns=time_from_db(entry.ctime_ns)
+    )
+
 
 def kind_of(mode: int) -> str | None:
     """The entry kind deltagrid stores for an st_mode, or None for sockets, FIFOs and devices."""
@@ -40,9 +63,12 @@ class Meta:
     nlink: int
     target: bytes | None = None
     xattrs: bytes | None = None  # extended attributes and ACLs, as floor/xattrs.py stores them
+    extents: bytes | None = None  # a sparse file's data runs (floor/sparse.py); None: no holes
 
     @classmethod
-    def from_stat(cls, st: os.stat_result, target: bytes | None = None) -> Meta:
+    def from_stat(
+        cls, st: os.stat_result, target: bytes | None = None, extents: bytes | None = None
+    ) -> Meta:
         kind = kind_of(st.st_mode)
         if kind is None:
             raise ValueError("not a file, directory or symlink")
@@ -58,15 +84,22 @@ class Meta:
             dev=st.st_dev,
             nlink=st.st_nlink,
             target=target,
+            extents=extents,
         )
 
     @classmethod
     def from_row(cls, row: Any) -> Meta:
-        return cls(*(getattr(row, name) for name in META_COLUMNS))
+        values = {name: getattr(row, name) for name in META_COLUMNS}
+        values["mtime_ns"] = time_from_db(values["mtime_ns"])
+        values["ctime_ns"] = time_from_db(values["ctime_ns"])
+        return cls(**values)
 
     def columns(self) -> dict[str, Any]:
         """The `versions` columns this record fills."""
-        return dict(vars(self))  # the fields, in META_COLUMNS order
+        columns = dict(vars(self))  # the fields, in META_COLUMNS order
+        columns["mtime_ns"] = time_to_db(self.mtime_ns)
+        columns["ctime_ns"] = time_to_db(self.ctime_ns)
+        return columns
 
 
 # The metadata columns of a `versions` row, in Meta's order: the one list of them.

@@ -13,6 +13,7 @@ import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from typing import NamedTuple
 
+from deltagrid.backupdb.entries import with_times
 from deltagrid.backupdb.sql import LIVE_AT, bounds, rows_in
 from deltagrid.backupdb.upload_queries import Content
 
@@ -77,6 +78,7 @@ class Entry(NamedTuple):
     content_id: int | None
     recheck: int
     xattrs: bytes | None
+    extents: bytes | None
     content_hash: bytes | None
 
 
@@ -100,7 +102,7 @@ def versions_at(
     where = " OR ".join(_UNDER.format(i) for i in range(len(prefixes)))
     query = f"{_VERSIONS} AND ({where})" if where else _VERSIONS
     for row in conn.execute(f"{query} ORDER BY p.path", params):
-        yield Entry._make(row)
+        yield with_times(Entry._make(row))
 
 
 # --- contents and their blobs --------------------------------------------------------------------

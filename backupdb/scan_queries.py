@@ -9,6 +9,7 @@ only: the writers here begin and commit their own).
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import stat
 import time
@@ -16,6 +17,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
 from deltagrid.backupdb.connection import transaction
+from deltagrid.backupdb.entries import with_times
 from deltagrid.backupdb.sql import LIVE, bounds, rows_in
 
 
@@ -39,6 +41,12 @@ class LiveEntry(NamedTuple):
     content_id: int | None
     recheck: int
     xattrs: bytes | None
+    extents: bytes | None
+
+
+def _live(row: tuple[Any, ...]) -> LiveEntry:
+    entry: LiveEntry = with_times(LiveEntry._make(row))
+    return entry
 
 
 _ENTRY_COLUMNS = ", ".join(f"v.{name}" for name in LiveEntry._fields[1:])
@@ -49,6 +57,7 @@ _ENTRIES = f"SELECT p.path, {_ENTRY_COLUMNS} FROM versions v JOIN paths p ON p.i
 # (st_mode, st_uid, st_gid, st_size, st_mtime_ns, st_ctime_ns, st_ino)` of its lstat; st_mode
 # is the mode with its file-type bits, or -1 for a symlink (its target must be read) and for a
 # version flagged `recheck`, so those never match and the scanner fetches the whole version.
+# A time past 64-bit ns comes as a BLOB (entries.time_to_db): it never matches either.
 STAT_KEY = slice(3, 10)
 _LIVE_CHILDREN = f"""
 SELECT p.path, v.id, v.path_id,
@@ -71,25 +80,25 @@ def live_children(conn: sqlite3.Connection, parent_id: int) -> dict[bytes, tuple
 
 def live_entry(conn: sqlite3.Connection, version_id: int) -> LiveEntry:
     """The whole of a version `live_children` gave, for the full comparison."""
-    return LiveEntry._make(conn.execute(f"{_ENTRIES} WHERE v.id = ?", (version_id,)).fetchone())
+    return _live(conn.execute(f"{_ENTRIES} WHERE v.id = ?", (version_id,)).fetchone())
 
 
 def live_entry_at(conn: sqlite3.Connection, path: bytes) -> LiveEntry | None:
     """The live version of `path` (a root the scan starts from), if any."""
     row = conn.execute(f"{_ENTRIES} WHERE p.path = ? AND {LIVE}", (path,)).fetchone()
-    return None if row is None else LiveEntry._make(row)
+    return None if row is None else _live(row)
 
 
 def live_versions(conn: sqlite3.Connection, paths: Iterable[bytes]) -> dict[bytes, LiveEntry]:
     """The live versions of many paths, by path: the uploader's batch of queue rows at once."""
     query = f"{_ENTRIES} WHERE p.path IN ({{}}) AND {LIVE}"
-    return {row[0]: LiveEntry._make(row) for row in rows_in(conn, query, paths)}
+    return {row[0]: _live(row) for row in rows_in(conn, query, paths)}
 
 
 def live_entries_below(conn: sqlite3.Connection, path: bytes) -> list[LiveEntry]:
     """Live versions strictly below `path` (a directory that is going away), in path order."""
     query = f"{_ENTRIES} WHERE p.path > ? AND p.path < ? AND {LIVE} ORDER BY p.path"
-    return [LiveEntry._make(row) for row in conn.execute(query, bounds(path))]
+    return [_live(row) for row in conn.execute(query, bounds(path))]
 
 
 # --- scans and the queue -------------------------------------------------------------------------
@@ -150,6 +159,12 @@ def finish_scan(
             "UPDATE scans SET finished_ns = ?, counts = ?, errors = ? WHERE id = ?",
             (time.time_ns(), json.dumps(counts), errors, scan_id),
         )
+
+
+def scan_roots(conn: sqlite3.Connection, scan_id: int) -> set[bytes]:
+    """The roots a scan walked."""
+    row = conn.execute("SELECT roots FROM scans WHERE id = ?", (scan_id,)).fetchone()
+    return set() if row is None else {os.fsencode(root) for root in json.loads(row[0])}
 
 
 def interrupted_scan(conn: sqlite3.Connection) -> bool:

@@ -66,6 +66,7 @@ versions = Table(
     Column("uid", Integer, nullable=False),
     Column("gid", Integer, nullable=False),
     Column("size", Integer, nullable=False),
+    # Times: INTEGER ns, or past 64 bits their decimal digits as a BLOB (entries.time_to_db)
     Column("mtime_ns", Integer, nullable=False),
     Column("ctime_ns", Integer, nullable=False),
     Column("inode", Integer, nullable=False),
@@ -75,6 +76,9 @@ versions = Table(
     Column("content_id", Integer),  # regular files only
     Column("recheck", Boolean, nullable=False),  # the next scan must read it again
     Column("xattrs", LargeBinary),  # extended attributes and ACLs (floor/xattrs.py); NULL: none
+    # Schema 7, last as ALTER TABLE adds it: a sparse file's data runs (floor/sparse.py), whose
+    # bytes, one after the other, are its content; NULL for a file without holes
+    Column("extents", LargeBinary),
 )
 Index("versions_by_path", versions.c.path_id, versions.c.id)
 Index("versions_by_content", versions.c.content_id)
@@ -181,7 +185,7 @@ queue = Table(
     Column("reason", String(8), nullable=False),  # new, changed, meta, deleted
     Column("kind", String(1), nullable=False),
     Column("size", Integer, nullable=False),
-    Column("mtime_ns", Integer, nullable=False),
+    Column("mtime_ns", Integer, nullable=False),  # as in versions
     Column("inode", Integer, nullable=False),
     Column("dev", Integer, nullable=False),
     Column("prev_version_id", Integer),  # the live version when scanned

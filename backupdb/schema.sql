@@ -162,6 +162,7 @@ CREATE TABLE versions (
     content_id INTEGER,
     recheck BOOLEAN NOT NULL,
     xattrs BLOB,
+    extents BLOB,
     PRIMARY KEY (id)
 );
 

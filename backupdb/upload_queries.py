@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
 from deltagrid.backupdb import damage
-from deltagrid.backupdb.entries import META_COLUMNS
+from deltagrid.backupdb.entries import META_COLUMNS, time_from_db, time_to_db
 from deltagrid.backupdb.sql import LIVE, chunks, insert_many, insert_numbered, rows_in
 from deltagrid.floor.errors import CorruptData
 
@@ -35,6 +35,13 @@ class QueueRow(NamedTuple):
     dev: int
 
 
+def _queue_row(row: tuple[Any, ...]) -> QueueRow:
+    queued = QueueRow._make(row)
+    if type(queued.mtime_ns) is int:
+        return queued
+    return queued._replace(mtime_ns=time_from_db(queued.mtime_ns))
+
+
 _PENDING = (
     f"SELECT {', '.join(QueueRow._fields)} FROM queue WHERE done = 0 AND id > ? ORDER BY id LIMIT ?"
 )
@@ -42,7 +49,7 @@ _PENDING = (
 
 def pending(conn: sqlite3.Connection, after_id: int, limit: int) -> list[QueueRow]:
     """The next `limit` rows to upload after queue row `after_id`, in queue order."""
-    return [QueueRow._make(row) for row in conn.execute(_PENDING, (after_id, limit))]
+    return [_queue_row(row) for row in conn.execute(_PENDING, (after_id, limit))]
 
 
 _PENDING_BIG = f"""
@@ -57,7 +64,8 @@ def pending_big(
 ) -> list[QueueRow]:
     """The next `limit` rows to upload among those after `after_id` up to `upto_id` that are
     files larger than `size`, in queue order."""
-    return [QueueRow._make(r) for r in conn.execute(_PENDING_BIG, (after_id, upto_id, size, limit))]
+    rows = conn.execute(_PENDING_BIG, (after_id, upto_id, size, limit))
+    return [_queue_row(r) for r in rows]
 
 
 def mark_done(conn: sqlite3.Connection, outcomes: Iterable[tuple[int, str]]) -> None:
@@ -97,7 +105,8 @@ def move_basis(
 ) -> int | None:
     """The content of a file deleted in the same scan that a new file likely came from (rename,
     then edit)."""
-    params = {"scan_id": scan_id, "inode": inode, "dev": dev, "size": size, "mtime": mtime_ns}
+    mtime = time_to_db(mtime_ns)
+    params = {"scan_id": scan_id, "inode": inode, "dev": dev, "size": size, "mtime": mtime}
     row = conn.execute(_MOVE_BASIS, params).fetchone()
     return None if row is None else int(row[0])
 

@@ -5,6 +5,7 @@
     sources = ["~/docs", "/srv/photos"]                       # `backup` with no SOURCE: these
     excludes = ["*.tmp", "node_modules/"]                     # gitignore patterns, like --exclude
     one_file_system = false
+    include_pseudo_fs = false                                 # walk into proc, sysfs... too
 
     [retention]                                               # what `forget` with no --keep-* keeps
     keep_daily = 7
@@ -83,6 +84,7 @@ class Config:
     sources: list[str] = field(default_factory=list)  # as written; see source_paths()
     excludes: list[str] = field(default_factory=list)
     one_file_system: bool = False
+    include_pseudo_fs: bool = False
     retention: Retention = field(default_factory=Retention)
     maintenance: Maintenance = field(default_factory=Maintenance)
 
@@ -140,6 +142,7 @@ _TOP = {
     "sources",
     "excludes",
     "one_file_system",
+    "include_pseudo_fs",
     "upload",
     "retention",
     "maintenance",
@@ -170,6 +173,7 @@ def parse(text: str, path: Path) -> Config:
         except UsageError as exc:
             raise r.fail("excludes", str(exc)) from None
     config.one_file_system = r.boolean(doc, "one_file_system")
+    config.include_pseudo_fs = r.boolean(doc, "include_pseudo_fs")
     upload = r.table(doc, "upload", {f.name for f in fields(UploadSettings)})
     for name, value in upload.items():
         try:
@@ -310,6 +314,7 @@ def effective(config: Config, show_secrets: bool) -> dict[str, Any]:
         "sources": config.source_paths(),
         "excludes": list(config.excludes),
         "one_file_system": config.one_file_system,
+        "include_pseudo_fs": config.include_pseudo_fs,
         "retention": config.retention.configured(),
         "maintenance": {"delete_after": config.maintenance.delete_after},
         "upload": {f.name: getattr(config.upload, f.name) for f in fields(UploadSettings)},

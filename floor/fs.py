@@ -8,6 +8,7 @@ import os
 import tempfile
 from pathlib import Path
 
+from deltagrid.floor import longpath
 from deltagrid.floor.errors import naming
 
 
@@ -56,3 +57,9 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
         Path(tmp).unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+
+
+def read_link(path: bytes) -> bytes:
+    """A symlink's target: the one place deltagrid reads links (tests hook it to swap a link for
+    a file at the worst moment)."""
+    return longpath.readlink(path)

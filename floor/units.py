@@ -14,8 +14,12 @@ def path_text(path: bytes) -> str:
 
 
 def iso(ns: int) -> str:
-    """A timestamp in nanoseconds as local ISO 8601, to the second."""
-    return datetime.fromtimestamp(ns / 1e9).astimezone().isoformat(timespec="seconds")
+    """A timestamp in nanoseconds as local ISO 8601, to the second; past what a datetime holds
+    (years 1 to 9999: tmpfs stores any 64-bit second), `@` and the seconds since the epoch."""
+    try:
+        return datetime.fromtimestamp(ns / 1e9).astimezone().isoformat(timespec="seconds")
+    except (OverflowError, ValueError, OSError):
+        return f"@{ns // 1_000_000_000}"
 
 
 def human_bytes(n: float) -> str:

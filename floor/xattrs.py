@@ -14,6 +14,7 @@ import errno
 import os
 import struct
 
+from deltagrid.floor import longpath
 from deltagrid.floor.errors import CorruptData
 
 ACL_ACCESS = "system.posix_acl_access"
@@ -29,17 +30,23 @@ def read(path: bytes) -> bytes | None:
     """The encoded attributes of `path` (never following a symlink), or None when it has none.
 
     An attribute the process may not read is left out, as it would be by any reader; an error
-    on the entry itself (gone, unreadable) is raised."""
+    on the entry itself (gone, unreadable) is raised. A path past PATH_MAX is reached through
+    its directory's descriptor (longpath.py)."""
+    return longpath.at(path, _read)
+
+
+def _read(name: bytes, fd: int | None) -> bytes | None:
+    where = name if fd is None else b"/proc/self/fd/%d/%s" % (fd, name)
     try:
-        names = os.listxattr(path, follow_symlinks=False)
+        names = os.listxattr(where, follow_symlinks=False)
     except OSError as exc:
         if exc.errno in _UNSUPPORTED:
             return None
         raise
     found: dict[str, bytes] = {}
-    for name in names:
+    for attribute in names:
         try:
-            found[name] = os.getxattr(path, name, follow_symlinks=False)
+            found[attribute] = os.getxattr(where, attribute, follow_symlinks=False)
         except OSError as exc:
             if exc.errno not in _UNREADABLE:
                 raise

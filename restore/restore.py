@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import hashlib
 import itertools
 import os
@@ -31,9 +32,11 @@ from deltagrid.backupdb.entries import KIND_DIR, KIND_FILE, KIND_LINK
 from deltagrid.floor import xattrs
 from deltagrid.floor.errors import CorruptData, DeltagridError, ObjectMissing
 from deltagrid.floor.fs import sync_filesystem
+from deltagrid.restore import sparse
 from deltagrid.restore.background import Background
 from deltagrid.restore.extras import remove_extras
 from deltagrid.restore.fetch import Fetcher, Piece
+from deltagrid.restore.handles import Handles
 from deltagrid.restore.leftovers import clear as clear_leftovers
 from deltagrid.restore.leftovers import tagged
 from deltagrid.restore.metadata import MetadataWriter
@@ -128,9 +131,16 @@ class Restorer:
         self.overwrite = overwrite
         self.delete = delete
         self.blocked: set[bytes] = set()  # directories of the snapshot kept as something else
+        self.handles = Handles()
 
     def run(self, snapshot_id: int, prefixes: list[bytes]) -> RestoreResult:
         """Restore; files are rebuilt in store order, and made durable by one sync at the end."""
+        try:
+            return self._run(snapshot_id, prefixes)
+        finally:
+            self.handles.close()
+
+    def _run(self, snapshot_id: int, prefixes: list[bytes]) -> RestoreResult:
         os.makedirs(self.target, exist_ok=True)
         try:
             self.meta.make_writable(self.target, os.stat(self.target))
@@ -251,11 +261,12 @@ class Restorer:
         return parts[len(self.strip) :]
 
     def _parent(self, path: bytes) -> bytes:
-        """Make sure every directory above `path` under the target is a real directory."""
+        """Make sure every directory above `path` under the target is a real directory; the
+        name to reach the last of them by (restore/handles.py: past PATH_MAX, a short one)."""
         parts = self._parts(path)
         current = self.target
         for part in parts[:-1]:
-            current = current + b"/" + part
+            current = self.handles.child(current, part)
             if current in self.blocked:
                 raise Blocked()
             if current not in self.made:
@@ -382,8 +393,17 @@ class Restorer:
             self._workdir(parent),
             self.chains.get(e.content_id),
         )
-        if isinstance(rebuilt, bytes):
-            self._write_new(rebuilt, parent, dest, e)
+        if e.extents is not None:  # a sparse file: its data, laid out around its holes
+            try:
+                fill = functools.partial(
+                    sparse.lay_out, content=rebuilt, extents=e.extents, size=e.size
+                )
+                self._write_new(fill, parent, dest, e)
+            finally:
+                if isinstance(rebuilt, Path):
+                    rebuilt.unlink()
+        elif isinstance(rebuilt, bytes):
+            self._write_new(functools.partial(_write_all, data=rebuilt), parent, dest, e)
         else:
             self._install_as(os.fsencode(rebuilt), dest, e, follow=True)
         return False
@@ -402,18 +422,16 @@ class Restorer:
         self.result.written += 0 if linked else e.size
         self.on_progress(e.size)
 
-    def _write_new(self, data: bytes, parent: bytes, dest: bytes, e: Any) -> None:
-        """Write a file rebuilt in memory to a new name beside `dest`, give it its metadata
-        through the open descriptor, and rename it into place: a few syscalls per file."""
+    def _write_new(self, fill: Callable[[int], None], parent: bytes, dest: bytes, e: Any) -> None:
+        """Write a file (`fill` writes it into a descriptor) to a new name beside `dest`, give
+        it its metadata through the open descriptor, and rename it into place: a few syscalls
+        per file."""
         tmp = self._temporary(parent, "file")
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         fd = os.open(tmp, flags, 0o600)
         try:
             try:
-                with memoryview(data) as view:
-                    written = 0
-                    while written < len(view):
-                        written += os.write(fd, view[written:])
+                fill(fd)
                 self.meta.apply(fd, dest, e, follow=True)
             finally:
                 os.close(fd)
@@ -427,6 +445,8 @@ class Restorer:
         """With link_dest: hard-link the same file of the previous tree, if it is identical."""
         if self.link_dest is None:
             return False
+        if not dest.startswith(self.target + b"/"):
+            return False  # reached through a descriptor (past PATH_MAX): no such PREV_DIR path
         previous = self.link_dest + dest[len(self.target) :]
         if not os.path.realpath(previous).startswith(os.path.realpath(self.link_dest) + b"/"):
             return False  # a symlinked directory in PREV_DIR leads elsewhere: never link there
@@ -440,7 +460,11 @@ class Restorer:
             == (e.size, e.mtime_ns, e.mode)
             and (not self.as_root or (st.st_uid, st.st_gid) == (e.uid, e.gid))
             and xattrs.read(previous) == e.xattrs
-            and digest_file(Path(os.fsdecode(previous))) == e.content_hash
+            and (
+                digest_file(Path(os.fsdecode(previous))) == e.content_hash
+                if e.extents is None
+                else sparse.same_file(previous, e.extents, e.size, e.content_hash)
+            )
         ):
             return False
         tmp = self._temporary(parent, "link")
@@ -505,6 +529,8 @@ class Restorer:
         with os.fdopen(fd, "rb") as f:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
                 return False
+            if e.extents is not None:  # a sparse file's hash is its data runs' (sparse.py)
+                return sparse.same_file(dest, e.extents, e.size, e.content_hash)
             try:
                 return bool(file_digest(f, _hasher).digest() == e.content_hash)
             except OSError:
@@ -585,3 +611,10 @@ def _same_inode(a: bytes, b: bytes) -> bool:
 
 def _hasher() -> Any:
     return hashlib.blake2b(digest_size=32)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    with memoryview(data) as view:
+        written = 0
+        while written < len(view):
+            written += os.write(fd, view[written:])

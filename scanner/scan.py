@@ -17,15 +17,48 @@ from operator import attrgetter
 from typing import Any
 
 from deltagrid.backupdb import scan_queries
-from deltagrid.backupdb.entries import KIND_DIR, KIND_FILE, KIND_LINK, Meta, kind_of
+from deltagrid.backupdb.entries import KIND_DIR, KIND_FILE, KIND_LINK, Meta, kind_of, time_to_db
 from deltagrid.backupdb.scan_queries import STAT_KEY
+from deltagrid.floor import fs, longpath
 from deltagrid.floor.errors import UsageError
 from deltagrid.scanner.excludes import Excludes
+from deltagrid.scanner.pseudo import pseudo_devices
 
 BATCH = 2000
 REASONS = ("new", "changed", "meta", "deleted")
 _name = attrgetter("name")
 _VERSION_ID, _PATH_ID = 1, 2  # in a scan_queries.live_children row
+
+
+class _FarEntry:
+    """An entry of a directory past PATH_MAX, as os.DirEntry has it: stat'ed through its
+    directory's descriptor."""
+
+    __slots__ = ("name", "path", "fd")
+
+    def __init__(self, name: bytes, directory: bytes, fd: int) -> None:
+        self.name = name
+        self.path = directory + b"/" + name
+        self.fd = fd
+
+    def stat(self, follow_symlinks: bool = True) -> os.stat_result:
+        return os.stat(self.name, dir_fd=self.fd, follow_symlinks=follow_symlinks)
+
+
+def _list(directory: bytes) -> tuple[list[Any], int | None]:
+    """A directory's entries by name, and the descriptor they need (the caller closes it): a
+    directory whose entries' paths may pass PATH_MAX is opened by descriptors
+    (floor/longpath.py) and listed through one."""
+    if len(directory) < longpath.NEAR:
+        with os.scandir(directory) as it:
+            return sorted(it, key=_name), None
+    fd = longpath.open_dir(directory)
+    try:
+        names = [os.fsencode(name) for name in os.listdir(fd)]  # str from a descriptor
+        return sorted((_FarEntry(n, directory, fd) for n in names), key=_name), fd
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 @dataclass
@@ -36,6 +69,7 @@ class ScanResult:
     skipped: list[bytes] = field(default_factory=list)  # sockets, FIFOs, devices
     errors: list[tuple[bytes, str]] = field(default_factory=list)
     own: list[bytes] = field(default_factory=list)  # deltagrid's own folders met, left out
+    notes: list[str] = field(default_factory=list)  # a source followed, a pseudo fs skipped
 
 
 def normalise_roots(sources: list[str]) -> list[bytes]:
@@ -100,6 +134,7 @@ class Scanner:
         on_entries: Callable[[int], None] | None = None,
         warn: Callable[[str], None] | None = None,
         own: list[bytes] | None = None,
+        include_pseudo_fs: bool = False,
     ) -> None:
         """`own`: deltagrid's folders (the home, a file:// store), never backed up wherever
         they lie: told by device and inode, so another path to them is caught too."""
@@ -109,6 +144,8 @@ class Scanner:
         self.excludes = excludes
         self.checksum = checksum
         self.one_file_system = one_file_system
+        self.include_pseudo_fs = include_pseudo_fs
+        self.pseudo: dict[int, tuple[bytes, str]] = {}  # st_dev -> (mount point, type)
         self.on_entries = on_entries or (lambda _n: None)  # progress: entries listed
         self.warn = warn or (lambda _msg: None)
         self.rows: list[dict[str, Any]] = []
@@ -123,6 +160,8 @@ class Scanner:
             except OSError:
                 continue
             self.own[st.st_ino] = st.st_dev
+        if not self.include_pseudo_fs:
+            self.pseudo = pseudo_devices()
         for root in roots:
             self._scan_root(conn, root)
         self._flush(conn)
@@ -142,7 +181,7 @@ class Scanner:
                 "reason": reason,
                 "kind": meta.kind,
                 "size": meta.size,
-                "mtime_ns": meta.mtime_ns,
+                "mtime_ns": time_to_db(meta.mtime_ns),
                 "inode": meta.inode,
                 "dev": meta.dev,
                 "prev_version_id": prev.id if prev is not None else None,
@@ -158,8 +197,9 @@ class Scanner:
         self._errors_saved += len(errors)
         self.rows = []
 
-    def _error(self, path: bytes, exc: OSError) -> None:
-        message = exc.strerror or str(exc)
+    def _error(self, path: bytes, exc: Exception) -> None:
+        """One entry cannot be read: it is named, keeps its live version, and the scan goes on."""
+        message = (exc.strerror if isinstance(exc, OSError) else None) or str(exc)
         self.result.errors.append((path, message))
         self.warn(f"cannot read {os.fsdecode(path)}: {message}")
 
@@ -186,8 +226,11 @@ class Scanner:
         target = None
         if stat.S_ISLNK(st.st_mode):
             try:
-                target = os.readlink(path)
+                target = fs.read_link(path)
             except FileNotFoundError:
+                return None
+            except OSError as exc:  # EACCES (/proc/1/cwd), EINVAL (now a file)...
+                self._error(path, exc)
                 return None
         meta = Meta.from_stat(st, target)
         reason = reason_for(prev, meta, self.checksum)
@@ -215,7 +258,7 @@ class Scanner:
 
     def _scan_root(self, conn: sqlite3.Connection, root: bytes) -> None:
         try:
-            st = os.lstat(root)
+            st = self._root_stat(root)
         except OSError as exc:
             self._error(root, exc)
             return
@@ -231,25 +274,46 @@ class Scanner:
         while stack:
             directory, dir_id = stack.pop()
             try:
-                with os.scandir(directory) as it:
-                    entries = sorted(it, key=_name)
+                entries, fd = _list(directory)
             except (FileNotFoundError, NotADirectoryError):
                 continue  # removed (or made a file) mid-walk; the next scan of its parent sees it
             except OSError as exc:
                 self._error(directory, exc)
                 continue
-            self.on_entries(len(entries))
-            live = scan_queries.live_children(conn, dir_id) if dir_id is not None else {}
-            self._compare(conn, root, st.st_dev, entries, live, stack)
+            try:
+                self.on_entries(len(entries))
+                live = scan_queries.live_children(conn, dir_id) if dir_id is not None else {}
+                self._compare(conn, root, st.st_dev, entries, live, stack)
+            finally:
+                if fd is not None:
+                    os.close(fd)
             for row in live.values():
                 self._delete_live(conn, row)
+
+    def _root_stat(self, root: bytes) -> os.stat_result:
+        """A source's lstat; for a symlink to a directory, the directory's stat: the source is
+        that tree, recorded under the path given (docs/everyday.md has the rule)."""
+        st = os.lstat(root)
+        if stat.S_ISLNK(st.st_mode):
+            try:
+                followed = os.stat(root)
+            except OSError:
+                return st  # dangling: the link is what there is
+            if stat.S_ISDIR(followed.st_mode):
+                target = os.fsdecode(fs.read_link(root))
+                self.note(f"{os.fsdecode(root)} is a symlink to {target}: backing up its tree")
+                return followed
+        return st
+
+    def note(self, text: str) -> None:
+        self.result.notes.append(text)
 
     def _compare(
         self,
         conn: sqlite3.Connection,
         root: bytes,
         root_dev: int,
-        entries: list[os.DirEntry[bytes]],
+        entries: list[Any],
         live: dict[bytes, tuple[Any, ...]],
         stack: list[tuple[bytes, int | None]],
     ) -> None:
@@ -299,7 +363,11 @@ class Scanner:
                     self._descend(stack, path, st, root_dev, row[_PATH_ID])
                 continue
             prev = None if row is None else scan_queries.live_entry(conn, row[_VERSION_ID])
-            visited = self._visit(conn, path, st, prev)
+            try:
+                visited = self._visit(conn, path, st, prev)
+            except (OSError, OverflowError, ValueError) as exc:  # one odd entry, not the night
+                self._error(path, exc)
+                continue
             if visited is None or not visited[1]:
                 continue
             child_id = prev.path_id if prev is not None and prev.kind == KIND_DIR else None
@@ -313,9 +381,17 @@ class Scanner:
         root_dev: int,
         path_id: int | None,
     ) -> None:
-        """Walk into the directory `path` later, unless --one-file-system keeps us out of it."""
-        if not (self.one_file_system and st.st_dev != root_dev):
-            stack.append((path, path_id))
+        """Walk into the directory `path` later, unless --one-file-system keeps us out of it or
+        it is a pseudo file system below the source (noted; what was backed up of it goes)."""
+        if self.one_file_system and st.st_dev != root_dev:
+            return
+        if st.st_dev in self.pseudo and st.st_dev != root_dev:
+            fstype = self.pseudo[st.st_dev][1]
+            self.note(f"skipped {os.fsdecode(path)}: a {fstype} file system (--include-pseudo-fs)")
+            for below in scan_queries.live_entries_below(self.conn, path):
+                self._queue(self.conn, below.path, "deleted", below, below)
+            return
+        stack.append((path, path_id))
 
     def _delete_live(self, conn: sqlite3.Connection, row: tuple[Any, ...]) -> None:
         """A live child (a scan_queries.live_children row) is no longer there."""

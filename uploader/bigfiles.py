@@ -139,7 +139,7 @@ class BigReader:
                 prepared.signature.close()
             raise
         prepared.source = source
-        if source.temporary or source.data is not None:  # moved on, or shrank, meanwhile
+        if source.temporary or source.data is not None:  # moved on, shrank, or sparse
             feed.cancel()
             self.packer.discard()  # pieces handed over before are left unused
             feed.sign_again(source)
@@ -255,7 +255,7 @@ class PassFeed:
             sig.seek(0)
             sig.truncate()
             with source.open() as f:
-                sign(f, sig, source.meta.size, self.reader.settings.block_max)
+                sign(f, sig, source.size, self.reader.settings.block_max)
 
 
 def _cancel(*parts: Cutter | PieceSigner | PassDelta | None) -> None:

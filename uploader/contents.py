@@ -83,7 +83,7 @@ class Contents:
         """Find or store the content `source` describes; `ahead`: what a reader thread made of
         it besides (a compressed frame, pieces in side packs, a delta)."""
         signature = b""
-        if sig is not None and self.settings.takes_deltas(source.meta.size):
+        if sig is not None and self.settings.takes_deltas(source.size):
             sig.seek(0)
             signature = sig.read()
         known = self.pending.get(source.digest)
@@ -163,7 +163,7 @@ class Contents:
         made: tuple[int, BinaryIO] | None = None,
     ) -> PendingContent | None:
         """`made`: (basis content id, delta file), as the big file's pass made it."""
-        size = source.meta.size
+        size = source.size
         if not self.settings.takes_deltas(size):
             return None
         basis = self._basis(row, live, source)
@@ -181,7 +181,8 @@ class Contents:
                 if basis_sig is None:
                     return None
                 delta = stack.enter_context(tempfile.TemporaryFile(dir=self.workdir))
-                reader = HashingReader(stack.enter_context(source.open()))
+                # Past the size read first, the bytes differ: no further (reader.GROWTH)
+                reader = HashingReader(stack.enter_context(source.open()), limit=source.size + 1)
                 rdiff.delta(reader, io.BytesIO(basis_sig), delta)
                 source.check(reader)
             delta_size = delta.tell()
@@ -211,11 +212,11 @@ class Contents:
             blobs = [self._blob(data, (source.digest, ahead.frame))]
         else:
             with source.open() as f:
-                reader = HashingReader(f)
+                reader = HashingReader(f, limit=source.size + 1)
                 blobs = self._pieces(reader)
                 source.check(reader)
         self.result.counts["keyframes"] += 1
-        return PendingContent(source.digest, source.meta.size, None, 0, 0, blobs)
+        return PendingContent(source.digest, source.size, None, 0, 0, blobs)
 
     def _pieces(self, f: Any) -> list[PendingBlob | int]:
         size = self.settings.piece_size

@@ -23,6 +23,7 @@ from typing import Any, BinaryIO
 import zstandard
 
 from deltagrid.backupdb.entries import KIND_FILE
+from deltagrid.floor import longpath
 from deltagrid.uploader import reader
 from deltagrid.uploader.packing import PendingBlob
 from deltagrid.uploader.reader import Source, SourceError, read_opened
@@ -140,7 +141,7 @@ def begin(path: bytes) -> tuple[Prepared, int | None]:
         fd, st = reader.open_source(path)
     except SourceError:  # a symlink, a directory... now, or gone or unreadable
         try:
-            st = os.lstat(path)
+            st = longpath.lstat(path)
         except OSError as exc:
             raise SourceError(exc) from exc
         if stat.S_ISREG(st.st_mode):

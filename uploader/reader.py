@@ -22,9 +22,14 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from deltagrid.backupdb.entries import Meta
-from deltagrid.floor import rdiff
+from deltagrid.floor import longpath, rdiff, sparse
+from deltagrid.uploader.holes import read_runs
 
 _CHUNK = 1 << 20
+# A file is read at most this far past the size it had when opened: one that keeps growing (a
+# busy log, a device-like file claiming a size it does not have) is caught by the check after
+# the read, and flagged or copied as it stood, instead of read forever.
+GROWTH = 1 << 20
 
 
 class ChangedWhileReading(Exception):
@@ -91,8 +96,11 @@ class HashingReader(io.RawIOBase):
         f: BinaryIO,
         on_bytes: Callable[[bytes], None] | None = None,
         hash_on: Executor | None = None,
+        limit: int | None = None,
     ) -> None:
+        """`limit`: bytes past which the file reads as ended (GROWTH says why)."""
         self.f = f
+        self.limit = limit
         self.on_bytes = on_bytes
         self.hash: Any = (
             hashlib.blake2b(digest_size=32) if hash_on is None else BackgroundHash(hash_on)
@@ -107,7 +115,10 @@ class HashingReader(io.RawIOBase):
         return True
 
     def readinto(self, buffer) -> int:
-        data = _read(self.f, len(buffer))
+        want = (
+            len(buffer) if self.limit is None else max(0, min(len(buffer), self.limit - self.pos))
+        )
+        data = _read(self.f, want) if want else b""
         n = len(data)
         buffer[:n] = data
         self.took(data)
@@ -174,6 +185,12 @@ class Source:
         if self.data is None and not self.temporary and reader.digest() != self.digest:
             raise ChangedWhileReading
 
+    @property
+    def size(self) -> int:
+        """The content's length: the file's, or a sparse file's data (floor/sparse.py)."""
+        extents = self.meta.extents
+        return self.meta.size if extents is None else sparse.data_length(extents)
+
     def cleanup(self) -> None:
         if self.temporary and self.path is not None:
             self.path.unlink(missing_ok=True)
@@ -186,9 +203,9 @@ def open_source(path: bytes) -> tuple[int, os.stat_result]:
     flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK
     try:
         try:
-            fd = os.open(path, flags | getattr(os, "O_NOATIME", 0))
+            fd = longpath.open_file(path, flags | getattr(os, "O_NOATIME", 0))
         except PermissionError:  # O_NOATIME needs ownership
-            fd = os.open(path, flags)
+            fd = longpath.open_file(path, flags)
     except OSError as exc:
         raise SourceError(exc) from exc
     try:
@@ -234,17 +251,24 @@ def read_opened(
     """Read `path`, open as `fd` (closed here) with fstat `before`, once, hashing it and, when
     `sig_out` is given, writing its signature there. A file above `memory_limit` is also handed
     to `on_bytes` as read; if it moved on meanwhile, the Source returned is a temporary copy and
-    those bytes are not its own. Such a file is hashed on `hash_on` if given (BackgroundHash)."""
+    those bytes are not its own. Such a file is hashed on `hash_on` if given (BackgroundHash).
+    A sparse file's data alone is read (`read_sparse`); neither `on_bytes` nor `hash_on` sees it.
+    """
+    if sparse.may_have_holes(before):
+        runs = sparse.data_runs(fd, before.st_size)
+        if runs is not None:
+            return read_sparse(fd, before, runs, memory_limit, sig_out, block_max, workdir)
+    limit = before.st_size + GROWTH
     if before.st_size > memory_limit:
         with os.fdopen(fd, "rb", buffering=0) as f:
-            reader = HashingReader(f, on_bytes, hash_on)
+            reader = HashingReader(f, on_bytes, hash_on, limit)
             if sig_out is not None:
                 sign(reader, sig_out, before.st_size, block_max)
             else:  # in pieces, which a Cutter takes as they are (no copy into its buffer)
-                while chunk := _read(f, memory_limit):
+                while chunk := _read(f, min(memory_limit, limit - reader.pos)):
                     reader.took(chunk)
             after = _fstat(fd)
-            if stat_key(before) == stat_key(after):
+            if stat_key(before) == stat_key(after) and reader.hashed < limit:
                 return Source(
                     Meta.from_stat(after), reader.digest(), False, path=Path(os.fsdecode(path))
                 )
@@ -252,12 +276,14 @@ def read_opened(
     # A small file is read on the bare fd: each system call hands the GIL over and waits to
     # take it back, and a file object adds an fstat of its own. Most files take one read, where
     # reading to EOF takes two; a larger one, or one grown or shrunk since the fstat, is read
-    # on to the end.
+    # on to the end, or to GROWTH past its size.
     try:
         chunks = [_read_fd(fd, min(before.st_size + 1, _CHUNK))]
         if len(chunks[0]) != before.st_size:
-            while chunk := _read_fd(fd, _CHUNK):
+            read = len(chunks[0])
+            while read < limit and (chunk := _read_fd(fd, min(_CHUNK, limit - read))):
                 chunks.append(chunk)
+                read += len(chunk)
         after = _fstat(fd)
     finally:
         os.close(fd)
@@ -267,9 +293,41 @@ def read_opened(
     return Source(
         meta=replace(Meta.from_stat(after), size=len(data)),
         digest=hashlib.blake2b(data, digest_size=32).digest(),
-        changed=stat_key(before) != stat_key(after),
+        changed=stat_key(before) != stat_key(after) or len(data) == limit,
         data=data,
     )
+
+
+def read_sparse(
+    fd: int,
+    before: os.stat_result,
+    runs: list[tuple[int, int]],
+    memory_limit: int,
+    sig_out: BinaryIO | None,
+    block_max: int,
+    workdir: Path,
+) -> Source:
+    """Read the data `runs` of a sparse file open as `fd` (closed here), never its holes: the
+    content is their bytes one after the other, in memory or a private copy (uploader/holes.py).
+    The version's size is the size the runs were mapped in: nothing past it is read."""
+    try:
+        try:
+            data, digest, got = read_runs(fd, runs, memory_limit, workdir)
+        except OSError as exc:
+            raise SourceError(exc) from exc
+        after = _fstat(fd)
+    finally:
+        os.close(fd)
+    meta = replace(Meta.from_stat(after, extents=sparse.encode(got)), size=before.st_size)
+    changed = stat_key(before) != stat_key(after) or got != runs
+    if isinstance(data, bytes):
+        source = Source(meta, digest, changed, data=data)
+    else:
+        source = Source(meta, digest, changed, path=data, temporary=True)
+    if sig_out is not None:
+        with source.open() as f:
+            sign(f, sig_out, source.size, block_max)
+    return source
 
 
 def copy_source(
@@ -283,13 +341,14 @@ def copy_source(
     if f is None:
         f = os.fdopen(open_source(path)[0], "rb", buffering=0)
     try:
+        limit = os.fstat(f.fileno()).st_size + GROWTH  # the copy stops too (GROWTH)
         f.seek(0)
         fd, name = tempfile.mkstemp(dir=workdir, prefix="copy-")
         copy = Path(name)
         h = hashlib.blake2b(digest_size=32)
         copied = 0
         with os.fdopen(fd, "wb") as out:
-            while chunk := _read(f, _CHUNK):
+            while copied < limit and (chunk := _read(f, min(_CHUNK, limit - copied))):
                 h.update(chunk)
                 out.write(chunk)
                 copied += len(chunk)

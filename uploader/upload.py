@@ -14,6 +14,7 @@ import errno
 import os
 import shutil
 import sqlite3
+import stat
 import tempfile
 import time
 from collections import deque
@@ -29,7 +30,7 @@ from deltagrid.backupdb.connection import transaction
 from deltagrid.backupdb.entries import KIND_DIR, KIND_FILE, KIND_LINK, Meta, kind_of
 from deltagrid.backupdb.scan_queries import LiveEntry
 from deltagrid.backupdb.upload_queries import QueueRow
-from deltagrid.floor import xattrs
+from deltagrid.floor import fs, longpath, xattrs
 from deltagrid.floor.errors import naming
 from deltagrid.store.base import Store
 from deltagrid.uploader.bigfiles import BigReader
@@ -84,6 +85,7 @@ class Uploader:
         self.ended: set[int] = set()  # versions this run ends: a version ends once
         self.gone_dirs: set[bytes] = set()  # directories the scan saw that this run found gone
         self.prepared: Future[Prepared] | None = None  # the current row's read-ahead
+        self.scan_roots: dict[int, set[bytes]] = {}  # scan: its roots, when asked
         self.big_reads: dict[int, Future[Prepared]] = {}  # by queue row, until the row comes
         self.big_seen = 0  # queue rows up to this one were looked at for big files
         self.deferred: deque[tuple[QueueRow, LiveEntry | None, Future[Prepared]]] = deque()
@@ -282,7 +284,9 @@ class Uploader:
             st = prepared.st
         else:
             try:
-                st = os.lstat(row.path)
+                st = longpath.lstat(row.path)
+                if row.kind == KIND_DIR and stat.S_ISLNK(st.st_mode) and self._is_root(row):
+                    st = os.stat(row.path)  # a source that links to a directory: its tree
             except OSError as exc:
                 raise SourceError(exc) from exc
         kind = kind_of(st.st_mode)
@@ -297,7 +301,7 @@ class Uploader:
             target = None
             if kind == KIND_LINK:
                 try:
-                    target = os.readlink(row.path)
+                    target = fs.read_link(row.path)
                 except OSError as exc:
                     raise SourceError(exc) from exc
             meta = Meta.from_stat(st, target)
@@ -316,6 +320,12 @@ class Uploader:
             return Record(row.id, "unchanged", row.path)
         self.result.counts[{"f": "files", "d": "dirs", "l": "symlinks"}[kind]] += 1
         return Record(row.id, "stored", row.path, end, meta, content, recheck)
+
+    def _is_root(self, row: QueueRow) -> bool:
+        """Whether the row is a root of its scan (which may be a symlink to a directory)."""
+        if row.scan_id not in self.scan_roots:
+            self.scan_roots[row.scan_id] = scan_queries.scan_roots(self.conn, row.scan_id)
+        return row.path in self.scan_roots[row.scan_id]
 
     def _below_gone(self, path: bytes) -> bool:
         while self.gone_dirs and (parent := os.path.dirname(path)) != path:
@@ -360,7 +370,7 @@ class Uploader:
                     self.workdir,
                 )
             try:
-                self.result.bytes_read += source.meta.size
+                self.result.bytes_read += source.size
                 try:
                     content = self.contents.content(row, live, source, sig_out, ahead)
                 except ChangedWhileReading:

@@ -51,7 +51,14 @@ def run(args: argparse.Namespace, home: Home, out: Output) -> int:
         doc["store"] = home.default_store_url()
     out.line(f"# {home.config_path}" + ("" if home.config_path.exists() else " (absent)"))
     out.line("# the settings a run would use, defaults filled in")
-    for key in ("store", "store_cap", "sources", "excludes", "one_file_system"):
+    for key in (
+        "store",
+        "store_cap",
+        "sources",
+        "excludes",
+        "one_file_system",
+        "include_pseudo_fs",
+    ):
         if doc[key] is None:
             continue
         note = ""

@@ -36,8 +36,8 @@ def mark(old: Any, new: Any) -> str | None:
         return "-"
     if old.kind != new.kind:
         return "T"
-    if old.content_hash != new.content_hash or old.target != new.target:
-        return "M"
+    if (old.content_hash, old.target, old.extents) != (new.content_hash, new.target, new.extents):
+        return "M"  # the bytes, the link, or where a sparse file's holes lie
     if all(getattr(old, f) == getattr(new, f) for f in _SHOWN):
         return None
     return "U"

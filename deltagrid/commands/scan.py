@@ -58,6 +58,13 @@ def add_scan_options(p: argparse.ArgumentParser) -> None:
         default=None,
         help="do not cross mount points (default: `one_file_system` in config.toml, else no)",
     )
+    p.add_argument(
+        "--include-pseudo-fs",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="walk into proc, sysfs, cgroup... file systems below a source too (default: "
+        "`include_pseudo_fs` in config.toml, else no)",
+    )
 
 
 def add(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -75,6 +82,7 @@ class ScanPlan:
     one_file_system: bool
     checksum: bool
     own: list[bytes]  # the home and a file:// store: never backed up
+    include_pseudo_fs: bool = False
 
 
 def scan_plan(args: argparse.Namespace, home: Home, settings: Config) -> ScanPlan:
@@ -90,7 +98,10 @@ def scan_plan(args: argparse.Namespace, home: Home, settings: Config) -> ScanPla
     one_fs = settings.one_file_system if args.one_file_system is None else args.one_file_system
     excludes = Excludes.from_args(settings.excludes + args.exclude, args.exclude_from)
     own = [os.fsencode(p.absolute()) for p in home.own_dirs()]
-    return ScanPlan(roots, excludes, one_fs, args.checksum, own)
+    pseudo = (
+        settings.include_pseudo_fs if args.include_pseudo_fs is None else args.include_pseudo_fs
+    )
+    return ScanPlan(roots, excludes, one_fs, args.checksum, own, pseudo)
 
 
 def _roots(sources: list[str], where: str) -> list[bytes]:
@@ -118,11 +129,14 @@ def run_scan(plan: ScanPlan, home: Home, out: Output, list_queued: bool = False)
                 on_entries=bar.update,
                 warn=out.warn,
                 own=plan.own,
+                include_pseudo_fs=plan.include_pseudo_fs,
             )
             out.so_far = lambda: _scanned_so_far(scanner)
             result = scanner.run(plan.roots)
     finally:
         conn.close()
+    for note in result.notes:
+        out.info(note)
     if list_queued and out.verbose:
         _list_queued(home, result.scan_id, out)
     return result
@@ -151,6 +165,7 @@ def scan_doc(result: ScanResult) -> dict[str, object]:
         "queued": dict(result.counts),
         "unchanged": result.unchanged,
         "skipped": [os.fsdecode(p) for p in result.skipped],
+        "notes": list(result.notes),
         "errors": [{"path": os.fsdecode(p), "error": m} for p, m in result.errors],
         "own_excluded": [os.fsdecode(p) for p in result.own],
     }
