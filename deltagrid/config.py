@@ -136,17 +136,9 @@ class _Reader:
         return value
 
 
-_TOP = {
-    "store",
-    "store_cap",
-    "sources",
-    "excludes",
-    "one_file_system",
-    "include_pseudo_fs",
-    "upload",
-    "retention",
-    "maintenance",
-}
+# The top-level keys that hold a value (`config show` lists them in this order), then the tables.
+SCALARS = ("store", "store_cap", "sources", "excludes", "one_file_system", "include_pseudo_fs")
+_TOP = {*SCALARS, "upload", "retention", "maintenance"}
 
 
 def parse(text: str, path: Path) -> Config:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from deltagrid.config import effective, toml_string
+from deltagrid.config import SCALARS, effective, toml_string
 from deltagrid.home import Home
 from deltagrid.output import Output
 
@@ -51,14 +51,7 @@ def run(args: argparse.Namespace, home: Home, out: Output) -> int:
         doc["store"] = home.default_store_url()
     out.line(f"# {home.config_path}" + ("" if home.config_path.exists() else " (absent)"))
     out.line("# the settings a run would use, defaults filled in")
-    for key in (
-        "store",
-        "store_cap",
-        "sources",
-        "excludes",
-        "one_file_system",
-        "include_pseudo_fs",
-    ):
+    for key in SCALARS:
         if doc[key] is None:
             continue
         note = ""
