@@ -58,7 +58,18 @@ from functools import partial
 from pathlib import Path
 
 import tables
-from peers import CLASSES, TOOLS, Child, Deltagrid, Failed, Tool, compare, snapshot
+from peers import (
+    CLASSES,
+    TOOLS,
+    Child,
+    Deltagrid,
+    Failed,
+    Tool,
+    add_binary_options,
+    compare,
+    snapshot,
+    use_binaries,
+)
 
 from bench import ROOT, MiB, human
 
@@ -427,7 +438,9 @@ def parse() -> argparse.Namespace:
     )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    add_binary_options(parser)
     args = parser.parse_args()
+    use_binaries(args)
     args.names = [n.strip() for n in args.tools.split(",") if n.strip()]
     if unknown := set(args.names) - set(TOOLS):
         parser.error(f"unknown tools: {', '.join(sorted(unknown))}")

@@ -23,6 +23,7 @@ check a restored tree against its source.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import os
 import shutil
@@ -36,6 +37,24 @@ from pathlib import Path
 from bench import ROOT, MiB
 
 TOOLS = ("deltagrid", "restic", "borg", "rdiff-backup", "duplicity")
+
+
+def add_binary_options(parser: argparse.ArgumentParser) -> None:
+    """`--restic PATH`, `--borg PATH`, ...: run that binary rather than the one on PATH (a
+    newer release unpacked beside the system's, see bench/README.md)."""
+    for name in TOOLS[1:]:
+        parser.add_argument(f"--{name}", metavar="PATH", help=f"the {name} to run")
+
+
+def use_binaries(args: argparse.Namespace) -> None:
+    """Point each peer at the binary its option named; exit with one line if it is not one."""
+    for name in TOOLS[1:]:
+        path = getattr(args, name.replace("-", "_"), None)
+        if path is None:
+            continue
+        if shutil.which(path) is None:
+            sys.exit(f"bench: --{name} {path}: not an executable file")
+        CLASSES[name].binary = str(Path(path).resolve())
 
 
 # --- running children -------------------------------------------------------------------------
@@ -146,7 +165,7 @@ class Tool:
 
     @classmethod
     def version(cls) -> str:
-        flag = "version" if cls.binary == "restic" else "--version"
+        flag = "version" if cls.name == "restic" else "--version"
         try:
             out = subprocess.run([cls.binary, flag], capture_output=True, text=True)
             return (out.stdout or out.stderr).strip().splitlines()[0]
@@ -247,13 +266,13 @@ class Restic(Tool):
         )
 
     def init(self) -> None:
-        run(["restic", "init"], self.env)
+        run([self.binary, "init"], self.env)
 
     def backup_argv(self, k: int) -> list[str]:
-        return ["restic", "backup", "--quiet", str(self.src)]
+        return [self.binary, "backup", "--quiet", str(self.src)]
 
     def restore_argv(self, target: Path, k: int) -> list[str]:
-        return ["restic", "restore", "latest", "--target", str(target)]
+        return [self.binary, "restore", "latest", "--target", str(target)]
 
 
 class Borg(Tool):
@@ -268,14 +287,14 @@ class Borg(Tool):
         )
 
     def init(self) -> None:
-        run(["borg", "init", "-e", "none", str(self.repo)], self.env)
+        run([self.binary, "init", "-e", "none", str(self.repo)], self.env)
 
     def backup_argv(self, k: int) -> list[str]:
-        return ["borg", "create", f"{self.repo}::night{k}", str(self.src)]
+        return [self.binary, "create", f"{self.repo}::night{k}", str(self.src)]
 
     def restore_argv(self, target: Path, k: int) -> list[str]:
         target.mkdir(parents=True)
-        return ["borg", "extract", f"{self.repo}::night{k}"]
+        return [self.binary, "extract", f"{self.repo}::night{k}"]
 
     def restore_cwd(self, target: Path) -> Path:
         return target
@@ -293,10 +312,10 @@ class RdiffBackup(Tool):
         return child
 
     def backup_argv(self, k: int) -> list[str]:
-        return ["rdiff-backup", "backup", str(self.src), str(self.repo)]
+        return [self.binary, "backup", str(self.src), str(self.repo)]
 
     def restore_argv(self, target: Path, k: int) -> list[str]:
-        return ["rdiff-backup", "restore", str(self.repo), str(target)]
+        return [self.binary, "restore", str(self.repo), str(target)]
 
     def landed(self, target: Path) -> Path:
         return target
@@ -309,10 +328,10 @@ class Duplicity(Tool):
         return ["--no-encryption", "--archive-dir", str(self.work / "local"), "--name", "bench"]
 
     def backup_argv(self, k: int) -> list[str]:
-        return ["duplicity", *self._common(), str(self.src), f"file://{self.repo}"]
+        return [self.binary, *self._common(), str(self.src), f"file://{self.repo}"]
 
     def restore_argv(self, target: Path, k: int) -> list[str]:
-        return ["duplicity", "restore", *self._common(), f"file://{self.repo}", str(target)]
+        return [self.binary, "restore", *self._common(), f"file://{self.repo}", str(target)]
 
     def landed(self, target: Path) -> Path:
         return target

@@ -48,7 +48,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import tables
-from peers import CLASSES, TOOLS, Failed, Tool, compare, du, snapshot
+from peers import (
+    CLASSES,
+    TOOLS,
+    Failed,
+    Tool,
+    add_binary_options,
+    compare,
+    du,
+    snapshot,
+    use_binaries,
+)
 
 from bench import MiB, _corpus, human
 
@@ -214,7 +224,9 @@ def main() -> None:
     parser.add_argument("--tools", default=",".join(TOOLS), help="comma-separated subset")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    add_binary_options(parser)
     args = parser.parse_args()
+    use_binaries(args)
     names = [n.strip() for n in args.tools.split(",") if n.strip()]
     if unknown := set(names) - set(TOOLS):
         parser.error(f"unknown tools: {', '.join(sorted(unknown))}")
@@ -238,10 +250,11 @@ def main() -> None:
                 tools.append(CLASSES[name](base / "tools", src))
             else:
                 notes.append(f"{name} skipped: not installed")
+        versions = "; ".join(t.version() for t in tools)
         log(
             f"restore bench in {base}: {len(tree.files) + 1} files, {du(src) / MiB:.0f} MiB, "
             f"{args.nights} nights, {args.runs} runs, Python {platform.python_version()}, "
-            f"{os.cpu_count()} CPUs\n  " + "; ".join(t.version() for t in tools)
+            f"{os.cpu_count()} CPUs\n  {versions}"
         )
         for t in list(tools):
             try:
@@ -300,6 +313,7 @@ def main() -> None:
         f"file) after {args.nights} nights; restore: median of {args.runs} runs into an empty "
         f"directory, warm page cache; whole run {(time.perf_counter() - started) / 60:.1f} min, "
         f"load average {load:.1f} at the start, {os.getloadavg()[0]:.1f} at the end\n"
+        f"  {versions}\n"
     )
     print(table(tools, tree_bytes, tree_files))
     print(

@@ -32,15 +32,18 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
 import tables
+from peers import Deltagrid, Restic, add_binary_options, du, use_binaries
 
 ROOT = Path(__file__).resolve().parent.parent
 PART = 100_000  # files in one generated part
 FANOUT = (20, 20, 10)  # directories per level of a part
 PER_LEAF = 25  # files in a leaf directory (the shallower files come on top)
+WIDE_DIRS, WIDE_FILES = 100, 1_000  # the wide shape: a part is 100 directories of 1,000 files
 OLD = time.time() - 30 * 86400
 DELTAGRID = (sys.executable, "-m", "deltagrid")  # this checkout's code, whatever is installed
 ENV = dict(
@@ -121,15 +124,34 @@ def generate(part: Path, files: int, seed: int) -> None:
         os.utime(directory, (OLD, OLD))
 
 
-def ensure_parts(cache: Path, parts: int) -> list[Path]:
+def generate_wide(group: Path, g: int) -> None:
+    """One group of the wide shape: WIDE_DIRS directories of WIDE_FILES files of 15 bytes, each
+    file's bytes its own (no two alike, so every file is new content)."""
+    rng = random.Random(g)
+    for d in range(WIDE_DIRS):
+        directory = group / f"d{d:02d}"
+        directory.mkdir(parents=True)
+        for f in range(WIDE_FILES):
+            path = directory / f"f{f:03d}"
+            path.write_bytes(b"%04d/%03d %05d\n" % (g * WIDE_DIRS + d, f, rng.randrange(10**5)))
+            os.utime(path, (OLD, OLD))
+        os.utime(directory, (OLD, OLD))
+    os.utime(group, (OLD, OLD))
+
+
+def ensure_parts(cache: Path, parts: int, shape: str = "parts") -> list[Path]:
     """The first `parts` parts of the cache, generating the missing ones."""
     found = []
     for p in range(parts):
-        part, stamp = cache / f"part{p:02d}", cache / f"part{p:02d}.done"
+        name = f"part{p:02d}" if shape == "parts" else f"wide{p:02d}"
+        part, stamp = cache / name, cache / f"{name}.done"
         if not stamp.exists():
             shutil.rmtree(part, ignore_errors=True)
             started = time.perf_counter()
-            generate(part, PART, seed=p)
+            if shape == "parts":
+                generate(part, PART, seed=p)
+            else:
+                generate_wide(part, p)
             stamp.touch()
             say(f"generated {part} in {time.perf_counter() - started:.0f} s")
         found.append(part)
@@ -142,7 +164,8 @@ def churn(parts: list[Path], fraction: float, seed: int) -> int:
     edited = 0
     now = time.time() - 600
     for part in parts:
-        for path in rng.sample(part_files(part, PART), int(PART * fraction)):
+        files = sorted(p for p in part.rglob("*") if p.is_file())
+        for path in rng.sample(files, int(PART * fraction)):
             path.write_bytes(rng.randbytes(rng.randint(1, 300)))
             os.utime(path, (now, now))
             edited += 1
@@ -234,7 +257,7 @@ def startup(home: Path, repeat: int = 5) -> list[list[str]]:
 
 
 def against_restic(cache: Path, work: Path, repeat: int) -> list[str] | None:
-    if shutil.which("restic") is None:
+    if not Restic.available():
         say("restic not installed: no comparison")
         return None
     tree = cache / "small"
@@ -242,17 +265,84 @@ def against_restic(cache: Path, work: Path, repeat: int) -> list[str] | None:
         shutil.rmtree(tree, ignore_errors=True)
         generate(tree, 7_700, seed=99)
         (cache / "small.done").touch()
-    home, repo = work / "home-small", work / "restic-repo"
-    env = dict(os.environ, RESTIC_PASSWORD="bench", RESTIC_REPOSITORY=str(repo))
-    env["RESTIC_CACHE_DIR"] = str(work / "restic-cache")
-    restic = shutil.which("restic") or "restic"
-    run(restic, "init", env=env)
-    run(restic, "backup", "-q", tree, env=env)
+    home = work / "home-small"
+    repo = ResticRepo(work / "restic-small")
+    repo.backup(tree)
     deltagrid(home, "backup", tree)
     ours = [deltagrid(home, "backup", tree).seconds for _ in range(repeat)]
-    theirs = [run(restic, "backup", "-q", tree, env=env).seconds for _ in range(repeat)]
+    theirs = [repo.backup(tree).seconds for _ in range(repeat)]
     d, r = statistics.median(ours), statistics.median(theirs)
     return ["7,700 files, no change", f"{d:.2f}", f"{r:.2f}", f"{d / r:.2f}"]
+
+
+class ResticRepo:
+    """A fresh restic repository (and cache) under `work`, with the binary peers.py names."""
+
+    def __init__(self, work: Path) -> None:
+        shutil.rmtree(work, ignore_errors=True)
+        self.repo = work / "repo"
+        self.env = dict(os.environ, RESTIC_PASSWORD="bench", RESTIC_REPOSITORY=str(self.repo))
+        self.env["RESTIC_CACHE_DIR"] = str(work / "cache")
+        run(Restic.binary, "init", env=self.env)
+
+    def backup(self, *sources: Path) -> Child:
+        return run(Restic.binary, "backup", "-q", *sources, env=self.env)
+
+
+def versus(size: int, sources: list[Path], work: Path, rounds: int, repeat: int) -> list[list]:
+    """deltagrid and restic side by side, interleaved (deltagrid, then restic, `rounds` times)
+    so both see the same load: the initial backup into a fresh home and repository, then
+    `repeat` no-change nights each, again interleaved. Rows: one a tool."""
+    seen: dict[str, dict[str, list[Child]]] = {"deltagrid": defaultdict(list)}
+    seen["restic"] = defaultdict(list)
+    stored = {}
+    loads = [os.getloadavg()[0]]
+    for r in range(rounds):
+        home = work / f"home-{size}"
+        shutil.rmtree(home, ignore_errors=True)
+        seen["deltagrid"]["initial"].append(deltagrid(home, "backup", *sources))
+        repo = ResticRepo(work / f"restic-{size}")
+        seen["restic"]["initial"].append(repo.backup(*sources))
+        stored = {"deltagrid": du(home / "store"), "restic": du(repo.repo)}
+        loads.append(os.getloadavg()[0])
+        d, t = (seen[n]["initial"][-1].seconds for n in ("deltagrid", "restic"))
+        say(f"{size:,} round {r}: deltagrid {d:.1f} s, restic {t:.1f} s (load {loads[-1]:.1f})")
+    for _ in range(repeat):
+        seen["deltagrid"]["night"].append(deltagrid(home, "backup", *sources))
+        seen["restic"]["night"].append(repo.backup(*sources))
+    loads.append(os.getloadavg()[0])
+    d, t = (statistics.median(c.seconds for c in seen[n]["night"]) for n in ("deltagrid", "restic"))
+    say(f"{size:,}: no-change night deltagrid {d:.2f} s, restic {t:.2f} s")
+    shutil.rmtree(home)
+    shutil.rmtree(work / f"restic-{size}")
+    rows = []
+    for name, rows_of in seen.items():
+        initial, night = rows_of["initial"], rows_of["night"]
+        init_s = statistics.median(c.seconds for c in initial)
+        init_cpu = statistics.median(c.cpu for c in initial)
+        rows.append(
+            [
+                f"{size:,}" if name == "deltagrid" else "",
+                name,
+                f"{init_s:.1f} / {min(c.seconds for c in initial):.1f}",
+                f"{init_cpu:.1f}",
+                f"{size / init_s:,.0f} ({size / init_cpu:,.0f})",
+                f"{max(c.rss_mib for c in initial):.0f}",
+                mib(stored[name]),
+                "{:.2f} / {:.2f}".format(*median_min(night)),
+                f"{max(c.rss_mib for c in night):.0f}",
+                f"{min(loads):.1f}-{max(loads):.1f}",
+            ]
+        )
+    for what in ("initial", "night"):
+        ratio = median_min(seen["deltagrid"][what])[0] / median_min(seen["restic"][what])[0]
+        rows[0].append(f"{ratio:.2f}")
+        rows[1].append("")
+    return rows
+
+
+def median_min(children: list[Child]) -> tuple[float, float]:
+    return statistics.median(c.seconds for c in children), min(c.seconds for c in children)
 
 
 # --- output -----------------------------------------------------------------------------------
@@ -273,28 +363,81 @@ def say(text: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", default="100000,300000", help="files, comma-separated")
+    parser.add_argument("--shape", choices=("wide", "parts"), default="wide")
     parser.add_argument("--cache", type=Path, default=Path("/tmp/dg-scale-cache"))
+    parser.add_argument("--rounds", type=int, default=3, help="initial backup pairs (median)")
     parser.add_argument("--repeat", type=int, default=3, help="no-change runs (median)")
     parser.add_argument("--no-restic", action="store_true")
+    parser.add_argument("--details", action="store_true", help="deltagrid's own rows too")
     parser.add_argument("--drop-cache", action="store_true", help="delete the tree at the end")
+    add_binary_options(parser)
     args = parser.parse_args()
+    use_binaries(args)
     sizes = [int(s) for s in args.sizes.split(",")]
     if any(s <= 0 or s % PART for s in sizes):
         parser.error(f"--sizes must be multiples of {PART:,}")
+    if args.rounds < 1 or args.repeat < 1:
+        parser.error("--rounds and --repeat must be at least 1")
+    restic = not args.no_restic and Restic.available()
+    if not args.no_restic and not restic:
+        say("restic not installed (or --restic PATH): deltagrid's rows alone")
     args.cache.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="dg-scale-", dir=args.cache.parent))
+    versions = f"{Deltagrid.version()}; " + (Restic.version() if restic else "no restic")
+    say(f"{versions}; load {os.getloadavg()[0]:.1f}")
+    pairs, details, starts, quiet = [], [], [], None
     try:
-        results = []
         for size in sizes:
-            parts = ensure_parts(args.cache, size // PART)
-            results.append(measure(size, parts, work, args.repeat))
-        deltagrid(work / "home-startup", "backup", ensure_parts(args.cache, 1)[0] / "proj00")
-        starts = startup(work / "home-startup")
-        restic = None if args.no_restic else against_restic(args.cache, work, args.repeat)
+            parts = ensure_parts(args.cache, size // PART, args.shape)
+            if restic:
+                pairs += versus(size, parts, work, args.rounds, args.repeat)
+            if args.details or not restic:
+                details.append(measure(size, parts, work, args.repeat))
+        if args.details or not restic:
+            first = ensure_parts(args.cache, 1, args.shape)[0]
+            deltagrid(work / "home-startup", "backup", first / next(first.iterdir()))
+            starts = startup(work / "home-startup")
+            quiet = against_restic(args.cache, work, args.repeat) if restic else None
     finally:
         shutil.rmtree(work, ignore_errors=True)
         if args.drop_cache:
             shutil.rmtree(args.cache, ignore_errors=True)
+    shape = (
+        "1,000 files of 15 B a directory, 100 directories a source"
+        if args.shape == "wide"
+        else "0-300 B files, 25 a directory, 100,000 files a source"
+    )
+    print(f"\n{shape}; {versions}\n")
+    if pairs:
+        print_versus(pairs, args.rounds, args.repeat)
+    if details:
+        print_details(details, starts, quiet, args.repeat)
+
+
+def print_versus(rows: list[list], rounds: int, repeat: int) -> None:
+    header = [
+        "files",
+        "tool",
+        "initial s med / min",
+        "CPU s",
+        "files/s (per CPU s)",
+        "init RSS MiB",
+        "store",
+        "night s med / min",
+        "night RSS",
+        "load",
+        "init ÷ restic",
+        "night ÷ restic",
+    ]
+    print(
+        f"initial: {rounds} interleaved pairs (deltagrid, then restic) into fresh homes and "
+        f"repositories; night: {repeat} interleaved no-change runs; medians and minimums; "
+        "load: the 1-minute load average seen during the size; ratios of the medians\n"
+    )
+    print(tables.render([header, *rows], left=(1,)))
+
+
+def print_details(results: list[list[str]], starts, quiet, repeat: int) -> None:
     header = [
         "files",
         "initial s",
@@ -313,15 +456,15 @@ def main() -> None:
         "db growth",
     ]
     print(
-        f"\nseconds (CPU seconds): no-change rows the median of {args.repeat} runs; files/s "
+        f"\nseconds (CPU seconds): no-change rows the median of {repeat} runs; files/s "
         "(per CPU second); RSS: the largest no-change child, init RSS the initial backup's\n"
     )
     print(tables.render([header, *results]))
     print()
     print(tables.render([["start-up", "seconds", "RSS MiB"], *starts]))
-    if restic:
+    if quiet:
         print()
-        print(tables.render([["quiet night", "deltagrid s", "restic s", "ratio"], restic]))
+        print(tables.render([["quiet night", "deltagrid s", "restic s", "ratio"], quiet]))
 
 
 if __name__ == "__main__":
