@@ -53,13 +53,24 @@ class FileStore(Store):
             directory.mkdir(exist_ok=True)
             fsync_dir(self.objects)
 
+    def _intact(self, ref: str) -> bool:
+        """Whether the object `ref` is in the store with the bytes its name says. A put of
+        bytes already stored is skipped only then: a copy damaged on disk (verify found it) is
+        replaced by the put that brings them again, as `repair` does, not kept."""
+        try:
+            with open(self._path(ref), "rb") as f:
+                found = hashlib.file_digest(f, lambda: hashlib.blake2b(digest_size=32))
+        except FileNotFoundError:
+            return False
+        return found.hexdigest() == ref
+
     def _tempfile(self) -> tuple[int, Path]:
         fd, name = tempfile.mkstemp(dir=self.objects, prefix=".tmp-")
         return fd, Path(name)
 
     def put_bytes(self, data: bytes) -> str:
         ref = hashlib.blake2b(data, digest_size=32).hexdigest()
-        if self._path(ref).exists():
+        if self._intact(ref):
             return ref
         fd, tmp = self._tempfile()
         try:
@@ -85,7 +96,7 @@ class FileStore(Store):
                     dst.flush()
                     os.fsync(dst.fileno())
             ref = h.hexdigest()
-            if self._path(ref).exists():
+            if self._intact(ref):
                 tmp.unlink()
                 return ref
             return self._install(tmp, ref)
@@ -99,7 +110,7 @@ class FileStore(Store):
         filesystems it is copied like any put."""
         ref = digest.hex()
         dest = self._path(ref)
-        if dest.exists():
+        if self._intact(ref):
             path.unlink()
             return ref
         self._fan_out(dest.parent)
