@@ -51,15 +51,21 @@ def one_error(run: Run, code: int, *fragments: str) -> str:
     return lines[0]
 
 
+def _command(home: Path, args: tuple[str | Path, ...]) -> list[str]:
+    return [sys.executable, "-m", "deltagrid", "--home", str(home), *map(str, args)]
+
+
 def dg(home: Path, *args: str | Path, timeout: float = 120) -> Run:
     """`python -m deltagrid --home HOME ARGS...` in a subprocess: the real process, real stderr."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "deltagrid", "--home", str(home), *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    proc = subprocess.run(_command(home, args), capture_output=True, text=True, timeout=timeout)
     return Run(proc.returncode, proc.stdout, proc.stderr)
+
+
+def dg_started(home: Path, *args: str | Path) -> subprocess.Popen[str]:
+    """`dg`, started and left running: for a test that signals it, stops it or waits on it."""
+    return subprocess.Popen(
+        _command(home, args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
 
 
 def backed_up(cli: Callable[..., Run], src: Path) -> dict[str, Any]:

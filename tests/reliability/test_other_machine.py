@@ -16,10 +16,9 @@ import signal
 import time
 from pathlib import Path
 
-from tests.helpers import Run, describe, dg, one_error
+from tests.helpers import Run, describe, dg, dg_started, one_error
 from tests.reliability.conftest import Figures
 from tests.reliability.test_readers_vs_prune import (  # noqa: F401 (fixtures)
-    dg_process,
     forget_all_but_the_last,
     home_copy,
     stop_when,
@@ -47,7 +46,7 @@ def second_home(first: Path, where: Path) -> Path:
 
 def restore_stopped(home: Path, snapshot: int, target: Path):  # type: ignore[no-untyped-def]
     """A restore of `snapshot` in `home`, stopped once its catalog is read and its work begun."""
-    proc = dg_process(home, "--json", "restore", "--snapshot", str(snapshot), target)
+    proc = dg_started(home, "--json", "restore", "--snapshot", str(snapshot), target)
     stop_when(proc, home, lambda: any(target.glob("**/.deltagrid-restore-*")))
     return proc
 

@@ -17,14 +17,13 @@ import random
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import describe
+from tests.helpers import describe, dg_started
 from tests.reliability.conftest import Figures
 from tests.test_maintenance import call, ok, store_objects
 
@@ -66,15 +65,6 @@ def home_copy(two_nights: tuple[Path, Path, dict], tmp_path: Path) -> tuple[Path
     return copy, src, expected
 
 
-def dg_process(home: Path, *args: str | Path) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "deltagrid", "--home", str(home), *map(str, args)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
 def until(ready: Callable[[], bool], proc: subprocess.Popen[str], what: str) -> None:
     deadline = time.monotonic() + 30
     while not ready():
@@ -112,10 +102,10 @@ def test_restore_of_a_forgotten_snapshot_completes_while_prune_waits_for_it(
 ) -> None:
     home, src, expected = home_copy
     target = tmp_path / "restored"
-    restore = dg_process(home, "restore", "--snapshot", "1", target)
+    restore = dg_started(home, "restore", "--snapshot", "1", target)
     stop_when(restore, home, lambda: any(target.glob("**/.deltagrid-restore-*")))
     before = forget_all_but_the_last(home)
-    prune = dg_process(home, "--json", "--wait", "60", "prune", "--delete-now")
+    prune = dg_started(home, "--json", "--wait", "60", "prune", "--delete-now")
     assert prune.stderr is not None
     waiting = prune.stderr.readline()  # prune has rewritten the catalog, and waits
     assert "waiting up to" in waiting and "readers" in waiting, waiting
@@ -139,7 +129,7 @@ def test_verify_completes_while_prune_leaves_its_packs_to_the_next_run(
 ) -> None:
     home, _src, _expected = home_copy
     spool = home / "spool"
-    verify = dg_process(home, "--json", "verify", "--read-data")
+    verify = dg_started(home, "--json", "verify", "--read-data")
     stop_when(verify, home, lambda: spool.is_dir() and any(spool.glob("tmp*")))
     before = forget_all_but_the_last(home)
     pruned = call(home, "--json", "prune", "--delete-now")  # no --wait: no waiting for it

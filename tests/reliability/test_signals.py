@@ -19,14 +19,13 @@ import random
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import describe, restored_root
+from tests.helpers import describe, dg_started, restored_root
 from tests.reliability.conftest import Figures
 from tests.test_maintenance import call, configure, ok, query
 
@@ -66,19 +65,10 @@ def night(src: Path, seed: int, files: int = 240) -> None:
         os.utime(path, ns=(1_600_000_000 * 10**9, 1_600_000_000 * 10**9))
 
 
-def start(home: Path, *args: str | Path) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "deltagrid", "--home", str(home), *map(str, args)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
 def timed(home: Path, *args: str | Path) -> float:
     """How long the command takes as a process, uninterrupted."""
     began = time.monotonic()
-    proc = start(home, *args)
+    proc = dg_started(home, *args)
     _out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
     return time.monotonic() - began
@@ -149,7 +139,7 @@ def test_sigterm_at_random_moments_of_backup_resumes_exactly(
         before = describe(src)
         night(src, k)
         after = rng.uniform(0.2, took)
-        if not interrupt(start(home, "backup", src), after, figures):
+        if not interrupt(dg_started(home, "backup", src), after, figures):
             assert_no_litter(home)
             assert call(home, "backup", src).code == 0
             continue
@@ -222,7 +212,7 @@ def test_sigterm_at_random_moments_of_restore_leaves_no_temporaries(
             args = ("--path", src, "--into", mirror) + (("--swap",) if how == "swap" else ())
         old = describe(mirror) if how == "swap" else None
         after = rng.uniform(0.2, took)
-        if not interrupt(start(home, "restore", *args), after, figures):
+        if not interrupt(dg_started(home, "restore", *args), after, figures):
             continue
         stopped += 1
         run = last_run(home, "restore")
@@ -283,7 +273,7 @@ def holds_lock(home: Path, proc: subprocess.Popen[str]) -> bool:
 
 def locked_prune(home: Path) -> tuple[subprocess.Popen[str], float]:
     """A prune started, once it holds the home's lock; when that was."""
-    proc = start(home, "prune")
+    proc = dg_started(home, "prune")
     until(lambda: holds_lock(home, proc), proc)
     return proc, time.monotonic()
 
@@ -351,7 +341,7 @@ def test_ctrl_c_stops_a_backup_with_130_and_the_rerun_resumes(
     home, src, target = tmp_path / "home", tmp_path / "src", tmp_path / "restored"
     configure(home, **SMALL_PACKS)
     night(src, 0, files=400)
-    backup = start(home, "backup", src)
+    backup = dg_started(home, "backup", src)
     until(lambda: query(home, "SELECT count(*) FROM packs")[0][0] > 0, backup)  # mid-upload
     assert interrupt(backup, 0, figures, signal.SIGINT)
     run = last_run(home, "backup", signal.SIGINT)
@@ -370,7 +360,7 @@ def test_sighup_stops_a_mirror_publish_with_129_and_leaves_the_mirror_as_it_was(
     mirror.mkdir()
     (mirror / "old").write_text("the old tree")
     args = ("restore", "--path", src, "--into", mirror, "--swap")
-    restore = start(home, *args)
+    restore = dg_started(home, *args)
     until(
         lambda: (
             any(p.name.startswith(".mirror.deltagrid-staging-") for p in tmp_path.iterdir())
