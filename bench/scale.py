@@ -45,6 +45,7 @@ FANOUT = (20, 20, 10)  # directories per level of a part
 PER_LEAF = 25  # files in a leaf directory (the shallower files come on top)
 WIDE_DIRS, WIDE_FILES = 100, 1_000  # the wide shape: a part is 100 directories of 1,000 files
 OLD = time.time() - 30 * 86400
+CACHE = Path("/tmp/dg-scale-cache")  # the generated trees, kept between runs
 DELTAGRID = (sys.executable, "-m", "deltagrid")  # this checkout's code, whatever is installed
 ENV = dict(
     os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
@@ -364,7 +365,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", default="100000,300000", help="files, comma-separated")
     parser.add_argument("--shape", choices=("wide", "parts"), default="wide")
-    parser.add_argument("--cache", type=Path, default=Path("/tmp/dg-scale-cache"))
+    parser.add_argument("--cache", type=Path, default=CACHE)
     parser.add_argument("--rounds", type=int, default=3, help="initial backup pairs (median)")
     parser.add_argument("--repeat", type=int, default=3, help="no-change runs (median)")
     parser.add_argument("--no-restic", action="store_true")
