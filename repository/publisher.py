@@ -134,11 +134,12 @@ def last_export_hash(state: Path) -> str | None:
 
 def compress(src: Path, dest: Path) -> Path:
     """zstd `src` into `dest` as a stream. The frame records the size, so that a reader's
-    `decompress` allocates what it needs rather than its whole limit. Level 6: on a 1.7 MB
-    export, 1% more bytes than level 10 in less than half the time (24 against 56 ms), which
-    every backup waits for before its commit."""
+    `decompress` allocates what it needs rather than its whole limit. Level 3, which every
+    backup waits for before its commit: on a million files' 210 MiB export, 0.13% more bytes
+    than level 6 for 37% of its CPU (0.96 against 2.58 s); on 100,000 files' 21 MiB, 0.06%.
+    """
     with open(src, "rb") as fin, open(dest, "wb") as fout, naming(dest):
-        zstandard.ZstdCompressor(level=6).copy_stream(fin, fout, size=src.stat().st_size)
+        zstandard.ZstdCompressor(level=3).copy_stream(fin, fout, size=src.stat().st_size)
     return dest
 
 
