@@ -191,7 +191,8 @@ def add_contents(conn: sqlite3.Connection, new: Sequence[NewContent]) -> list[in
     )
     fresh = [c for c in new if c.hash not in held]
     columns = ("hash", "size", "basis_id", "depth", "chain_bytes")
-    fresh_ids = iter(insert_numbered(conn, "contents", columns, [c[:5] for c in fresh]))
+    fresh_rows = [c[:5] for c in fresh]
+    fresh_ids = iter(insert_numbered(conn, "contents", columns, fresh_rows, sort_on=0))
     ids = [held[c.hash] if c.hash in held else next(fresh_ids) for c in new]
     for content_id, c in zip(ids, new, strict=True):
         if c.hash in held:
@@ -264,7 +265,8 @@ def add_blobs(
     """Record a pack's blobs (offset, stored length, raw length, hash), in a write transaction;
     their ids, in order."""
     columns = ("pack_id", "offset", "length", "raw_length", "hash")
-    return insert_numbered(conn, "blobs", columns, [(pack_id, *e) for e in entries])
+    rows = [(pack_id, *e) for e in entries]
+    return insert_numbered(conn, "blobs", columns, rows, sort_on=columns.index("hash"))
 
 
 # --- paths and versions --------------------------------------------------------------------------
