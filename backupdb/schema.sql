@@ -166,7 +166,7 @@ CREATE TABLE versions (
     PRIMARY KEY (id)
 );
 
-CREATE INDEX blobs_by_hash ON blobs (hash);
+CREATE INDEX blobs_by_hash_key ON blobs (substr(hash, 1, 8));
 
 CREATE INDEX blobs_by_pack ON blobs (pack_id);
 
@@ -174,7 +174,7 @@ CREATE INDEX content_blobs_by_content ON content_blobs (content_id, seq);
 
 CREATE INDEX contents_by_basis ON contents (basis_id);
 
-CREATE UNIQUE INDEX contents_by_hash ON contents (hash);
+CREATE INDEX contents_by_hash_key ON contents (substr(hash, 1, 8));
 
 CREATE UNIQUE INDEX damaged_blobs_by_blob ON damaged_blobs (blob_id);
 

@@ -26,6 +26,23 @@ def rows_in(conn: sqlite3.Connection, query: str, values: Iterable[Any]) -> Iter
         yield from conn.execute(query.format(", ".join("?" * len(chunk))), chunk)
 
 
+# A hash's index holds its first bytes only (schema.py): a third of the pages.
+_KEY_BYTES = 8
+HASH_KEY = f"substr(hash, 1, {_KEY_BYTES})"
+
+
+def rows_by_hash(
+    conn: sqlite3.Connection, query: str, digests: Iterable[bytes], at: int = 0
+) -> Iterator[Any]:
+    """The rows of `query` whose hash (column `at`) is one of `digests`: its `HASH_KEY IN ({})`
+    asks the index for their first bytes, and the rows of a hash that merely shares them are
+    left out here."""
+    wanted = set(digests)
+    for row in rows_in(conn, query, {digest[:_KEY_BYTES] for digest in wanted}):
+        if row[at] in wanted:
+            yield row
+
+
 def insert_many(
     conn: sqlite3.Connection, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
 ) -> None:

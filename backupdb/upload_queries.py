@@ -15,7 +15,15 @@ from typing import Any, NamedTuple
 
 from deltagrid.backupdb import damage
 from deltagrid.backupdb.entries import META_COLUMNS, time_from_db, time_to_db
-from deltagrid.backupdb.sql import LIVE, chunks, insert_many, insert_numbered, rows_in
+from deltagrid.backupdb.sql import (
+    HASH_KEY,
+    LIVE,
+    chunks,
+    insert_many,
+    insert_numbered,
+    rows_by_hash,
+    rows_in,
+)
 from deltagrid.floor.errors import CorruptData
 
 # --- the queue -----------------------------------------------------------------------------------
@@ -131,7 +139,7 @@ _CONTENTS = f"SELECT {', '.join(Content._fields)} FROM contents"
 def contents_by_hash(conn: sqlite3.Connection, digests: Iterable[bytes]) -> dict[bytes, Content]:
     """The intact contents with these bytes, of those there are: asked for many files at once.
     A broken one (damage.py) is not there for the uploader, which stores the file again."""
-    rows = rows_in(conn, f"{_CONTENTS} WHERE hash IN ({{}})", digests)
+    rows = rows_by_hash(conn, f"{_CONTENTS} WHERE {HASH_KEY} IN ({{}})", digests, at=1)
     found = {content.hash: content for content in map(Content._make, rows)}
     broken = damage.broken_among(conn, [c.id for c in found.values()])
     return {h: c for h, c in found.items() if c.id not in broken}
@@ -187,7 +195,9 @@ def add_contents(conn: sqlite3.Connection, new: Sequence[NewContent]) -> list[in
     saw no intact content with these bytes): it is healed in place, keeping its id, so every
     snapshot and every delta built on it reads the new blobs."""
     held = dict(
-        rows_in(conn, "SELECT hash, id FROM contents WHERE hash IN ({})", [c.hash for c in new])
+        rows_by_hash(
+            conn, f"SELECT hash, id FROM contents WHERE {HASH_KEY} IN ({{}})", [c.hash for c in new]
+        )
     )
     fresh = [c for c in new if c.hash not in held]
     columns = ("hash", "size", "basis_id", "depth", "chain_bytes")
@@ -236,8 +246,8 @@ def heal_content(conn: sqlite3.Connection, content_id: int, new: NewContent) -> 
         conn.execute(_SHIFT_ABOVE, shift)
 
 
-_BLOBS_BY_HASH = """
-SELECT hash, id FROM blobs WHERE hash IN ({})
+_BLOBS_BY_HASH = f"""
+SELECT hash, id FROM blobs WHERE {HASH_KEY} IN ({{}})
 AND id NOT IN (SELECT blob_id FROM damaged_blobs)
 """
 
@@ -245,7 +255,7 @@ AND id NOT IN (SELECT blob_id FROM damaged_blobs)
 def blobs_by_hash(conn: sqlite3.Connection, digests: Iterable[bytes]) -> dict[bytes, int]:
     """A stored blob for each of these raw bytes' hashes that has one, never a damaged one:
     asked many at once."""
-    rows = rows_in(conn, _BLOBS_BY_HASH, digests)
+    rows = rows_by_hash(conn, _BLOBS_BY_HASH, digests)
     return {digest: int(blob_id) for digest, blob_id in rows}
 
 
