@@ -28,7 +28,8 @@ SCHEMA_VERSION = 8
 #   5  `damaged_blobs`: blobs verify, restore or repair found damaged; never reused
 #   6  `unreferenced` (local): store objects prune deletes once `delete_after` has passed
 #   7  `versions.extents`: a sparse file's data runs; times past 64-bit ns stored as BLOBs
-#   8  contents and blobs indexed by their hash's first 8 bytes (DROPPED_INDEXES: the whole hash)
+#   8  contents and blobs indexed by their hash's first 8 bytes; fewer queue indexes (local
+#      indexes only: DROPPED_INDEXES)
 
 # The tables of schema.py (tests hold the two together): the catalog, in export order, then the
 # local ones.
@@ -50,7 +51,13 @@ LOCAL = ("scans", "queue", "scan_errors", "runs", "unreferenced")
 # older table altered and a new one created alike have the same columns in the same order.
 ADDED_COLUMNS = (("versions", "xattrs", "BLOB"), ("versions", "extents", "BLOB"))
 # Local indexes an older backupdb has that schema.py replaced (the export holds no indexes).
-DROPPED_INDEXES = ("contents_by_hash", "blobs_by_hash")
+DROPPED_INDEXES = (
+    "contents_by_hash",
+    "contents_by_basis",
+    "blobs_by_hash",
+    "queue_pending",
+    "queue_by_scan",
+)
 # What `create` runs: generated from schema.py by `python -m deltagrid.backupdb.schema_sql`.
 SCHEMA_SQL = Path(__file__).with_name("schema.sql")
 _CREATE = re.compile(r"^(CREATE (?:UNIQUE )?(?:TABLE|INDEX)) ")

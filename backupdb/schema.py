@@ -107,7 +107,8 @@ contents = Table(
 # page at random; a third of the full hash's index, it dirties a third of the pages a night
 # rewrites. The full hash is compared after. add_contents keeps one content a hash.
 Index("contents_by_hash_key", func.substr(contents.c.hash, 1, 8))
-Index("contents_by_basis", contents.c.basis_id)  # the deltas built on a content (damage.py)
+# The deltas built on a content (damage.py); keyframes, most contents, have no entry.
+Index("contents_deltas", contents.c.basis_id, sqlite_where=contents.c.basis_id.isnot(None))
 
 content_blobs = Table(
     "content_blobs",
@@ -196,8 +197,9 @@ queue = Table(
     Column("done", Boolean, nullable=False, default=False),
     Column("outcome", String(12)),  # stored, unchanged, vanished, unreadable
 )
-Index("queue_pending", queue.c.done, queue.c.id)
-Index("queue_by_scan", queue.c.scan_id, queue.c.reason)
+# A queued file costs one index entry beyond its path's: the uploader reads the pending rows in
+# id order (the table's own) and marks them done in place; a scan's other rows are few.
+Index("queue_deleted", queue.c.scan_id, sqlite_where=queue.c.reason == "deleted")
 Index("queue_by_path", queue.c.path)
 
 scan_errors = Table(

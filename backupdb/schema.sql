@@ -172,9 +172,9 @@ CREATE INDEX blobs_by_pack ON blobs (pack_id);
 
 CREATE INDEX content_blobs_by_content ON content_blobs (content_id, seq);
 
-CREATE INDEX contents_by_basis ON contents (basis_id);
-
 CREATE INDEX contents_by_hash_key ON contents (substr(hash, 1, 8));
+
+CREATE INDEX contents_deltas ON contents (basis_id) WHERE basis_id IS NOT NULL;
 
 CREATE UNIQUE INDEX damaged_blobs_by_blob ON damaged_blobs (blob_id);
 
@@ -188,9 +188,7 @@ CREATE UNIQUE INDEX paths_by_path ON paths (path);
 
 CREATE INDEX queue_by_path ON queue (path);
 
-CREATE INDEX queue_by_scan ON queue (scan_id, reason);
-
-CREATE INDEX queue_pending ON queue (done, id);
+CREATE INDEX queue_deleted ON queue (scan_id) WHERE reason = 'deleted';
 
 CREATE UNIQUE INDEX unreferenced_by_ref ON unreferenced (ref);
 

@@ -18,7 +18,6 @@ from deltagrid.backupdb.entries import META_COLUMNS, time_from_db, time_to_db
 from deltagrid.backupdb.sql import (
     HASH_KEY,
     LIVE,
-    chunks,
     insert_many,
     insert_numbered,
     rows_by_hash,
@@ -77,17 +76,15 @@ def pending_big(
 
 
 def mark_done(conn: sqlite3.Connection, outcomes: Iterable[tuple[int, str]]) -> None:
-    """Mark queue rows done, each with its outcome (stored, unchanged, vanished...): a
-    statement for many rows of one outcome (insert_many says why)."""
-    by_outcome: dict[str, list[int]] = {}
-    for qid, outcome in outcomes:
-        by_outcome.setdefault(outcome, []).append(qid)
-    for outcome, qids in by_outcome.items():
-        for chunk in chunks(qids):
-            marks = ", ".join("?" * len(chunk))
-            conn.execute(
-                f"UPDATE queue SET done = 1, outcome = ? WHERE id IN ({marks})", [outcome, *chunk]
-            )
+    """Mark queue rows done, each with its outcome (stored, unchanged, vanished...): a statement
+    for each run of consecutive rows of one outcome, most of a pack's rows in one."""
+    runs: list[list[Any]] = []  # [outcome, first id, last id]
+    for qid, outcome in sorted(outcomes):
+        if runs and runs[-1][0] == outcome and runs[-1][2] + 1 == qid:
+            runs[-1][2] = qid
+        else:
+            runs.append([outcome, qid, qid])
+    conn.executemany("UPDATE queue SET done = 1, outcome = ? WHERE id BETWEEN ? AND ?", runs)
 
 
 _DELETED_FILES = """

@@ -148,7 +148,7 @@ class Scanner:
         self.pseudo: dict[int, tuple[bytes, str]] = {}  # st_dev -> (mount point, type)
         self.on_entries = on_entries or (lambda _n: None)  # progress: entries listed
         self.warn = warn or (lambda _msg: None)
-        self.rows: list[dict[str, Any]] = []
+        self.rows: list[tuple[Any, ...]] = []  # scan_queries.QUEUE_COLUMNS
         self._errors_saved = 0  # scan errors already in the backupdb
 
     def run(self, roots: list[bytes]) -> ScanResult:
@@ -175,18 +175,17 @@ class Scanner:
     ) -> None:
         self.result.counts[reason] += 1
         self.rows.append(
-            {
-                "scan_id": self.result.scan_id,
-                "path": path,
-                "reason": reason,
-                "kind": meta.kind,
-                "size": meta.size,
-                "mtime_ns": time_to_db(meta.mtime_ns),
-                "inode": meta.inode,
-                "dev": meta.dev,
-                "prev_version_id": prev.id if prev is not None else None,
-                "done": False,
-            }
+            (
+                self.result.scan_id,
+                path,
+                reason,
+                meta.kind,
+                meta.size,
+                time_to_db(meta.mtime_ns),
+                meta.inode,
+                meta.dev,
+                prev.id if prev is not None else None,
+            )
         )
         if len(self.rows) >= BATCH:
             self._flush(conn)
