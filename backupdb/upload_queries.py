@@ -190,13 +190,15 @@ def add_contents(conn: sqlite3.Connection, new: Sequence[NewContent]) -> list[in
 
     A content whose hash the catalog holds already is a broken one stored again (the uploader
     saw no intact content with these bytes): it is healed in place, keeping its id, so every
-    snapshot and every delta built on it reads the new blobs."""
+    snapshot and every delta built on it reads the new blobs. So a hash has one content: the
+    index on contents.hash holds only its first bytes and cannot enforce it (schema.py)."""
     held = dict(
         rows_by_hash(
             conn, f"SELECT hash, id FROM contents WHERE {HASH_KEY} IN ({{}})", [c.hash for c in new]
         )
     )
     fresh = [c for c in new if c.hash not in held]
+    assert len({c.hash for c in fresh}) == len(fresh), "one content a hash (no index enforces it)"
     columns = ("hash", "size", "basis_id", "depth", "chain_bytes")
     fresh_rows = [c[:5] for c in fresh]
     fresh_ids = iter(insert_numbered(conn, "contents", columns, fresh_rows, sort_on=0))
