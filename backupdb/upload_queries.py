@@ -303,26 +303,13 @@ def ensure_paths(conn: sqlite3.Connection, wanted: Iterable[bytes]) -> dict[byte
     return ids
 
 
-def version_row(
-    path_id: int, valid_from: int, columns: dict[str, Any], content_id: int | None, recheck: bool
-) -> dict[str, Any]:
-    """The values of one new `versions` row; `columns` are Meta.columns()."""
-    return {
-        "path_id": path_id,
-        "valid_from": valid_from,
-        "content_id": content_id,
-        "recheck": recheck,
-        **columns,
-    }
+# A `versions` row as add_versions takes it: the Meta columns are Meta.values().
+VERSION_COLUMNS = ("path_id", "valid_from", *META_COLUMNS, "content_id", "recheck")
 
 
-_VERSION_COLUMNS = ("path_id", "valid_from", *META_COLUMNS, "content_id", "recheck")
-
-
-def add_versions(conn: sqlite3.Connection, rows: list[dict[str, Any]]) -> None:
-    """Insert many versions (rows of `version_row`) at once; their ids are not needed."""
-    values = [tuple(row[c] for c in _VERSION_COLUMNS) for row in rows]
-    insert_many(conn, "versions", _VERSION_COLUMNS, values)
+def add_versions(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
+    """Insert many versions (tuples of VERSION_COLUMNS) at once; their ids are not needed."""
+    insert_many(conn, "versions", VERSION_COLUMNS, rows)
 
 
 def end_versions(conn: sqlite3.Connection, version_ids: Iterable[int], valid_until: int) -> None:
