@@ -57,6 +57,7 @@ DROPPED_INDEXES = (
     "blobs_by_hash",
     "queue_pending",
     "queue_by_scan",
+    "queue_by_path",
 )
 # What `create` runs: generated from schema.py by `python -m deltagrid.backupdb.schema_sql`.
 SCHEMA_SQL = Path(__file__).with_name("schema.sql")

@@ -197,10 +197,10 @@ queue = Table(
     Column("done", Boolean, nullable=False, default=False),
     Column("outcome", String(12)),  # stored, unchanged, vanished, unreadable
 )
-# A queued file costs one index entry beyond its path's: the uploader reads the pending rows in
-# id order (the table's own) and marks them done in place; a scan's other rows are few.
+# A queued file costs no index entry: the uploader reads the pending rows in id order (the
+# table's own) and marks them done in place; a finished scan looks for older rows below its
+# roots once (a pass over the queue); the deleted entries are few.
 Index("queue_deleted", queue.c.scan_id, sqlite_where=queue.c.reason == "deleted")
-Index("queue_by_path", queue.c.path)
 
 scan_errors = Table(
     "scan_errors",

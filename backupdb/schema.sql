@@ -186,8 +186,6 @@ CREATE INDEX paths_by_parent ON paths (parent_id);
 
 CREATE UNIQUE INDEX paths_by_path ON paths (path);
 
-CREATE INDEX queue_by_path ON queue (path);
-
 CREATE INDEX queue_deleted ON queue (scan_id) WHERE reason = 'deleted';
 
 CREATE UNIQUE INDEX unreferenced_by_ref ON unreferenced (ref);

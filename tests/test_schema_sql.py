@@ -70,6 +70,7 @@ _SCHEMA_7_INDEXES = (
     "CREATE INDEX contents_by_basis ON contents (basis_id)",
     "CREATE INDEX queue_pending ON queue (done, id)",
     "CREATE INDEX queue_by_scan ON queue (scan_id, reason)",
+    "CREATE INDEX queue_by_path ON queue (path)",
     "UPDATE schema_version SET version = 7",
 )
 
