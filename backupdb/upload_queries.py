@@ -42,11 +42,12 @@ class QueueRow(NamedTuple):
     dev: int
 
 
-def _queue_row(row: tuple[Any, ...]) -> QueueRow:
-    queued = QueueRow._make(row)
-    if type(queued.mtime_ns) is int:
-        return queued
-    return queued._replace(mtime_ns=time_from_db(queued.mtime_ns))
+def _queue_rows(rows: Iterable[tuple[Any, ...]]) -> list[QueueRow]:
+    queued = list(map(QueueRow._make, rows))
+    return [
+        q if type(q.mtime_ns) is int else q._replace(mtime_ns=time_from_db(q.mtime_ns))
+        for q in queued
+    ]
 
 
 _PENDING = (
@@ -56,7 +57,7 @@ _PENDING = (
 
 def pending(conn: sqlite3.Connection, after_id: int, limit: int) -> list[QueueRow]:
     """The next `limit` rows to upload after queue row `after_id`, in queue order."""
-    return [_queue_row(row) for row in conn.execute(_PENDING, (after_id, limit))]
+    return _queue_rows(conn.execute(_PENDING, (after_id, limit)))
 
 
 _PENDING_BIG = f"""
@@ -72,7 +73,7 @@ def pending_big(
     """The next `limit` rows to upload among those after `after_id` up to `upto_id` that are
     files larger than `size`, in queue order."""
     rows = conn.execute(_PENDING_BIG, (after_id, upto_id, size, limit))
-    return [_queue_row(r) for r in rows]
+    return _queue_rows(rows)
 
 
 def mark_done(conn: sqlite3.Connection, outcomes: Iterable[tuple[int, str]]) -> None:
