@@ -19,7 +19,7 @@ from pathlib import Path
 
 from deltagrid.floor.errors import BackupDBError
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 # Version history (migrating creates the tables added since, and adds the columns of ADDED_COLUMNS):
 #   1  first release
 #   2  `forgotten`: snapshots marked by `forget`, dropped from listings, their data pruned
@@ -28,6 +28,8 @@ SCHEMA_VERSION = 7
 #   5  `damaged_blobs`: blobs verify, restore or repair found damaged; never reused
 #   6  `unreferenced` (local): store objects prune deletes once `delete_after` has passed
 #   7  `versions.extents`: a sparse file's data runs; times past 64-bit ns stored as BLOBs
+#   8  contents and blobs indexed by their hash's first 8 bytes; fewer queue indexes (local
+#      indexes only: DROPPED_INDEXES)
 
 # The tables of schema.py (tests hold the two together): the catalog, in export order, then the
 # local ones.
@@ -48,6 +50,15 @@ LOCAL = ("scans", "queue", "scan_errors", "runs", "unreferenced")
 # Columns added to existing tables, last in their table (as schema.py declares them), so an
 # older table altered and a new one created alike have the same columns in the same order.
 ADDED_COLUMNS = (("versions", "xattrs", "BLOB"), ("versions", "extents", "BLOB"))
+# Local indexes an older backupdb has that schema.py replaced (the export holds no indexes).
+DROPPED_INDEXES = (
+    "contents_by_hash",
+    "contents_by_basis",
+    "blobs_by_hash",
+    "queue_pending",
+    "queue_by_scan",
+    "queue_by_path",
+)
 # What `create` runs: generated from schema.py by `python -m deltagrid.backupdb.schema_sql`.
 SCHEMA_SQL = Path(__file__).with_name("schema.sql")
 _CREATE = re.compile(r"^(CREATE (?:UNIQUE )?(?:TABLE|INDEX)) ")
@@ -94,8 +105,10 @@ def create(path: Path) -> sqlite3.Connection:
 
 def migrate(conn: sqlite3.Connection) -> None:
     """Bring an older backupdb to SCHEMA_VERSION, in one transaction: create the tables and
-    indexes it lacks, and add the columns added to existing tables since."""
+    indexes it lacks, drop those replaced, and add the columns added to existing tables since."""
     with transaction(conn):
+        for index in DROPPED_INDEXES:
+            conn.execute(f'DROP INDEX IF EXISTS "{index}"')
         for statement in _ddl(if_missing=True):
             conn.execute(statement)
         for table, column, ddl in ADDED_COLUMNS:

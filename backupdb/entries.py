@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import stat
 from dataclasses import dataclass, fields
+from operator import attrgetter
 from typing import Any
 
 KIND_FILE = "f"
@@ -94,13 +95,17 @@ class Meta:
         values["ctime_ns"] = time_from_db(values["ctime_ns"])
         return cls(**values)
 
-    def columns(self) -> dict[str, Any]:
-        """The `versions` columns this record fills."""
-        columns = dict(vars(self))  # the fields, in META_COLUMNS order
+    def values(self) -> tuple[Any, ...]:
+        """The `versions` columns this record fills, in META_COLUMNS order."""
+        values: tuple[Any, ...] = _values(self)
+        if self.mtime_ns in _NS_RANGE and self.ctime_ns in _NS_RANGE:  # as nearly always
+            return values
+        columns = dict(zip(META_COLUMNS, values, strict=True))
         columns["mtime_ns"] = time_to_db(self.mtime_ns)
         columns["ctime_ns"] = time_to_db(self.ctime_ns)
-        return columns
+        return tuple(columns.values())
 
 
 # The metadata columns of a `versions` row, in Meta's order: the one list of them.
 META_COLUMNS = tuple(f.name for f in fields(Meta))
+_values = attrgetter(*META_COLUMNS)

@@ -168,8 +168,9 @@ def add_version(
     content_id: int | None,
     recheck: bool,
 ) -> None:
-    row = upload_queries.version_row(path_id_, valid_from, columns, content_id, recheck)
-    conn.execute(insert(versions), row)
+    """A version of `columns` (versions columns by name; those left out are NULL)."""
+    row = {"path_id": path_id_, "valid_from": valid_from, "content_id": content_id}
+    conn.execute(insert(versions), {**row, "recheck": recheck, **columns})
 
 
 def version_changes(conn: Connection, snapshot_id: int) -> Iterator[Row[Any]]:

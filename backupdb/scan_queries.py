@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 
 from deltagrid.backupdb.connection import transaction
 from deltagrid.backupdb.entries import with_times
-from deltagrid.backupdb.sql import LIVE, bounds, rows_in
+from deltagrid.backupdb.sql import LIVE, bounds, insert_many, rows_in
 
 
 class LiveEntry(NamedTuple):
@@ -118,23 +118,34 @@ def begin_scan(conn: sqlite3.Connection, roots: list[str]) -> int:
     return cur.lastrowid
 
 
-_ENQUEUE = """
-INSERT INTO queue (scan_id, path, reason, kind, size, mtime_ns, inode, dev, prev_version_id, done)
-VALUES (:scan_id, :path, :reason, :kind, :size, :mtime_ns, :inode, :dev, :prev_version_id, 0)
-"""
+# A queue row as `enqueue` takes it (done is 0).
+QUEUE_COLUMNS = (
+    "scan_id",
+    "path",
+    "reason",
+    "kind",
+    "size",
+    "mtime_ns",
+    "inode",
+    "dev",
+    "prev_version_id",
+)
 
 
 def enqueue(
     conn: sqlite3.Connection,
     scan_id: int,
-    rows: list[dict[str, Any]],
+    rows: Sequence[Sequence[Any]],
     errors: Sequence[tuple[bytes, str]],
 ) -> None:
-    """Add a batch of queue rows and scan errors (one transaction)."""
+    """Add a batch of queue rows (tuples of QUEUE_COLUMNS) and scan errors (one transaction),
+    hundreds to a statement (insert_many says why)."""
     with transaction(conn):
-        conn.executemany(_ENQUEUE, rows)
-        conn.executemany(
-            "INSERT INTO scan_errors (scan_id, path, message) VALUES (?, ?, ?)",
+        insert_many(conn, "queue", (*QUEUE_COLUMNS, "done"), [(*row, 0) for row in rows])
+        insert_many(
+            conn,
+            "scan_errors",
+            ("scan_id", "path", "message"),
             [(scan_id, path, message) for path, message in errors],
         )
 

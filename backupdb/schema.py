@@ -19,6 +19,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    func,
 )
 
 from deltagrid.backupdb.connection import SCHEMA_VERSION as SCHEMA_VERSION  # its history is there
@@ -102,8 +103,12 @@ contents = Table(
     Column("depth", Integer, nullable=False),  # deltas between it and its keyframe
     Column("chain_bytes", Integer, nullable=False),  # delta bytes on that chain
 )
-Index("contents_by_hash", contents.c.hash, unique=True)
-Index("contents_by_basis", contents.c.basis_id)  # the deltas built on a content (damage.py)
+# A hash is found by its first 8 bytes (sql.HASH_KEY): a random key, so every new row lands on a
+# page at random; a third of the full hash's index, it dirties a third of the pages a night
+# rewrites. The full hash is compared after. add_contents keeps one content a hash.
+Index("contents_by_hash_key", func.substr(contents.c.hash, 1, 8))
+# The deltas built on a content (damage.py); keyframes, most contents, have no entry.
+Index("contents_deltas", contents.c.basis_id, sqlite_where=contents.c.basis_id.isnot(None))
 
 content_blobs = Table(
     "content_blobs",
@@ -125,7 +130,7 @@ blobs = Table(
     Column("raw_length", Integer, nullable=False),
     Column("hash", LargeBinary, nullable=False),  # BLAKE2b-256 of the raw bytes
 )
-Index("blobs_by_hash", blobs.c.hash)
+Index("blobs_by_hash_key", func.substr(blobs.c.hash, 1, 8))  # as contents_by_hash_key
 Index("blobs_by_pack", blobs.c.pack_id)
 
 packs = Table(
@@ -192,9 +197,10 @@ queue = Table(
     Column("done", Boolean, nullable=False, default=False),
     Column("outcome", String(12)),  # stored, unchanged, vanished, unreadable
 )
-Index("queue_pending", queue.c.done, queue.c.id)
-Index("queue_by_scan", queue.c.scan_id, queue.c.reason)
-Index("queue_by_path", queue.c.path)
+# A queued file costs no index entry: the uploader reads the pending rows in id order (the
+# table's own) and marks them done in place; a finished scan looks for older rows below its
+# roots once (a pass over the queue); the deleted entries are few.
+Index("queue_deleted", queue.c.scan_id, sqlite_where=queue.c.reason == "deleted")
 
 scan_errors = Table(
     "scan_errors",

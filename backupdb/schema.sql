@@ -166,15 +166,15 @@ CREATE TABLE versions (
     PRIMARY KEY (id)
 );
 
-CREATE INDEX blobs_by_hash ON blobs (hash);
+CREATE INDEX blobs_by_hash_key ON blobs (substr(hash, 1, 8));
 
 CREATE INDEX blobs_by_pack ON blobs (pack_id);
 
 CREATE INDEX content_blobs_by_content ON content_blobs (content_id, seq);
 
-CREATE INDEX contents_by_basis ON contents (basis_id);
+CREATE INDEX contents_by_hash_key ON contents (substr(hash, 1, 8));
 
-CREATE UNIQUE INDEX contents_by_hash ON contents (hash);
+CREATE INDEX contents_deltas ON contents (basis_id) WHERE basis_id IS NOT NULL;
 
 CREATE UNIQUE INDEX damaged_blobs_by_blob ON damaged_blobs (blob_id);
 
@@ -186,11 +186,7 @@ CREATE INDEX paths_by_parent ON paths (parent_id);
 
 CREATE UNIQUE INDEX paths_by_path ON paths (path);
 
-CREATE INDEX queue_by_path ON queue (path);
-
-CREATE INDEX queue_by_scan ON queue (scan_id, reason);
-
-CREATE INDEX queue_pending ON queue (done, id);
+CREATE INDEX queue_deleted ON queue (scan_id) WHERE reason = 'deleted';
 
 CREATE UNIQUE INDEX unreferenced_by_ref ON unreferenced (ref);
 

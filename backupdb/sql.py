@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
+from operator import itemgetter
 from typing import Any
 
 _CHUNK = 900  # values a statement takes at once, well under SQLite's limit on parameters
@@ -25,6 +26,23 @@ def rows_in(conn: sqlite3.Connection, query: str, values: Iterable[Any]) -> Iter
         yield from conn.execute(query.format(", ".join("?" * len(chunk))), chunk)
 
 
+# A hash's index holds its first bytes only (schema.py): a third of the pages.
+_KEY_BYTES = 8
+HASH_KEY = f"substr(hash, 1, {_KEY_BYTES})"
+
+
+def rows_by_hash(
+    conn: sqlite3.Connection, query: str, digests: Iterable[bytes], at: int = 0
+) -> Iterator[Any]:
+    """The rows of `query` whose hash (column `at`) is one of `digests`: its `HASH_KEY IN ({})`
+    asks the index for their first bytes, and the rows of a hash that merely shares them are
+    left out here."""
+    wanted = set(digests)
+    for row in rows_in(conn, query, {digest[:_KEY_BYTES] for digest in wanted}):
+        if row[at] in wanted:
+            yield row
+
+
 def insert_many(
     conn: sqlite3.Connection, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
 ) -> None:
@@ -41,13 +59,24 @@ def insert_many(
 
 
 def insert_numbered(
-    conn: sqlite3.Connection, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
+    conn: sqlite3.Connection,
+    table: str,
+    columns: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+    sort_on: int | None = None,
 ) -> list[int]:
     """insert_many with ids: each row gets the id SQLite would give it (the largest plus one, in
     order), so no row needs a statement of its own for its lastrowid. Inside a write
-    transaction only. Their ids, in order."""
+    transaction only. Their ids, in order.
+
+    With `sort_on` (a column's place in `columns`), the numbered rows are inserted in that
+    column's order: an index on a random key (a hash) is then walked once, page after page,
+    instead of at a random page a row."""
     first = int(conn.execute(f"SELECT coalesce(max(id), 0) + 1 FROM {table}").fetchone()[0])
-    insert_many(conn, table, ("id", *columns), [(first + n, *row) for n, row in enumerate(rows)])
+    numbered = [(first + n, *row) for n, row in enumerate(rows)]
+    if sort_on is not None:
+        numbered.sort(key=itemgetter(sort_on + 1))
+    insert_many(conn, table, ("id", *columns), numbered)
     return list(range(first, first + len(rows)))
 
 

@@ -15,7 +15,14 @@ from typing import Any, NamedTuple
 
 from deltagrid.backupdb import damage
 from deltagrid.backupdb.entries import META_COLUMNS, time_from_db, time_to_db
-from deltagrid.backupdb.sql import LIVE, chunks, insert_many, insert_numbered, rows_in
+from deltagrid.backupdb.sql import (
+    HASH_KEY,
+    LIVE,
+    insert_many,
+    insert_numbered,
+    rows_by_hash,
+    rows_in,
+)
 from deltagrid.floor.errors import CorruptData
 
 # --- the queue -----------------------------------------------------------------------------------
@@ -35,11 +42,12 @@ class QueueRow(NamedTuple):
     dev: int
 
 
-def _queue_row(row: tuple[Any, ...]) -> QueueRow:
-    queued = QueueRow._make(row)
-    if type(queued.mtime_ns) is int:
-        return queued
-    return queued._replace(mtime_ns=time_from_db(queued.mtime_ns))
+def _queue_rows(rows: Iterable[tuple[Any, ...]]) -> list[QueueRow]:
+    queued = list(map(QueueRow._make, rows))
+    return [
+        q if type(q.mtime_ns) is int else q._replace(mtime_ns=time_from_db(q.mtime_ns))
+        for q in queued
+    ]
 
 
 _PENDING = (
@@ -49,7 +57,7 @@ _PENDING = (
 
 def pending(conn: sqlite3.Connection, after_id: int, limit: int) -> list[QueueRow]:
     """The next `limit` rows to upload after queue row `after_id`, in queue order."""
-    return [_queue_row(row) for row in conn.execute(_PENDING, (after_id, limit))]
+    return _queue_rows(conn.execute(_PENDING, (after_id, limit)))
 
 
 _PENDING_BIG = f"""
@@ -65,21 +73,19 @@ def pending_big(
     """The next `limit` rows to upload among those after `after_id` up to `upto_id` that are
     files larger than `size`, in queue order."""
     rows = conn.execute(_PENDING_BIG, (after_id, upto_id, size, limit))
-    return [_queue_row(r) for r in rows]
+    return _queue_rows(rows)
 
 
 def mark_done(conn: sqlite3.Connection, outcomes: Iterable[tuple[int, str]]) -> None:
-    """Mark queue rows done, each with its outcome (stored, unchanged, vanished...): a
-    statement for many rows of one outcome (insert_many says why)."""
-    by_outcome: dict[str, list[int]] = {}
-    for qid, outcome in outcomes:
-        by_outcome.setdefault(outcome, []).append(qid)
-    for outcome, qids in by_outcome.items():
-        for chunk in chunks(qids):
-            marks = ", ".join("?" * len(chunk))
-            conn.execute(
-                f"UPDATE queue SET done = 1, outcome = ? WHERE id IN ({marks})", [outcome, *chunk]
-            )
+    """Mark queue rows done, each with its outcome (stored, unchanged, vanished...): a statement
+    for each run of consecutive rows of one outcome, most of a pack's rows in one."""
+    runs: list[list[Any]] = []  # [outcome, first id, last id]
+    for qid, outcome in sorted(outcomes):
+        if runs and runs[-1][0] == outcome and runs[-1][2] + 1 == qid:
+            runs[-1][2] = qid
+        else:
+            runs.append([outcome, qid, qid])
+    conn.executemany("UPDATE queue SET done = 1, outcome = ? WHERE id BETWEEN ? AND ?", runs)
 
 
 _DELETED_FILES = """
@@ -131,7 +137,7 @@ _CONTENTS = f"SELECT {', '.join(Content._fields)} FROM contents"
 def contents_by_hash(conn: sqlite3.Connection, digests: Iterable[bytes]) -> dict[bytes, Content]:
     """The intact contents with these bytes, of those there are: asked for many files at once.
     A broken one (damage.py) is not there for the uploader, which stores the file again."""
-    rows = rows_in(conn, f"{_CONTENTS} WHERE hash IN ({{}})", digests)
+    rows = rows_by_hash(conn, f"{_CONTENTS} WHERE {HASH_KEY} IN ({{}})", digests, at=1)
     found = {content.hash: content for content in map(Content._make, rows)}
     broken = damage.broken_among(conn, [c.id for c in found.values()])
     return {h: c for h, c in found.items() if c.id not in broken}
@@ -185,13 +191,18 @@ def add_contents(conn: sqlite3.Connection, new: Sequence[NewContent]) -> list[in
 
     A content whose hash the catalog holds already is a broken one stored again (the uploader
     saw no intact content with these bytes): it is healed in place, keeping its id, so every
-    snapshot and every delta built on it reads the new blobs."""
+    snapshot and every delta built on it reads the new blobs. So a hash has one content: the
+    index on contents.hash holds only its first bytes and cannot enforce it (schema.py)."""
     held = dict(
-        rows_in(conn, "SELECT hash, id FROM contents WHERE hash IN ({})", [c.hash for c in new])
+        rows_by_hash(
+            conn, f"SELECT hash, id FROM contents WHERE {HASH_KEY} IN ({{}})", [c.hash for c in new]
+        )
     )
     fresh = [c for c in new if c.hash not in held]
+    assert len({c.hash for c in fresh}) == len(fresh), "one content a hash (no index enforces it)"
     columns = ("hash", "size", "basis_id", "depth", "chain_bytes")
-    fresh_ids = iter(insert_numbered(conn, "contents", columns, [c[:5] for c in fresh]))
+    fresh_rows = [c[:5] for c in fresh]
+    fresh_ids = iter(insert_numbered(conn, "contents", columns, fresh_rows, sort_on=0))
     ids = [held[c.hash] if c.hash in held else next(fresh_ids) for c in new]
     for content_id, c in zip(ids, new, strict=True):
         if c.hash in held:
@@ -235,8 +246,8 @@ def heal_content(conn: sqlite3.Connection, content_id: int, new: NewContent) -> 
         conn.execute(_SHIFT_ABOVE, shift)
 
 
-_BLOBS_BY_HASH = """
-SELECT hash, id FROM blobs WHERE hash IN ({})
+_BLOBS_BY_HASH = f"""
+SELECT hash, id FROM blobs WHERE {HASH_KEY} IN ({{}})
 AND id NOT IN (SELECT blob_id FROM damaged_blobs)
 """
 
@@ -244,7 +255,7 @@ AND id NOT IN (SELECT blob_id FROM damaged_blobs)
 def blobs_by_hash(conn: sqlite3.Connection, digests: Iterable[bytes]) -> dict[bytes, int]:
     """A stored blob for each of these raw bytes' hashes that has one, never a damaged one:
     asked many at once."""
-    rows = rows_in(conn, _BLOBS_BY_HASH, digests)
+    rows = rows_by_hash(conn, _BLOBS_BY_HASH, digests)
     return {digest: int(blob_id) for digest, blob_id in rows}
 
 
@@ -264,7 +275,8 @@ def add_blobs(
     """Record a pack's blobs (offset, stored length, raw length, hash), in a write transaction;
     their ids, in order."""
     columns = ("pack_id", "offset", "length", "raw_length", "hash")
-    return insert_numbered(conn, "blobs", columns, [(pack_id, *e) for e in entries])
+    rows = [(pack_id, *e) for e in entries]
+    return insert_numbered(conn, "blobs", columns, rows, sort_on=columns.index("hash"))
 
 
 # --- paths and versions --------------------------------------------------------------------------
@@ -292,26 +304,13 @@ def ensure_paths(conn: sqlite3.Connection, wanted: Iterable[bytes]) -> dict[byte
     return ids
 
 
-def version_row(
-    path_id: int, valid_from: int, columns: dict[str, Any], content_id: int | None, recheck: bool
-) -> dict[str, Any]:
-    """The values of one new `versions` row; `columns` are Meta.columns()."""
-    return {
-        "path_id": path_id,
-        "valid_from": valid_from,
-        "content_id": content_id,
-        "recheck": recheck,
-        **columns,
-    }
+# A `versions` row as add_versions takes it: the Meta columns are Meta.values().
+VERSION_COLUMNS = ("path_id", "valid_from", *META_COLUMNS, "content_id", "recheck")
 
 
-_VERSION_COLUMNS = ("path_id", "valid_from", *META_COLUMNS, "content_id", "recheck")
-
-
-def add_versions(conn: sqlite3.Connection, rows: list[dict[str, Any]]) -> None:
-    """Insert many versions (rows of `version_row`) at once; their ids are not needed."""
-    values = [tuple(row[c] for c in _VERSION_COLUMNS) for row in rows]
-    insert_many(conn, "versions", _VERSION_COLUMNS, values)
+def add_versions(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
+    """Insert many versions (tuples of VERSION_COLUMNS) at once; their ids are not needed."""
+    insert_many(conn, "versions", VERSION_COLUMNS, rows)
 
 
 def end_versions(conn: sqlite3.Connection, version_ids: Iterable[int], valid_until: int) -> None:

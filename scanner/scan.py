@@ -24,7 +24,9 @@ from deltagrid.floor.errors import UsageError
 from deltagrid.scanner.excludes import Excludes
 from deltagrid.scanner.pseudo import pseudo_devices
 
-BATCH = 2000
+# Queue rows a commit (an fsync): a kill loses nothing of a scan that counts, as the next one
+# abandons an unfinished scan's rows; 10,000 tuples are a few MB.
+BATCH = 10_000
 REASONS = ("new", "changed", "meta", "deleted")
 _name = attrgetter("name")
 _VERSION_ID, _PATH_ID = 1, 2  # in a scan_queries.live_children row
@@ -148,7 +150,7 @@ class Scanner:
         self.pseudo: dict[int, tuple[bytes, str]] = {}  # st_dev -> (mount point, type)
         self.on_entries = on_entries or (lambda _n: None)  # progress: entries listed
         self.warn = warn or (lambda _msg: None)
-        self.rows: list[dict[str, Any]] = []
+        self.rows: list[tuple[Any, ...]] = []  # scan_queries.QUEUE_COLUMNS
         self._errors_saved = 0  # scan errors already in the backupdb
 
     def run(self, roots: list[bytes]) -> ScanResult:
@@ -175,18 +177,17 @@ class Scanner:
     ) -> None:
         self.result.counts[reason] += 1
         self.rows.append(
-            {
-                "scan_id": self.result.scan_id,
-                "path": path,
-                "reason": reason,
-                "kind": meta.kind,
-                "size": meta.size,
-                "mtime_ns": time_to_db(meta.mtime_ns),
-                "inode": meta.inode,
-                "dev": meta.dev,
-                "prev_version_id": prev.id if prev is not None else None,
-                "done": False,
-            }
+            (
+                self.result.scan_id,
+                path,
+                reason,
+                meta.kind,
+                meta.size,
+                time_to_db(meta.mtime_ns),
+                meta.inode,
+                meta.dev,
+                prev.id if prev is not None else None,
+            )
         )
         if len(self.rows) >= BATCH:
             self._flush(conn)

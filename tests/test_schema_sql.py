@@ -15,6 +15,7 @@ import pytest
 from sqlalchemy import create_engine
 
 from deltagrid.backupdb import connection, schema, schema_sql
+from deltagrid.backupdb.sql import LIVE
 from tests.helpers import describe, dg, restored_root, settle
 
 
@@ -56,6 +57,50 @@ def test_created_backupdb_has_create_alls_tables_columns_and_indexes(tmp_path: P
         len(table.indexes) for table in schema.metadata.tables.values()
     )
     assert plain["schema_version rows"] == [(1, connection.SCHEMA_VERSION)]
+
+
+# The indexes of schema 7 that schema 8 replaced (connection.DROPPED_INDEXES).
+_SCHEMA_7_INDEXES = (
+    "DROP INDEX contents_by_hash_key",
+    "DROP INDEX blobs_by_hash_key",
+    "DROP INDEX contents_deltas",
+    "DROP INDEX queue_deleted",
+    "CREATE UNIQUE INDEX contents_by_hash ON contents (hash)",
+    "CREATE INDEX blobs_by_hash ON blobs (hash)",
+    "CREATE INDEX contents_by_basis ON contents (basis_id)",
+    "CREATE INDEX queue_pending ON queue (done, id)",
+    "CREATE INDEX queue_by_scan ON queue (scan_id, reason)",
+    "CREATE INDEX queue_by_path ON queue (path)",
+    "UPDATE schema_version SET version = 7",
+)
+
+
+def test_a_schema_7_backupdb_gets_the_new_indexes_and_finds_its_contents(tmp_path: Path) -> None:
+    """Migrating replaces the old indexes: the backupdb is then laid out as a new one, and the
+    next backup finds a copied file's bytes by their hash rather than storing them again."""
+    src, home = tmp_path / "src", tmp_path / "home"
+    src.mkdir()
+    (src / "a.txt").write_bytes(b"the same bytes\n" * 100)
+    settle(src)
+    assert dg(home, "backup", src).code == 0
+    db = home / "backupdb.sqlite"
+    with closing(sqlite3.connect(db)) as conn:
+        for statement in _SCHEMA_7_INDEXES:
+            conn.execute(statement)
+        conn.commit()
+    (src / "b.txt").write_bytes((src / "a.txt").read_bytes())
+    settle(src)
+    assert dg(home, "backup", src).code == 0
+    connection.create(tmp_path / "new.sqlite").close()
+    migrated, new = _layout(db), _layout(tmp_path / "new.sqlite")
+    assert {k: v for k, v in migrated.items() if k.startswith("index ")} == {
+        k: v for k, v in new.items() if k.startswith("index ")
+    }
+    assert migrated["schema_version rows"] == [(1, connection.SCHEMA_VERSION)]
+    with closing(sqlite3.connect(db)) as conn:
+        assert conn.execute("SELECT count(*) FROM contents").fetchone() == (1,)
+        live = f"SELECT count(*) FROM versions v WHERE kind = 'f' AND {LIVE}"
+        assert conn.execute(live).fetchone() == (2,)
 
 
 def test_a_failed_create_leaves_no_tables(tmp_path: Path) -> None:

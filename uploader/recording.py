@@ -51,12 +51,8 @@ def record_entries(
         if rec.meta is not None:
             content = rec.content
             content_id = content.id if isinstance(content, PendingContent) else content
-            columns = rec.meta.columns()
-            new_versions.append(
-                upload_queries.version_row(
-                    path_ids[rec.path], snapshot_id, columns, content_id, rec.recheck
-                )
-            )
+            path_id = path_ids[rec.path]
+            new_versions.append((path_id, snapshot_id, *rec.meta.values(), content_id, rec.recheck))
     ends = [r.end for r in records if r.end is not None]
     upload_queries.end_versions(conn, ends + [v for r in records for v in r.end_below], snapshot_id)
     upload_queries.add_versions(conn, new_versions)
