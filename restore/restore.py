@@ -48,6 +48,7 @@ from deltagrid.restore.rebuild import (
     load_chains,
     rebuild_in_one_pass,
 )
+from deltagrid.restore.writes import Writes
 from deltagrid.store.base import Store
 from deltagrid.store.pack import digest_file
 
@@ -184,15 +185,18 @@ class Restorer:
         """Rebuild and write the files in store order; large ones in the background."""
         linked: dict[tuple[int, int], tuple[bytes, bytes]] = {}
         self.background = Background(self._count_file, self._entry_failed)
+        self.writes = Writes(self._write_bytes, self._count_file, self._entry_failed)
         try:
             for e in files:
                 self._guard(e, lambda e: self._file(e, linked))
                 self.background.settle()
+            self.writes.finish()
             self.background.settle(wait_all=True)
         except BaseException:
             self.source.stop()  # a large file in flight fails at its next read
             raise
         finally:
+            self.writes.close()
             self.background.close()
 
     def _plan(self, files: list[Any]) -> tuple[list[Any], dict[int, list[Piece]], list[int]]:
@@ -375,14 +379,19 @@ class Restorer:
         if e.size > IN_MEMORY and e.nlink == 1 and e.content_id in self.chains:
             self.background.submit(e, self._new_file, e, dest)
             return
+        if e.nlink == 1 and e.extents is None and e.size <= IN_MEMORY and self.link_dest is None:
+            self._new_file(e, dest, self.writes.add)  # counted once written
+            return
         from_link_dest = self._new_file(e, dest)
         if e.nlink > 1 and not from_link_dest:
             linked[key] = (dest, e.content_hash)
         self._count_file(e, linked=from_link_dest)
 
-    def _new_file(self, e: Any, dest: bytes) -> bool:
-        """Link the same file from link_dest (True), or rebuild it and write it; here or on the
-        large files' thread."""
+    def _new_file(
+        self, e: Any, dest: bytes, write: Callable[[Any, bytes, bytes, bytes], None] | None = None
+    ) -> bool:
+        """Link the same file from link_dest (True), or rebuild it and write it: here, or on the
+        large files' thread; one rebuilt in memory by `write` if given (restore/writes.py)."""
         parent = dest.rsplit(b"/", 1)[0]
         if self._link_previous(e, dest, parent):
             return True
@@ -403,7 +412,7 @@ class Restorer:
                 if isinstance(rebuilt, Path):
                     rebuilt.unlink()
         elif isinstance(rebuilt, bytes):
-            self._write_new(functools.partial(_write_all, data=rebuilt), parent, dest, e)
+            (write or self._write_bytes)(e, parent, dest, rebuilt)
         else:
             self._install_as(os.fsencode(rebuilt), dest, e, follow=True)
         return False
@@ -421,6 +430,9 @@ class Restorer:
         self.result.size += e.size
         self.result.written += 0 if linked else e.size
         self.on_progress(e.size)
+
+    def _write_bytes(self, e: Any, parent: bytes, dest: bytes, data: bytes) -> None:
+        self._write_new(functools.partial(_write_all, data=data), parent, dest, e)
 
     def _write_new(self, fill: Callable[[int], None], parent: bytes, dest: bytes, e: Any) -> None:
         """Write a file (`fill` writes it into a descriptor) to a new name beside `dest`, give
