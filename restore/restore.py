@@ -264,10 +264,10 @@ class Restorer:
             raise UnsafePath("path is outside the subtree being restored")
         return parts[len(self.strip) :]
 
-    def _parent(self, path: bytes) -> bytes:
-        """Make sure every directory above `path` under the target is a real directory; the
-        name to reach the last of them by (restore/handles.py: past PATH_MAX, a short one)."""
-        parts = self._parts(path)
+    def _parent(self, parts: list[bytes]) -> bytes:
+        """Make sure every directory above `parts` (a path's, from `_parts`) under the target is
+        a real directory; the name to reach the last of them by (restore/handles.py: past
+        PATH_MAX, a short one)."""
         current = self.target
         for part in parts[:-1]:
             current = self.handles.child(current, part)
@@ -296,8 +296,8 @@ class Restorer:
         self.made.add(path)
 
     def _dest(self, path: bytes) -> bytes:
-        parent = self._parent(path)
         parts = self._parts(path)
+        parent = self._parent(parts)
         return parent + b"/" + parts[-1] if parts else self.target
 
     def _leaf(self, path: bytes) -> bytes:
