@@ -49,8 +49,11 @@ class Piece(NamedTuple):
     hash: bytes
 
     @classmethod
-    def from_row(cls, row: Any) -> Piece:
-        return cls(row.id, row.ref, row.offset, row.length, row.raw_length, row.hash)
+    def from_row(cls, row: tuple[Any, ...]) -> Piece:
+        """From a row of `restore_queries.pieces_of_contents`: content id, blob id, offset,
+        length, raw length, hash, pack."""
+        _content, blob_id, offset, length, raw_length, hash_, ref = row
+        return cls(blob_id, ref, offset, length, raw_length, hash_)
 
 
 @dataclass

@@ -132,6 +132,9 @@ class Restorer:
         self.overwrite = overwrite
         self.delete = delete
         self.blocked: set[bytes] = set()  # directories of the snapshot kept as something else
+        # A directory's path -> its name under the target, once checked: a directory is blocked
+        # (or not) before any path below it is looked at, and what is made stays made.
+        self.parents: dict[bytes, bytes] = {}
         self.handles = Handles()
 
     def run(self, snapshot_id: int, prefixes: list[bytes]) -> RestoreResult:
@@ -206,8 +209,8 @@ class Restorer:
         planned goes last and fails, named, when rebuilt.
         """
         contents = load_chains(self.conn, {e.content_id for e in files})
-        rows = restore_queries.pieces_of_contents(self.conn, contents)
-        plan = {c: [Piece.from_row(r) for r in rows.get(c, [])] for c in contents}
+        pieces = restore_queries.pieces_of_contents(self.conn, contents, Piece.from_row)
+        plan = {c: pieces.get(c, []) for c in contents}
         seen_links: set[tuple[int, int, bytes]] = set()
         readers: list[tuple[int, Any, list[int]]] = []
         others: list[Any] = []
@@ -223,7 +226,10 @@ class Restorer:
             except DeltagridError:
                 others.append(e)
                 continue
-            first = min((plan[c][0].blob_id for c in chain if plan[c]), default=0)
+            if len(chain) == 1:  # most files: no deltas
+                first = plan[chain[0]][0].blob_id if plan[chain[0]] else 0
+            else:
+                first = min((plan[c][0].blob_id for c in chain if plan[c]), default=0)
             readers.append((first, e, chain))
         readers.sort(key=lambda r: r[0])
         self.on_total(sum(e.size for e in files))
@@ -297,8 +303,13 @@ class Restorer:
 
     def _dest(self, path: bytes) -> bytes:
         parts = self._parts(path)
-        parent = self._parent(parts)
-        return parent + b"/" + parts[-1] if parts else self.target
+        if not parts:
+            return self.target
+        above = path.rpartition(b"/")[0]
+        parent = self.parents.get(above)
+        if parent is None:
+            parent = self.parents[above] = self._parent(parts)
+        return parent + b"/" + parts[-1]
 
     def _leaf(self, path: bytes) -> bytes:
         """Where a file or symlink goes. Only a subtree restored as the target itself (--path P
