@@ -16,7 +16,8 @@ from typing import Any
 
 BATCH_FILES = 128
 BATCH_BYTES = 4 << 20
-IN_FLIGHT = 4  # batches queued or being written at most; the main thread waits beyond that
+IN_FLIGHT = 4  # batches queued or being written at most; the main thread waits beyond that,
+IN_FLIGHT_BYTES = 16 << 20  # or beyond this many bytes in them (a batch may hold a 16 MiB file)
 
 Job = tuple[Any, bytes, bytes, bytes]  # entry, its directory, where it goes, its bytes
 Outcome = tuple[Any, Exception | None]
@@ -39,7 +40,8 @@ class Writes:
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="restore-write")
         self.batch: list[Job] = []
         self.batch_bytes = 0
-        self.pending: deque[Future[list[Outcome]]] = deque()
+        self.pending: deque[tuple[Future[list[Outcome]], int]] = deque()  # and their bytes
+        self.pending_bytes = 0
 
     def add(self, entry: Any, parent: bytes, dest: bytes, data: bytes) -> None:
         self.batch.append((entry, parent, dest, data))
@@ -50,10 +52,15 @@ class Writes:
     def _submit(self) -> None:
         """Hand the batch over; report the batches done, waiting while too many are queued."""
         if self.batch:
-            self.pending.append(self.pool.submit(self._write_batch, self.batch))
+            self.pending.append((self.pool.submit(self._write_batch, self.batch), self.batch_bytes))
+            self.pending_bytes += self.batch_bytes
             self.batch, self.batch_bytes = [], 0
-        while self.pending and (len(self.pending) > IN_FLIGHT or self.pending[0].done()):
-            self._report(self.pending.popleft())
+        while self.pending and (
+            len(self.pending) > IN_FLIGHT
+            or self.pending_bytes > IN_FLIGHT_BYTES
+            or self.pending[0][0].done()
+        ):
+            self._report()
 
     def _write_batch(self, batch: list[Job]) -> list[Outcome]:
         outcomes: list[Outcome] = []
@@ -66,7 +73,10 @@ class Writes:
                 outcomes.append((entry, None))
         return outcomes
 
-    def _report(self, future: Future[list[Outcome]]) -> None:
+    def _report(self) -> None:
+        """Wait for the oldest batch and report its files."""
+        future, size = self.pending.popleft()
+        self.pending_bytes -= size
         for entry, exc in future.result():
             if exc is None:
                 self.on_done(entry, False)
@@ -77,7 +87,7 @@ class Writes:
         """Write what is left and report every file."""
         self._submit()
         while self.pending:
-            self._report(self.pending.popleft())
+            self._report()
 
     def close(self) -> None:
         """Drop what has not started; wait for the batch being written."""
