@@ -10,8 +10,8 @@ snapshots the root pointer has published are asked for.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Iterator, Sequence
-from typing import NamedTuple
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, NamedTuple
 
 from deltagrid.backupdb.entries import with_times
 from deltagrid.backupdb.sql import LIVE_AT, bounds, rows_in
@@ -136,12 +136,15 @@ WHERE cb.content_id IN ({}) ORDER BY cb.content_id, cb.seq
 
 
 def pieces_of_contents(
-    conn: sqlite3.Connection, content_ids: Iterable[int]
-) -> dict[int, list[BlobPiece]]:
-    """The blobs of many contents at once, each content's in order, with their packs."""
-    found: dict[int, list[BlobPiece]] = {}
+    conn: sqlite3.Connection,
+    content_ids: Iterable[int],
+    make: Callable[[tuple[Any, ...]], Any] = BlobPiece._make,
+) -> dict[int, list[Any]]:
+    """The blobs of many contents at once, each content's in order, with their packs: each
+    row `make`s one (a BlobPiece, or what restore keeps of it, made once)."""
+    found: dict[int, list[Any]] = {}
     for row in rows_in(conn, _PIECES, content_ids):
-        found.setdefault(row[0], []).append(BlobPiece._make(row))
+        found.setdefault(row[0], []).append(make(row))
     return found
 
 

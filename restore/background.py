@@ -1,9 +1,9 @@
 """The thread restore hands large files to, so that the small files after one need not wait.
 
 A large file is rebuilt through a temporary file: hundreds of MiB decompressed, hashed and
-written, work that mostly releases the GIL. Small files stay on the main thread: handing their
-writes to threads of their own was measured slower, far slower on ext4, where every create can
-wait on the journal and each wake-up costs a GIL hand-over.
+written, work that mostly releases the GIL. Small files are rebuilt on the main thread and
+written in batches by restore/writes.py: a task a file was measured slower, far slower on ext4,
+where every create can wait on the journal and each wake-up costs a GIL hand-over.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from sqlite3 import Connection
-from typing import Any
+from typing import Any, NamedTuple
 
 from deltagrid.floor.errors import DeltagridError
 from deltagrid.restore.rebuild import DirectSource
@@ -37,8 +37,10 @@ class RestoreStopped(DeltagridError):
     """A read after the restore was interrupted."""
 
 
-@dataclass(frozen=True)
-class Piece:
+class Piece(NamedTuple):
+    """One blob a content reads; a tuple, as a piece is made, hashed and looked up a few times
+    for every file restored."""
+
     blob_id: int  # blob ids grow with pack and offset: sorting by them is store order
     ref: str
     offset: int
@@ -47,8 +49,11 @@ class Piece:
     hash: bytes
 
     @classmethod
-    def from_row(cls, row: Any) -> Piece:
-        return cls(row.id, row.ref, row.offset, row.length, row.raw_length, row.hash)
+    def from_row(cls, row: tuple[Any, ...]) -> Piece:
+        """From a row of `restore_queries.pieces_of_contents`: content id, blob id, offset,
+        length, raw length, hash, pack."""
+        _content, blob_id, offset, length, raw_length, hash_, ref = row
+        return cls(blob_id, ref, offset, length, raw_length, hash_)
 
 
 @dataclass
@@ -134,6 +139,7 @@ class Fetcher:
         self.held = 0  # bytes of spans kept in memory; the others wait in temporary files
         self.reserved = 0  # bytes of the spans started and not yet dropped
         self.lock = threading.Lock()
+        self.reader = threading.local()  # the span each reading thread is in
 
     def _fetch(self, span: Span) -> bytes | Path:
         data = self.store.get(span.ref, span.start, span.end - span.start)
@@ -152,7 +158,7 @@ class Fetcher:
         """Start fetching the span at `position` if it is not yet, and up to AHEAD spans past it,
         but ahead of need only what the budget holds in memory: a span spilled to a file is
         written and read once more. Each reader (restore rebuilds a large file on a thread of its
-        own) reads ahead of where it is, not of where the other is."""
+        own) reads ahead of where it is, not of where the other is: asked as it enters a span."""
         with self.lock:
             self._start(self.spans[position])
             for span in self.spans[position + 1 : position + 1 + AHEAD]:
@@ -186,7 +192,10 @@ class Fetcher:
         if self.stopped:
             raise RestoreStopped("the restore was stopped")
         span = self.index[piece]
-        self._start_through(self.order[id(span)])
+        position = self.order[id(span)]
+        if getattr(self.reader, "at", None) != position:  # this thread's first piece of the span
+            self.reader.at = position
+            self._start_through(position)
         future = span.future
         held = future.result() if future is not None else None
         frame = None

@@ -48,6 +48,7 @@ from deltagrid.restore.rebuild import (
     load_chains,
     rebuild_in_one_pass,
 )
+from deltagrid.restore.writes import Writes
 from deltagrid.store.base import Store
 from deltagrid.store.pack import digest_file
 
@@ -131,6 +132,9 @@ class Restorer:
         self.overwrite = overwrite
         self.delete = delete
         self.blocked: set[bytes] = set()  # directories of the snapshot kept as something else
+        # A directory's path -> its name under the target, once checked: a directory is blocked
+        # (or not) before any path below it is looked at, and what is made stays made.
+        self.parents: dict[bytes, bytes] = {}
         self.handles = Handles()
 
     def run(self, snapshot_id: int, prefixes: list[bytes]) -> RestoreResult:
@@ -184,15 +188,18 @@ class Restorer:
         """Rebuild and write the files in store order; large ones in the background."""
         linked: dict[tuple[int, int], tuple[bytes, bytes]] = {}
         self.background = Background(self._count_file, self._entry_failed)
+        self.writes = Writes(self._write_bytes, self._count_file, self._entry_failed)
         try:
             for e in files:
                 self._guard(e, lambda e: self._file(e, linked))
                 self.background.settle()
+            self.writes.finish()
             self.background.settle(wait_all=True)
         except BaseException:
             self.source.stop()  # a large file in flight fails at its next read
             raise
         finally:
+            self.writes.close()
             self.background.close()
 
     def _plan(self, files: list[Any]) -> tuple[list[Any], dict[int, list[Piece]], list[int]]:
@@ -202,8 +209,8 @@ class Restorer:
         planned goes last and fails, named, when rebuilt.
         """
         contents = load_chains(self.conn, {e.content_id for e in files})
-        rows = restore_queries.pieces_of_contents(self.conn, contents)
-        plan = {c: [Piece.from_row(r) for r in rows.get(c, [])] for c in contents}
+        pieces = restore_queries.pieces_of_contents(self.conn, contents, Piece.from_row)
+        plan = {c: pieces.get(c, []) for c in contents}
         seen_links: set[tuple[int, int, bytes]] = set()
         readers: list[tuple[int, Any, list[int]]] = []
         others: list[Any] = []
@@ -219,7 +226,10 @@ class Restorer:
             except DeltagridError:
                 others.append(e)
                 continue
-            first = min((plan[c][0].blob_id for c in chain if plan[c]), default=0)
+            if len(chain) == 1:  # most files: no deltas
+                first = plan[chain[0]][0].blob_id if plan[chain[0]] else 0
+            else:
+                first = min((plan[c][0].blob_id for c in chain if plan[c]), default=0)
             readers.append((first, e, chain))
         readers.sort(key=lambda r: r[0])
         self.on_total(sum(e.size for e in files))
@@ -260,10 +270,10 @@ class Restorer:
             raise UnsafePath("path is outside the subtree being restored")
         return parts[len(self.strip) :]
 
-    def _parent(self, path: bytes) -> bytes:
-        """Make sure every directory above `path` under the target is a real directory; the
-        name to reach the last of them by (restore/handles.py: past PATH_MAX, a short one)."""
-        parts = self._parts(path)
+    def _parent(self, parts: list[bytes]) -> bytes:
+        """Make sure every directory above `parts` (a path's, from `_parts`) under the target is
+        a real directory; the name to reach the last of them by (restore/handles.py: past
+        PATH_MAX, a short one)."""
         current = self.target
         for part in parts[:-1]:
             current = self.handles.child(current, part)
@@ -292,9 +302,14 @@ class Restorer:
         self.made.add(path)
 
     def _dest(self, path: bytes) -> bytes:
-        parent = self._parent(path)
         parts = self._parts(path)
-        return parent + b"/" + parts[-1] if parts else self.target
+        if not parts:
+            return self.target
+        above = path.rpartition(b"/")[0]
+        parent = self.parents.get(above)
+        if parent is None:
+            parent = self.parents[above] = self._parent(parts)
+        return parent + b"/" + parts[-1]
 
     def _leaf(self, path: bytes) -> bytes:
         """Where a file or symlink goes. Only a subtree restored as the target itself (--path P
@@ -375,14 +390,19 @@ class Restorer:
         if e.size > IN_MEMORY and e.nlink == 1 and e.content_id in self.chains:
             self.background.submit(e, self._new_file, e, dest)
             return
+        if e.nlink == 1 and e.extents is None and e.size <= IN_MEMORY and self.link_dest is None:
+            self._new_file(e, dest, self.writes.add)  # counted once written
+            return
         from_link_dest = self._new_file(e, dest)
         if e.nlink > 1 and not from_link_dest:
             linked[key] = (dest, e.content_hash)
         self._count_file(e, linked=from_link_dest)
 
-    def _new_file(self, e: Any, dest: bytes) -> bool:
-        """Link the same file from link_dest (True), or rebuild it and write it; here or on the
-        large files' thread."""
+    def _new_file(
+        self, e: Any, dest: bytes, write: Callable[[Any, bytes, bytes, bytes], None] | None = None
+    ) -> bool:
+        """Link the same file from link_dest (True), or rebuild it and write it: here, or on the
+        large files' thread; one rebuilt in memory by `write` if given (restore/writes.py)."""
         parent = dest.rsplit(b"/", 1)[0]
         if self._link_previous(e, dest, parent):
             return True
@@ -403,7 +423,7 @@ class Restorer:
                 if isinstance(rebuilt, Path):
                     rebuilt.unlink()
         elif isinstance(rebuilt, bytes):
-            self._write_new(functools.partial(_write_all, data=rebuilt), parent, dest, e)
+            (write or self._write_bytes)(e, parent, dest, rebuilt)
         else:
             self._install_as(os.fsencode(rebuilt), dest, e, follow=True)
         return False
@@ -421,6 +441,9 @@ class Restorer:
         self.result.size += e.size
         self.result.written += 0 if linked else e.size
         self.on_progress(e.size)
+
+    def _write_bytes(self, e: Any, parent: bytes, dest: bytes, data: bytes) -> None:
+        self._write_new(functools.partial(_write_all, data=data), parent, dest, e)
 
     def _write_new(self, fill: Callable[[int], None], parent: bytes, dest: bytes, e: Any) -> None:
         """Write a file (`fill` writes it into a descriptor) to a new name beside `dest`, give

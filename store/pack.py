@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,11 +141,21 @@ class PackWriter:
         self.path.unlink(missing_ok=True)
 
 
+_decoders = threading.local()  # a decompressor per thread: making one costs 40 times a small blob
+
+
+def _decompressor() -> zstandard.ZstdDecompressor:
+    decoder: zstandard.ZstdDecompressor | None = getattr(_decoders, "zstd", None)
+    if decoder is None:
+        decoder = _decoders.zstd = zstandard.ZstdDecompressor()
+    return decoder
+
+
 def decode_blob(frame: bytes, raw_length: int, raw_hash: bytes, check: bool = True) -> bytes:
     """Decompress one blob and check it against its recorded hash (unless the caller checks a
     hash over the bytes the blob goes into)."""
     try:
-        raw = zstandard.ZstdDecompressor().decompress(frame, max_output_size=raw_length)
+        raw = _decompressor().decompress(frame, max_output_size=raw_length)
     except zstandard.ZstdError as exc:
         raise CorruptData(f"blob does not decompress: {exc}") from None
     except (MemoryError, OverflowError):  # a frame without its size gets raw_length up front;

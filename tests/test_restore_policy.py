@@ -238,17 +238,17 @@ def test_into_refuses_the_target_policy(tmp_path: Path, snapshot: tuple[Path, Pa
 
 # --- a killed restore resumes ---------------------------------------------------------------------
 
-# SIGKILL the restore right after its Nth file is in place: where files land, in store order.
+# SIGKILL the restore right after its Nth file is renamed into place (on whichever thread).
 _KILL_AFTER_FILES = """
 import os, signal, sys
 from deltagrid.restore.restore import Restorer
-real, count, kill_at = Restorer._count_file, [0], int(sys.argv[1])
-def _count_file(self, e, linked):
-    real(self, e, linked)
+real, count, kill_at = Restorer._install, [0], int(sys.argv[1])
+def _install(self, tmp, dest):
+    real(self, tmp, dest)
     count[0] += 1
     if count[0] == kill_at:
         os.kill(os.getpid(), signal.SIGKILL)
-Restorer._count_file = _count_file
+Restorer._install = _install
 from deltagrid.cli import main
 sys.exit(main(sys.argv[2:]))
 """

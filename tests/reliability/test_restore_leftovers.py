@@ -25,8 +25,10 @@ from tests.helpers import describe, dg, restored_root, settle
 from tests.reliability.conftest import Figures
 
 # The large file is rebuilt on restore's background thread; hold it just before its rename, and
-# hold the main thread just before the rename of its Nth small file; when both are held, do
-# `sys.argv[1]` to this process (KILL: SIGKILL; STOP: SIGSTOP, and finish when continued).
+# hold the small files' writer just before the rename of its Nth file; when both are held, do
+# `sys.argv[1]` to this process (KILL: SIGKILL; STOP: SIGSTOP, and finish when continued). The
+# signal goes to the holding thread itself (pthread_kill): sent to the process, another thread
+# could take it while this one runs on and releases the large file.
 _HOLD_THEN_SIGNAL = """
 import os, signal, sys, threading
 from deltagrid.restore.restore import Restorer
@@ -40,7 +42,7 @@ def _install(self, tmp, dest):
         small[0] += 1
         if small[0] == after:
             assert held.wait(120), "the large file never reached its rename"
-            os.kill(os.getpid(), signum)
+            signal.pthread_kill(threading.get_ident(), signum)
             go.set()
     real(self, tmp, dest)
 Restorer._install = _install
