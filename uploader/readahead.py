@@ -31,7 +31,12 @@ from deltagrid.uploader.settings import UploadSettings
 
 _WORKERS = 2
 _WINDOW_BYTES = 64 << 20
-_WINDOW_ROWS = 64
+_WINDOW_TASKS = 16
+# A task is a run of files: a task and a future per 15-byte file (submit, a lock, a condition
+# waited on and notified) cost the main thread more than the file's reading. A run ends at
+# _RUN_BYTES too, so larger files still go to both workers.
+_RUN_FILES = 64
+_RUN_BYTES = 1 << 20
 
 
 @dataclass
@@ -47,6 +52,10 @@ class Prepared:
     delta: tuple[int, BinaryIO] | None = None  # a big file's: (basis content id, rdiff delta)
 
 
+# What the main thread takes for a queue row: its preparation, or what preparing it raised.
+Taken = Prepared | Exception
+
+
 class ReadAhead:
     def __init__(self, settings: UploadSettings, workdir: Path) -> None:
         self.settings = settings
@@ -54,34 +63,43 @@ class ReadAhead:
         self.pool = ThreadPoolExecutor(_WORKERS, thread_name_prefix="dg-read")
         self.local = threading.local()
         self.waiting: deque[tuple[Any, bool]] = deque()  # (row, compress) not yet submitted
-        self.submitted: deque[tuple[int, int, Future[Prepared]]] = deque()  # (qid, size, fut)
+        # Runs submitted: (their first queue row, their bytes, the future of their entries).
+        self.submitted: deque[tuple[int, int, Future[list[tuple[int, Taken]]]]] = deque()
+        self.done: deque[tuple[int, Taken]] = deque()  # the oldest run's entries not yet taken
         self.buffered = 0
         self.ready: deque[bytes] = deque()  # appended by the workers, drained by ready_digests
 
     def feed(self, rows: Iterable[Any], lives: dict[bytes, Any]) -> None:
         """Queue the rows worth preparing: small files. A file with no previous content is
         compressed ahead too, as it is most likely stored whole."""
+        piece_size = self.settings.piece_size
         for row in rows:
-            small = row.size <= self.settings.piece_size
-            if row.reason != "deleted" and row.kind == KIND_FILE and small:
+            if row.kind == KIND_FILE and row.size <= piece_size and row.reason != "deleted":
                 live = lives.get(row.path)
                 self.waiting.append((row, live is None or live.content_id is None))
         self._fill()
 
-    def take(self, qid: int) -> Future[Prepared] | None:
+    def take(self, qid: int) -> Taken | None:
         """The prepared entry for queue row `qid`, if any; entries before it are dropped."""
-        while self.waiting and self.waiting[0][0].id < qid:
-            self.waiting.popleft()
-        found = None
-        while self.submitted and self.submitted[0][0] <= qid:
-            row_id, size, future = self.submitted.popleft()
+        waiting = self.waiting
+        while waiting and waiting[0][0].id < qid:
+            waiting.popleft()
+        done = self.done
+        while True:
+            while done:
+                row_id, taken = done[0]
+                if row_id > qid:
+                    return None
+                done.popleft()
+                if row_id == qid:
+                    return taken
+                discard(taken)
+            if not self.submitted or self.submitted[0][0] > qid:
+                return None
+            _first, size, future = self.submitted.popleft()
             self.buffered -= size
-            if row_id == qid:
-                found = future
-            else:
-                discard(future)
-        self._fill()
-        return found
+            self._fill()
+            done.extend(future.result())
 
     def ready_digests(self) -> list[bytes]:
         """The content hashes of the files prepared since the last call."""
@@ -97,31 +115,64 @@ class ReadAhead:
             if not future.cancelled():
                 discard(future)
         self.submitted.clear()
+        while self.done:
+            discard(self.done.popleft()[1])
 
     def _fill(self) -> None:
-        while self.waiting and len(self.submitted) < _WINDOW_ROWS:
-            row, compress = self.waiting[0]
-            if self.submitted and self.buffered + row.size > _WINDOW_BYTES:
+        waiting = self.waiting
+        while waiting and len(self.submitted) < _WINDOW_TASKS:
+            run: list[tuple[int, bytes, int, bool]] = []
+            size = 0
+            while waiting and len(run) < _RUN_FILES:
+                row, compress = waiting[0]
+                if run and size + row.size > _RUN_BYTES:
+                    break
+                if (self.submitted or run) and self.buffered + size + row.size > _WINDOW_BYTES:
+                    break
+                waiting.popleft()
+                run.append((row.id, row.path, row.size, compress))
+                size += row.size
+            if not run:
                 return
-            self.waiting.popleft()
-            future = self.pool.submit(self._prepare, row.path, row.size, compress)
-            self.submitted.append((row.id, row.size, future))
-            self.buffered += row.size
+            self.submitted.append((run[0][0], size, self.pool.submit(self._prepare_run, run)))
+            self.buffered += size
 
-    def _prepare(self, path: bytes, size: int, compress: bool) -> Prepared:
+    def _prepare_run(self, run: list[tuple[int, bytes, int, bool]]) -> list[tuple[int, Taken]]:
+        """Each file of a run prepared, or what preparing it raised (the main thread raises it
+        when it reaches the file)."""
+        compressor = self._compressor()
+        out: list[tuple[int, Taken]] = []
+        for qid, path, size, compress in run:
+            try:
+                out.append((qid, self._prepare(path, size, compressor if compress else None)))
+            except Exception as exc:
+                out.append((qid, exc))
+        return out
+
+    def _prepare(
+        self, path: bytes, size: int, compressor: zstandard.ZstdCompressor | None
+    ) -> Prepared:
         prepared, fd = begin(path)
         if fd is None:
             return prepared
         if self.settings.takes_deltas(size):
             prepared.signature = io.BytesIO()
         s = self.settings
-        prepared.source = read_opened(
-            fd, prepared.st, path, s.piece_size, prepared.signature, s.block_max, self.workdir
+        source = read_opened(
+            fd,
+            prepared.st,
+            path,
+            s.piece_size,
+            prepared.signature,
+            s.block_max,
+            self.workdir,
+            attributes=True,
         )
-        self.ready.append(prepared.source.digest)
-        data = prepared.source.data
-        if compress and data:
-            prepared.frame = self._compressor().compress(data)
+        prepared.source = source
+        self.ready.append(source.digest)
+        data = source.data
+        if compressor is not None and data:
+            prepared.frame = compressor.compress(data)
         return prepared
 
     def _compressor(self) -> zstandard.ZstdCompressor:
@@ -150,17 +201,20 @@ def begin(path: bytes) -> tuple[Prepared, int | None]:
     return Prepared(st, start_ns), fd
 
 
-def discard(future: Future[Prepared]) -> None:
-    """Drop a prepared entry nobody will use: remove its private copy once it is done."""
-
-    def cleanup(done: Future[Prepared]) -> None:
-        if not done.cancelled() and done.exception() is None:
-            prepared = done.result()
-            if prepared.source is not None:
-                prepared.source.cleanup()
-            if prepared.signature is not None:
-                prepared.signature.close()
-            if prepared.delta is not None:
-                prepared.delta[1].close()
-
-    future.add_done_callback(cleanup)
+def discard(taken: Future[Any] | Taken | list[tuple[int, Taken]]) -> None:
+    """Drop what was prepared and will not be used: remove its private copy, at once or once
+    its future is done."""
+    if isinstance(taken, Future):
+        taken.add_done_callback(
+            lambda done: None if done.cancelled() or done.exception() else discard(done.result())
+        )
+    elif isinstance(taken, list):
+        for _qid, each in taken:
+            discard(each)
+    elif isinstance(taken, Prepared):
+        if taken.source is not None:
+            taken.source.cleanup()
+        if taken.signature is not None:
+            taken.signature.close()
+        if taken.delta is not None:
+            taken.delta[1].close()

@@ -38,7 +38,7 @@ from deltagrid.uploader.catalog import CatalogCache
 from deltagrid.uploader.contents import Contents, previous_content
 from deltagrid.uploader.packing import FinishedPack, Packer, PendingBlob
 from deltagrid.uploader.pieces import Squeezer
-from deltagrid.uploader.readahead import Prepared, ReadAhead, discard
+from deltagrid.uploader.readahead import Prepared, ReadAhead, Taken, discard
 from deltagrid.uploader.reader import (
     ChangedWhileReading,
     SourceError,
@@ -84,7 +84,7 @@ class Uploader:
         self.ended_contents: set[int] = set()  # their signatures may go once the run is done
         self.ended: set[int] = set()  # versions this run ends: a version ends once
         self.gone_dirs: set[bytes] = set()  # directories the scan saw that this run found gone
-        self.prepared: Future[Prepared] | None = None  # the current row's read-ahead
+        self.prepared: Future[Prepared] | Taken | None = None  # the current row's read-ahead
         self.scan_roots: dict[int, set[bytes]] = {}  # scan: its roots, when asked
         self.big_reads: dict[int, Future[Prepared]] = {}  # by queue row, until the row comes
         self.big_seen = 0  # queue rows up to this one were looked at for big files
@@ -111,10 +111,10 @@ class Uploader:
             conn = self.conn
             self.result = UploadResult(snapshots.last_snapshot_id(conn) + 1)
             self.contents = self._contents()
-            after = 0
-            while rows := upload_queries.pending(conn, after, _BATCH):
-                lives = scan_queries.live_versions(conn, [row.path for row in rows])
-                self.ahead.feed(rows, lives)
+            upcoming = self._next_rows(0)
+            while upcoming is not None:
+                rows, lives = upcoming
+                upcoming = self._next_rows(rows[-1].id)
                 self._feed_big(rows, lives)
                 self._look_ahead_big(rows[-1].id)
                 for row in rows:
@@ -125,7 +125,6 @@ class Uploader:
                     else:
                         self.prepared = self.ahead.take(row.id)
                         self._process_prepared(row, lives.get(row.path))
-                    after = row.id
                 if self.packer.writer is None and len(self.records) >= 1000:
                     self._record()
                 elif len(self.records) >= _PACK_ENTRIES:
@@ -142,6 +141,17 @@ class Uploader:
             self.packer.discard()
             shutil.rmtree(self.workdir, ignore_errors=True)
         return self.result
+
+    def _next_rows(self, after: int) -> tuple[list[QueueRow], dict[bytes, LiveEntry]] | None:
+        """The queue rows after `after` and their paths' live versions, or None past the end.
+        Their small files are fed to the read-ahead straight away, a batch before the main
+        thread reaches them, so it never runs dry at the end of a batch."""
+        rows = upload_queries.pending(self.conn, after, _BATCH)
+        if not rows:
+            return None
+        lives = scan_queries.live_versions(self.conn, [row.path for row in rows])
+        self.ahead.feed(rows, lives)
+        return rows, lives
 
     def _contents(self) -> Contents:
         return Contents(
@@ -304,11 +314,7 @@ class Uploader:
                     target = fs.read_link(row.path)
                 except OSError as exc:
                     raise SourceError(exc) from exc
-            meta = Meta.from_stat(st, target)
-        try:  # an entry's attributes are part of its metadata: a change to them is a version
-            meta = replace(meta, xattrs=xattrs.read(row.path))
-        except OSError as exc:
-            raise SourceError(exc) from exc
+            meta = with_attributes(Meta.from_stat(st, target), row.path)
         if (
             live is not None
             and not live.recheck
@@ -338,8 +344,12 @@ class Uploader:
 
     def _take_prepared(self) -> Prepared | None:
         """What a reader thread prepared for the current row; its SourceError is raised here."""
-        future, self.prepared = self.prepared, None
-        return future.result() if future is not None else None
+        taken, self.prepared = self.prepared, None
+        if isinstance(taken, Future):
+            return taken.result()
+        if isinstance(taken, Exception):
+            raise taken
+        return taken
 
     def _file(
         self, row: QueueRow, live: LiveEntry | None, prepared: Prepared | None, st: os.stat_result
@@ -382,7 +392,8 @@ class Uploader:
             finally:
                 source.cleanup()
         recheck = source.changed or source.meta.mtime_ns >= start_ns - 1_000_000_000
-        return source.meta, content, recheck
+        meta = source.meta if source.attributes else with_attributes(source.meta, row.path)
+        return meta, content, recheck
 
     # --- blobs and packs -----------------------------------------------------------------------
 
@@ -429,3 +440,13 @@ class Uploader:
             self.records = []
             self.sigcache.flush()
             self.contents.recorded()
+
+
+def with_attributes(meta: Meta, path: bytes) -> Meta:
+    """`meta` with the entry's extended attributes, read by path: part of its metadata, so a
+    change to them is a version. A reader thread reads a small file's on its descriptor."""
+    try:
+        found = xattrs.read(path)
+    except OSError as exc:
+        raise SourceError(exc) from exc
+    return meta if found is None else replace(meta, xattrs=found)
