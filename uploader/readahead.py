@@ -31,7 +31,7 @@ from deltagrid.uploader.settings import UploadSettings
 
 _WORKERS = 2
 _WINDOW_BYTES = 64 << 20
-_WINDOW_TASKS = 16
+_WINDOW_TASKS = 48
 # A task is a run of files: a task and a future per 15-byte file (submit, a lock, a condition
 # waited on and notified) cost the main thread more than the file's reading. A run ends at
 # _RUN_BYTES too, so larger files still go to both workers.

@@ -18,7 +18,7 @@ import stat
 import tempfile
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, wait
 from contextlib import ExitStack
 from dataclasses import replace
@@ -53,6 +53,7 @@ from deltagrid.uploader.spool import WORK_PREFIX, clear_leftovers
 
 _VANISHED = {errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.ENXIO}
 _BATCH = 256
+_FED_AHEAD = 8  # queue batches fed to the read-ahead beyond the one at hand
 _PACK_ENTRIES = 20_000  # a pack of tiny files is put early: each entry waiting costs ~2 KB
 _DEFERRED = 64  # big files read ahead of the main thread, at most
 _BIG_AHEAD = 4  # big files started beyond the batch at hand, at most...
@@ -111,10 +112,7 @@ class Uploader:
             conn = self.conn
             self.result = UploadResult(snapshots.last_snapshot_id(conn) + 1)
             self.contents = self._contents()
-            upcoming = self._next_rows(0)
-            while upcoming is not None:
-                rows, lives = upcoming
-                upcoming = self._next_rows(rows[-1].id)
+            for rows, lives in self._batches():
                 self._feed_big(rows, lives)
                 self._look_ahead_big(rows[-1].id)
                 for row in rows:
@@ -142,16 +140,25 @@ class Uploader:
             shutil.rmtree(self.workdir, ignore_errors=True)
         return self.result
 
-    def _next_rows(self, after: int) -> tuple[list[QueueRow], dict[bytes, LiveEntry]] | None:
-        """The queue rows after `after` and their paths' live versions, or None past the end.
-        Their small files are fed to the read-ahead straight away, a batch before the main
-        thread reaches them, so it never runs dry at the end of a batch."""
-        rows = upload_queries.pending(self.conn, after, _BATCH)
-        if not rows:
-            return None
-        lives = scan_queries.live_versions(self.conn, [row.path for row in rows])
-        self.ahead.feed(rows, lives)
-        return rows, lives
+    def _batches(self) -> Iterator[tuple[list[QueueRow], dict[bytes, LiveEntry]]]:
+        """The queue's rows a batch at a time, with their paths' live versions. Each batch's
+        small files are fed to the read-ahead `_FED_AHEAD` batches before the main thread
+        reaches them: the reader threads, idle while it records, are then still ahead after."""
+        fed: deque[tuple[list[QueueRow], dict[bytes, LiveEntry]]] = deque()
+        after: int | None = 0
+        while True:
+            while after is not None and len(fed) <= _FED_AHEAD:
+                rows = upload_queries.pending(self.conn, after, _BATCH)
+                if not rows:
+                    after = None
+                    break
+                lives = scan_queries.live_versions(self.conn, [row.path for row in rows])
+                self.ahead.feed(rows, lives)
+                fed.append((rows, lives))
+                after = rows[-1].id
+            if not fed:
+                return
+            yield fed.popleft()
 
     def _contents(self) -> Contents:
         return Contents(
