@@ -117,7 +117,8 @@ class Uploader:
                 self._feed_big(rows, lives)
                 self._look_ahead_big(rows[-1].id)
                 for row in rows:
-                    self._settle()
+                    if self.deferred or self.big_reads:  # else no big file's pass is under way
+                        self._settle()
                     big = self.big_reads.pop(row.id, None)
                     if big is not None:
                         self.deferred.append((row, lives.get(row.path), big))
