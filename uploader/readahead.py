@@ -44,7 +44,7 @@ _RUN_BYTES = 1 << 20
 _INLINE_MAX = 4096
 
 
-@dataclass
+@dataclass(slots=True)
 class Prepared:
     """One queue entry as a worker found it: its stat, and for a regular file its reading."""
 

@@ -161,7 +161,7 @@ def sign(f: BinaryIO | io.RawIOBase, out: BinaryIO, size: int, block_max: int) -
     rdiff.signature(f, out, strong, magic, block)
 
 
-@dataclass
+@dataclass(slots=True)
 class Source:
     """One consistent reading of a file: its bytes in memory, or a path to reopen."""
 
