@@ -31,7 +31,7 @@ from deltagrid.uploader.reader import Source, SourceError, read_opened
 from deltagrid.uploader.settings import UploadSettings
 
 _WORKERS = 2
-_WINDOW_BYTES = 64 << 20
+_WINDOW_BYTES = 16 << 20  # prepared bytes held, at most: past that, no faster
 _WINDOW_TASKS = 48
 # A task is a run of files: a task and a future per 15-byte file (submit, a lock, a condition
 # waited on and notified) cost the main thread more than the file's reading. A run ends at
