@@ -237,18 +237,27 @@ class Uploader:
         self._adopt_side_packs(None)
 
     def _adopt_side_packs(self, wanted: Future[Prepared] | None) -> None:
-        """Put and record the side packs finished so far: all of `wanted`'s, once it is done."""
+        """Put and record the side packs finished so far: all of `wanted`'s, once it is done.
+        Those handed over and not yet put when an error or a signal stops this leave the spool
+        (the big-file thread no longer holds them, so its close would not remove them)."""
         if wanted is not None:
             wait([wanted])
-        for pack in self.big.side_packs():
-            hashes = [blob.entry.hash for blob in pack.blobs]
-            stored = self.catalog.stored_blobs(hashes)
-            if len(stored) == len(set(hashes)):  # a copy of what the store has: not put again
-                pack.writer.path.unlink()
-                for blob in pack.blobs:
-                    blob.id = stored[blob.entry.hash]
-                continue
-            self._put_pack(pack, with_entries=False)
+        packs = deque(self.big.side_packs())
+        try:
+            while packs:
+                pack = packs[0]
+                hashes = [blob.entry.hash for blob in pack.blobs]
+                stored = self.catalog.stored_blobs(hashes)
+                if len(stored) == len(set(hashes)):  # a copy of what the store has: not put
+                    pack.writer.path.unlink()
+                    for blob in pack.blobs:
+                        blob.id = stored[blob.entry.hash]
+                else:
+                    self._put_pack(pack, with_entries=False)  # moved out of the spool
+                packs.popleft()
+        finally:
+            for pack in packs:
+                pack.writer.path.unlink(missing_ok=True)
 
     def _process(self, row: QueueRow, live: LiveEntry | None) -> None:
         if live is not None and live.id in self.ended:
