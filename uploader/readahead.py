@@ -76,7 +76,9 @@ class ReadAhead:
         )
         self.done: deque[tuple[int, Taken]] = deque()  # the oldest run's entries not yet taken
         self.buffered = 0
-        self.ready: deque[bytes] = deque()  # appended by the workers, drained by ready_digests
+        # Appended as files are prepared, drained by ready_digests: on a first backup the
+        # catalog is never asked, so only the latest are kept (a million would be ~70 MiB).
+        self.ready: deque[bytes] = deque(maxlen=_WINDOW_TASKS * _RUN_FILES)
 
     def feed(self, rows: Iterable[Any], lives: dict[bytes, Any]) -> None:
         """Queue the rows worth preparing: small files. A file with no previous content is
