@@ -104,43 +104,21 @@ class Uploader:
 
     def _run(self) -> UploadResult:
         clear_leftovers(self.spool)
-        self.workdir = Path(tempfile.mkdtemp(dir=self.spool, prefix=WORK_PREFIX))
-        self.ahead = ReadAhead(self.settings, self.workdir)
-        self.squeezer = Squeezer(self.settings.zstd_level)
-        db = self.conn.execute("PRAGMA database_list").fetchone()[2]
-        self.big = BigReader(self.settings, self.squeezer, self.spool, self.workdir, db)
-        self.catalog = CatalogCache(self.conn, self.ahead.ready_digests)
-        try:
-            conn = self.conn
-            self.result = UploadResult(snapshots.last_snapshot_id(conn) + 1)
-            self.contents = self._contents()
-            for rows, lives in self._batches():
-                self._feed_big(rows, lives)
-                self._look_ahead_big(rows[-1].id)
-                for row in rows:
-                    if self.deferred or self.big_reads:  # else no big file's pass is under way
-                        self._settle()
-                    big = self.big_reads.pop(row.id, None)
-                    if big is not None:
-                        self.deferred.append((row, lives.get(row.path), big))
-                    else:
-                        self.prepared = self.ahead.take(row.id)
-                        self._process_prepared(row, lives.get(row.path))
-                if self.packer.writer is None and len(self.records) >= 1000:
-                    self._record()
-                elif len(self.records) >= _PACK_ENTRIES:
-                    self._flush_pack()
-            self._settle(everything=True)
-            self._flush_pack()
-            for unused in upload_queries.unused_contents(conn, self.ended_contents):
-                self.sigcache.discard(unused)
-            self.sigcache.wait()
-        finally:
-            self.big.close()
-            self.ahead.close()
-            self.squeezer.close()
-            self.packer.discard()
-            shutil.rmtree(self.workdir, ignore_errors=True)
+        # Each part is closed or removed from the moment it exists: a signal may land while
+        # the next is being set up, and nothing of the spool may be left.
+        with ExitStack() as parts:
+            self.workdir = Path(tempfile.mkdtemp(dir=self.spool, prefix=WORK_PREFIX))
+            parts.callback(shutil.rmtree, self.workdir, ignore_errors=True)
+            parts.callback(self.packer.discard)
+            self.squeezer = Squeezer(self.settings.zstd_level)
+            parts.callback(self.squeezer.close)
+            self.ahead = ReadAhead(self.settings, self.workdir)
+            parts.callback(self.ahead.close)
+            db = self.conn.execute("PRAGMA database_list").fetchone()[2]
+            self.big = BigReader(self.settings, self.squeezer, self.spool, self.workdir, db)
+            parts.callback(self.big.close)
+            self.catalog = CatalogCache(self.conn, self.ahead.ready_digests)
+            self._drain()
         return self.result
 
     def _batches(self) -> Iterator[tuple[list[QueueRow], dict[bytes, LiveEntry]]]:
@@ -162,6 +140,33 @@ class Uploader:
             if not fed:
                 return
             yield fed.popleft()
+
+    def _drain(self) -> None:
+        """Every pending queue row, in order; then the last pack, and the signatures to drop."""
+        conn = self.conn
+        self.result = UploadResult(snapshots.last_snapshot_id(conn) + 1)
+        self.contents = self._contents()
+        for rows, lives in self._batches():
+            self._feed_big(rows, lives)
+            self._look_ahead_big(rows[-1].id)
+            for row in rows:
+                if self.deferred or self.big_reads:  # else no big file's pass is under way
+                    self._settle()
+                big = self.big_reads.pop(row.id, None)
+                if big is not None:
+                    self.deferred.append((row, lives.get(row.path), big))
+                else:
+                    self.prepared = self.ahead.take(row.id)
+                    self._process_prepared(row, lives.get(row.path))
+            if self.packer.writer is None and len(self.records) >= 1000:
+                self._record()
+            elif len(self.records) >= _PACK_ENTRIES:
+                self._flush_pack()
+        self._settle(everything=True)
+        self._flush_pack()
+        for unused in upload_queries.unused_contents(conn, self.ended_contents):
+            self.sigcache.discard(unused)
+        self.sigcache.wait()
 
     def _contents(self) -> Contents:
         return Contents(
