@@ -21,9 +21,11 @@ def chunks(values: Iterable[Any]) -> Iterator[list[Any]]:
 
 def rows_in(conn: sqlite3.Connection, query: str, values: Iterable[Any]) -> Iterator[Any]:
     """The rows of `query` for each of `values` (no duplicates), which its `IN ({})` takes a
-    chunk at a time."""
+    chunk at a time. Each chunk's rows are fetched whole: a `yield from` the cursor would close
+    it when the generator is closed, and one left suspended by a signal's exception is closed
+    when that exception's traceback goes, after the connection: an error printed on exit."""
     for chunk in chunks(values):
-        yield from conn.execute(query.format(", ".join("?" * len(chunk))), chunk)
+        yield from conn.execute(query.format(", ".join("?" * len(chunk))), chunk).fetchall()
 
 
 # A hash's index holds its first bytes only (schema.py): a third of the pages.

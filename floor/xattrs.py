@@ -35,10 +35,19 @@ def read(path: bytes) -> bytes | None:
     return longpath.at(path, _read)
 
 
+def read_fd(fd: int) -> bytes | None:
+    """`read` of the entry open as `fd`: the reader threads read a file's attributes on the
+    descriptor they read its bytes from, with no lookup by path."""
+    return _collect(fd, follow=True)  # a descriptor is the entry itself: nothing to follow
+
+
 def _read(name: bytes, fd: int | None) -> bytes | None:
-    where = name if fd is None else b"/proc/self/fd/%d/%s" % (fd, name)
+    return _collect(name if fd is None else b"/proc/self/fd/%d/%s" % (fd, name), follow=False)
+
+
+def _collect(where: bytes | int, follow: bool) -> bytes | None:
     try:
-        names = os.listxattr(where, follow_symlinks=False)
+        names = os.listxattr(where, follow_symlinks=follow)
     except OSError as exc:
         if exc.errno in _UNSUPPORTED:
             return None
@@ -46,7 +55,7 @@ def _read(name: bytes, fd: int | None) -> bytes | None:
     found: dict[str, bytes] = {}
     for attribute in names:
         try:
-            found[attribute] = os.getxattr(where, attribute, follow_symlinks=False)
+            found[attribute] = os.getxattr(where, attribute, follow_symlinks=follow)
         except OSError as exc:
             if exc.errno not in _UNREADABLE:
                 raise

@@ -151,9 +151,13 @@ def test_attributes_are_read_only_for_entries_whose_ctime_moved(
     listed: list[bytes] = []
     real = os.listxattr
 
-    def listing(path: bytes, *, follow_symlinks: bool = True) -> list[str]:
-        listed.append(path)
-        return real(path, follow_symlinks=follow_symlinks)
+    def listing(where: bytes | int, *, follow_symlinks: bool = True) -> list[str]:
+        """By path, or (a small file's, read ahead) on the descriptor its bytes are read from."""
+        if isinstance(where, int):
+            listed.append(os.fsencode(os.readlink(f"/proc/self/fd/{where}")))
+        else:
+            listed.append(where)
+        return real(where, follow_symlinks=follow_symlinks)
 
     monkeypatch.setattr(os, "listxattr", listing)
     assert cli("backup", src).code == 0

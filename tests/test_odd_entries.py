@@ -212,7 +212,8 @@ def test_a_link_whose_target_cannot_be_read_is_named_and_the_rest_committed(
 
 
 def _describe_by_fd(root: Path) -> dict[str, tuple]:
-    """Every entry below `root` (kind, mode, mtime in ns, bytes or link target), walked through
+    """Every entry below `root` (kind, mode, mtime in ns, bytes and extended attributes or link
+    target), walked through
     directory descriptors: paths past PATH_MAX cannot be named whole."""
     out: dict[str, tuple] = {}
 
@@ -233,9 +234,10 @@ def _describe_by_fd(root: Path) -> dict[str, tuple]:
                 f = os.open(name, os.O_RDONLY, dir_fd=fd)
                 try:
                     data = os.read(f, 1 << 20)
+                    attributes = sorted((a, os.getxattr(f, a)) for a in os.listxattr(f))
                 finally:
                     os.close(f)
-                out[key] = ("f", stat.S_IMODE(st.st_mode), st.st_mtime_ns, data)
+                out[key] = ("f", stat.S_IMODE(st.st_mode), st.st_mtime_ns, data, attributes)
 
     top = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -260,6 +262,7 @@ def test_a_path_over_5000_bytes_is_backed_up_and_restored(tmp_path: Path, home: 
             fd = os.open(name, os.O_RDONLY, dir_fd=fd)
         leaf = os.open("leaf.txt", os.O_CREAT | os.O_WRONLY, 0o640, dir_fd=fd)
         os.write(leaf, b"deep down\n")
+        os.setxattr(leaf, "user.depth", b"22")  # read on the descriptor its bytes are read from
         os.close(leaf)
         os.symlink("leaf.txt", "leaf-link", dir_fd=fd)
         old = 1_500_000_000_123_456_789  # each its own, deepest last: a swap would show

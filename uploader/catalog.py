@@ -64,7 +64,7 @@ class CatalogCache:
         """Whether the catalog must be asked: the answer is not known."""
         if digest in answers:
             return False
-        return not self.complete or _prefix(digest) in self.added
+        return not self.complete or (bool(self.added) and _prefix(digest) in self.added)
 
     def _ask(self, wanted: set[bytes], contents: bool = True) -> None:
         """Ask about many hashes, one query for blobs and (unless not `contents`) one for

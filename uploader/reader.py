@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from deltagrid.backupdb.entries import Meta
-from deltagrid.floor import longpath, rdiff, sparse
+from deltagrid.floor import longpath, rdiff, sparse, xattrs
 from deltagrid.uploader.holes import read_runs
 
 _CHUNK = 1 << 20
@@ -161,7 +161,7 @@ def sign(f: BinaryIO | io.RawIOBase, out: BinaryIO, size: int, block_max: int) -
     rdiff.signature(f, out, strong, magic, block)
 
 
-@dataclass
+@dataclass(slots=True)
 class Source:
     """One consistent reading of a file: its bytes in memory, or a path to reopen."""
 
@@ -171,6 +171,7 @@ class Source:
     data: bytes | None = None
     path: Path | None = None  # the original, or a private temporary copy
     temporary: bool = False
+    attributes: bool = False  # meta.xattrs was read (on the descriptor read), not left unread
 
     def open(self) -> BinaryIO:
         if self.data is not None:
@@ -225,6 +226,13 @@ def _fstat(fd: int) -> os.stat_result:
     return st
 
 
+def _attributes(fd: int) -> bytes | None:
+    try:
+        return xattrs.read_fd(fd)
+    except OSError as exc:
+        raise SourceError(exc) from exc
+
+
 def read_source(
     path: bytes,
     memory_limit: int,
@@ -247,17 +255,23 @@ def read_opened(
     workdir: Path,
     on_bytes: Callable[[bytes], None] | None = None,
     hash_on: Executor | None = None,
+    attributes: bool = False,
 ) -> Source:
     """Read `path`, open as `fd` (closed here) with fstat `before`, once, hashing it and, when
     `sig_out` is given, writing its signature there. A file above `memory_limit` is also handed
     to `on_bytes` as read; if it moved on meanwhile, the Source returned is a temporary copy and
     those bytes are not its own. Such a file is hashed on `hash_on` if given (BackgroundHash).
     A sparse file's data alone is read (`read_sparse`); neither `on_bytes` nor `hash_on` sees it.
+    With `attributes`, a file held in memory (or sparse) has its extended attributes in its meta
+    too, read on `fd` before the last fstat: a change to them after that read moves the ctime
+    it checks.
     """
     if sparse.may_have_holes(before):
         runs = sparse.data_runs(fd, before.st_size)
         if runs is not None:
-            return read_sparse(fd, before, runs, memory_limit, sig_out, block_max, workdir)
+            return read_sparse(
+                fd, before, runs, memory_limit, sig_out, block_max, workdir, attributes
+            )
     limit = before.st_size + GROWTH
     if before.st_size > memory_limit:
         with os.fdopen(fd, "rb", buffering=0) as f:
@@ -284,17 +298,22 @@ def read_opened(
             while read < limit and (chunk := _read_fd(fd, min(_CHUNK, limit - read))):
                 chunks.append(chunk)
                 read += len(chunk)
+        found = _attributes(fd) if attributes else None
         after = _fstat(fd)
     finally:
         os.close(fd)
-    data = b"".join(chunks)
+    data = b"".join(chunks) if len(chunks) > 1 else chunks[0]
     if sig_out is not None:
         sign(io.BytesIO(data), sig_out, len(data), block_max)
+    meta = Meta.from_stat(after)
+    if meta.size != len(data) or found is not None:  # dataclasses.replace costs 6 µs a file
+        meta = replace(meta, size=len(data), xattrs=found)
     return Source(
-        meta=replace(Meta.from_stat(after), size=len(data)),
+        meta=meta,
         digest=hashlib.blake2b(data, digest_size=32).digest(),
         changed=stat_key(before) != stat_key(after) or len(data) == limit,
         data=data,
+        attributes=attributes,
     )
 
 
@@ -306,24 +325,29 @@ def read_sparse(
     sig_out: BinaryIO | None,
     block_max: int,
     workdir: Path,
+    attributes: bool = False,
 ) -> Source:
     """Read the data `runs` of a sparse file open as `fd` (closed here), never its holes: the
     content is their bytes one after the other, in memory or a private copy (uploader/holes.py).
-    The version's size is the size the runs were mapped in: nothing past it is read."""
+    The version's size is the size the runs were mapped in: nothing past it is read. With
+    `attributes`, its extended attributes too (as `read_opened`)."""
     try:
         try:
             data, digest, got = read_runs(fd, runs, memory_limit, workdir)
         except OSError as exc:
             raise SourceError(exc) from exc
+        found = _attributes(fd) if attributes else None
         after = _fstat(fd)
     finally:
         os.close(fd)
-    meta = replace(Meta.from_stat(after, extents=sparse.encode(got)), size=before.st_size)
+    meta = replace(
+        Meta.from_stat(after, extents=sparse.encode(got)), size=before.st_size, xattrs=found
+    )
     changed = stat_key(before) != stat_key(after) or got != runs
     if isinstance(data, bytes):
-        source = Source(meta, digest, changed, data=data)
+        source = Source(meta, digest, changed, data=data, attributes=attributes)
     else:
-        source = Source(meta, digest, changed, path=data, temporary=True)
+        source = Source(meta, digest, changed, path=data, temporary=True, attributes=attributes)
     if sig_out is not None:
         with source.open() as f:
             sign(f, sig_out, source.size, block_max)

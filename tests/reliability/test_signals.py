@@ -3,6 +3,9 @@
 Real `python -m deltagrid` processes get real signals: SIGTERM at random moments (seeded and
 printed; DELTAGRID_SIGNAL_SEED replays a run) of backup, restore (into a target, and publishing a
 mirror with --into) and prune; SIGINT and SIGHUP once each at a moment chosen to be mid-work.
+A backup's and a prune's moment is drawn over the time a like run holds the home's lock, and
+the run is held still (SIGSTOP) while the test checks that it still holds it: a signal sent
+then surely lands in its work, however fast the run or loaded the machine.
 After each: the exit code is 128 + the signal (or 0 when the run was already done), one line on
 stderr and no traceback, the run is in `log` as interrupted, no temporary is left (spool packs
 and work directories, the store's `.tmp-*`, `.deltagrid-*` entries in a restore target or beside
@@ -83,6 +86,11 @@ def interrupt(
     the signal, with one line saying so."""
     time.sleep(after)
     proc.send_signal(signum)
+    return stopped_by(proc, figures, signum)
+
+
+def stopped_by(proc: subprocess.Popen[str], figures: Figures, signum: int) -> bool:
+    """Whether `signum`, sent, stopped the run (`interrupt` says how that shows)."""
     _out, err = proc.communicate(timeout=300)
     name = signal.Signals(signum).name
     if proc.returncode in (0, -signum) or "before the command began" in err:
@@ -133,19 +141,23 @@ def test_sigterm_at_random_moments_of_backup_resumes_exactly(
     home, src, target = tmp_path / "home", tmp_path / "src", tmp_path / "restored"
     configure(home, **SMALL_PACKS)
     night(src, 0)
-    took = timed(home, "backup", src)
+    assert call(home, "backup", src).code == 0
     stopped = 0
     for k in range(1, kills(3) + 1):
         before = describe(src)
         night(src, k)
-        after = rng.uniform(0.2, took)
-        if not interrupt(dg_started(home, "backup", src), after, figures):
+        window = lock_window(copy_home(home, tmp_path / f"measure{k}"), "backup", src)
+        proc, locked = locked_run(home, "backup", src)
+        after = rng.uniform(0, window)
+        if not signal_while_locked(home, proc, locked + after):
+            assert stopped_by(proc, figures, signal.SIGTERM) is False
             assert_no_litter(home)
             assert call(home, "backup", src).code == 0
             continue
+        assert stopped_by(proc, figures, signal.SIGTERM)
         stopped += 1
         run = last_run(home, "backup")
-        print(f"backup night {k}: SIGTERM after {after:.2f} s of {took:.2f}: {run['summary']}")
+        print(f"backup night {k}: SIGTERM {after:.2f} s into {window:.2f} s: {run['summary']}")
         assert_no_litter(home)
         published = call(home, "restore", target)  # the old snapshot, or the new one if the
         assert published.code == 0, published.err  # signal came after the root moved
@@ -163,6 +175,7 @@ def test_sigterm_at_random_moments_of_backup_resumes_exactly(
         assert_no_litter(home, target)
     assert ok(home, "verify", "--read-data")["problems"] == []
     figures.count("signals", "backup SIGTERMs", stopped)
+    assert stopped > 0, "no SIGTERM landed inside a backup"
 
 
 RECORDED_BY_LAST_SCAN = (
@@ -271,16 +284,35 @@ def holds_lock(home: Path, proc: subprocess.Popen[str]) -> bool:
     return isinstance(holder, dict) and holder.get("pid") == proc.pid
 
 
-def locked_prune(home: Path) -> tuple[subprocess.Popen[str], float]:
-    """A prune started, once it holds the home's lock; when that was."""
-    proc = dg_started(home, "prune")
+def locked_run(home: Path, *args: str | Path) -> tuple[subprocess.Popen[str], float]:
+    """A command started, once it holds the home's lock; when that was."""
+    proc = dg_started(home, *args)
     until(lambda: holds_lock(home, proc), proc)
     return proc, time.monotonic()
 
 
-def lock_window(home: Path) -> float:
-    """How long an uninterrupted prune holds the home's lock: the time its work takes."""
-    proc, took = locked_prune(home)
+def signal_while_locked(
+    home: Path, proc: subprocess.Popen[str], at: float, signum: int = signal.SIGTERM
+) -> bool:
+    """At monotonic time `at`, send `signum` if `proc` still holds the home's lock: it is held
+    still (SIGSTOP) while that is checked, so a signal sent lands in its work, however loaded
+    the machine. Whether it was sent (False: the work was done by then)."""
+    time.sleep(max(0.0, at - time.monotonic()))
+    proc.send_signal(signal.SIGSTOP)
+    try:
+        held = holds_lock(home, proc)
+        if held:
+            proc.send_signal(signum)
+    finally:
+        proc.send_signal(signal.SIGCONT)
+    return held
+
+
+def lock_window(home: Path, *args: str | Path) -> float:
+    """How long the command, uninterrupted, holds the home's lock: the time its work takes.
+    Moments drawn in it, counted from when a like run takes the lock, land in that run's work,
+    not in Python starting or after the end."""
+    proc, took = locked_run(home, *args)
     while holds_lock(home, proc):
         time.sleep(0.002)
     window = time.monotonic() - took
@@ -300,18 +332,22 @@ def test_sigterm_at_random_moments_of_prune_loses_nothing(
     the plan, released after its last deletion), counted from when this prune takes it, so
     nearly every SIGTERM lands in prune's work, not in Python starting. The window is the
     shorter of two uninterrupted runs', so a run slowed by load does not stretch it past
-    the work of the next ones."""
+    the work of the next ones; a prune done before its moment (a quiet machine) is run again
+    on a fresh copy, at a moment drawn earlier, so every kill lands in prune's work."""
     home, src = forgotten
-    window = min(lock_window(copy_home(home, tmp_path / f"measure{i}")) for i in range(2))
-    stopped = 0
+    window = min(lock_window(copy_home(home, tmp_path / f"measure{i}"), "prune") for i in range(2))
     for k in range(kills(3)):
-        copy, target = copy_home(home, tmp_path / f"h{k}"), tmp_path / "restored"
-        proc, locked = locked_prune(copy)
-        after = rng.uniform(0, window)
-        if not interrupt(proc, max(0.0, locked + after - time.monotonic()), figures):
+        target = tmp_path / "restored"
+        for attempt in range(8):  # a prune done first: again, at a moment drawn earlier
+            copy = copy_home(home, tmp_path / f"h{k}-{attempt}")
+            proc, locked = locked_run(copy, "prune")
+            after = rng.uniform(0, window)
+            if signal_while_locked(copy, proc, locked + after):
+                break
+            assert stopped_by(proc, figures, signal.SIGTERM) is False
             figures.count("signals", "prune SIGTERMs after its work was done")
-            continue
-        stopped += 1
+            window = after
+        assert stopped_by(proc, figures, signal.SIGTERM), "no SIGTERM landed inside prune"
         run = last_run(copy, "prune")
         print(
             f"prune {k}: SIGTERM {after:.2f} s into the {window:.2f} s it locks: {run['summary']}"
@@ -321,8 +357,7 @@ def test_sigterm_at_random_moments_of_prune_loses_nothing(
         assert ok(copy, "prune")["objects_kept"] == 0
         assert_restores(copy, src, target)
         assert ok(copy, "verify", "--read-data")["problems"] == []
-    figures.count("signals", "prune SIGTERMs", stopped)
-    assert stopped > 0, "no SIGTERM landed inside prune"
+        figures.count("signals", "prune SIGTERMs")
 
 
 # --- SIGINT and SIGHUP, once each, mid-work -----------------------------------------------------
@@ -342,8 +377,14 @@ def test_ctrl_c_stops_a_backup_with_130_and_the_rerun_resumes(
     configure(home, **SMALL_PACKS)
     night(src, 0, files=400)
     backup = dg_started(home, "backup", src)
-    until(lambda: query(home, "SELECT count(*) FROM packs")[0][0] > 0, backup)  # mid-upload
-    assert interrupt(backup, 0, figures, signal.SIGINT)
+    until(lambda: query(home, "SELECT count(*) FROM packs")[0][0] > 0, backup)
+    backup.send_signal(signal.SIGSTOP)  # held still: the moment is surely mid-upload...
+    try:
+        assert query(home, "SELECT count(*) FROM queue WHERE NOT done")[0][0] > 0
+        backup.send_signal(signal.SIGINT)  # ...so the signal lands there as it goes on
+    finally:
+        backup.send_signal(signal.SIGCONT)
+    assert stopped_by(backup, figures, signal.SIGINT)
     run = last_run(home, "backup", signal.SIGINT)
     assert run["files"] > 0 and run["bytes_uploaded"] > 0, run
     assert_no_litter(home)
