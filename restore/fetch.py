@@ -236,7 +236,13 @@ class Fetcher:
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
         for span in self.spans:
-            if span.future is not None and span.future.done() and not span.future.exception():
-                held = span.future.result()
+            future = span.future
+            if (
+                future is not None
+                and future.done()
+                and not future.cancelled()
+                and not future.exception()
+            ):
+                held = future.result()
                 if isinstance(held, Path):
                     held.unlink(missing_ok=True)
