@@ -171,6 +171,14 @@ class Executor:
     # --- steps 2 to 4 --------------------------------------------------------------------------
 
     def run(self, plan: Plan, live_blobs: set[int], snapshot_id: int) -> Outcome:
+        """Steps 2 to 4; whatever the run leaves in the spool (a pack a signal caught between
+        two steps) goes at its end, as the next writer would drop it (we hold the lock)."""
+        try:
+            return self._run(plan, live_blobs, snapshot_id)
+        finally:
+            clear_leftovers(self.spool)
+
+    def _run(self, plan: Plan, live_blobs: set[int], snapshot_id: int) -> Outcome:
         clear_leftovers(self.spool)
         old_refs = self._referenced_refs()
         # Listed before anything is put: what the catalog and root do not name is a killed

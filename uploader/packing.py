@@ -47,7 +47,6 @@ class Packer:
         self.pack_size = pack_size
         self.level = level
         self.writer: PackWriter | None = None
-        self.finished: PackWriter | None = None  # the last pack handed back, maybe not yet put
         self.blobs: list[PendingBlob] = []
         self.by_hash: dict[bytes, PendingBlob] = {}
 
@@ -70,18 +69,15 @@ class Packer:
         writer = self.writer
         if writer is None:
             return None
-        self.finished = writer  # from here on `discard` removes it, wherever a signal lands
         pack = FinishedPack(writer, writer.finish(), self.blobs)
         self.writer, self.blobs, self.by_hash = None, [], {}
         return pack
 
     def discard(self) -> None:
-        """Drop the open pack and the spool file of the last one handed back (the run is ending
-        without them; a pack already put has left the spool, and stays in the store)."""
-        for writer in (self.writer, self.finished):
-            if writer is not None:
-                writer.discard()
-        self.writer, self.finished, self.blobs, self.by_hash = None, None, [], {}
+        """Drop the open pack (the run is ending without it)."""
+        if self.writer is not None:
+            self.writer.discard()
+        self.writer, self.blobs, self.by_hash = None, [], {}
 
     def _open(self) -> PackWriter:
         if self.writer is None:

@@ -107,6 +107,9 @@ class Uploader:
         # Each part is closed or removed from the moment it exists: a signal may land while
         # the next is being set up, and nothing of the spool may be left.
         with ExitStack() as parts:
+            # Last, once every thread has stopped: whatever this run left in the spool (a
+            # pack a signal caught between two steps) goes, as the next writer would drop it.
+            parts.callback(clear_leftovers, self.spool)
             self.workdir = Path(tempfile.mkdtemp(dir=self.spool, prefix=WORK_PREFIX))
             parts.callback(shutil.rmtree, self.workdir, ignore_errors=True)
             parts.callback(self.packer.discard)
