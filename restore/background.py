@@ -51,4 +51,8 @@ class Background:
 
     def close(self) -> None:
         """Drop what has not started; wait for what has."""
-        self.pool.shutdown(cancel_futures=True)
+        try:
+            self.pool.shutdown(cancel_futures=True)
+        except BaseException:  # a signal landed while waiting: the thread still writes into
+            self.pool.shutdown(cancel_futures=True)  # the tree about to be removed; wait again
+            raise

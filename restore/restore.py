@@ -199,8 +199,10 @@ class Restorer:
             self.source.stop()  # a large file in flight fails at its next read
             raise
         finally:
-            self.writes.close()
-            self.background.close()
+            try:
+                self.writes.close()
+            finally:
+                self.background.close()
 
     def _plan(self, files: list[Any]) -> tuple[list[Any], dict[int, list[Piece]], list[int]]:
         """Order files by where their data lies in the store, and list the contents they read.

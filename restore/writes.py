@@ -91,4 +91,8 @@ class Writes:
 
     def close(self) -> None:
         """Drop what has not started; wait for the batch being written."""
-        self.pool.shutdown(cancel_futures=True)
+        try:
+            self.pool.shutdown(cancel_futures=True)
+        except BaseException:  # a signal landed while waiting: the thread still writes into
+            self.pool.shutdown(cancel_futures=True)  # the tree about to be removed; wait again
+            raise
