@@ -51,8 +51,14 @@ class Background:
 
     def close(self) -> None:
         """Drop what has not started; wait for what has."""
-        try:
-            self.pool.shutdown(cancel_futures=True)
-        except BaseException:  # a signal landed while waiting: the thread still writes into
-            self.pool.shutdown(cancel_futures=True)  # the tree about to be removed; wait again
-            raise
+        shut_down(self.pool)
+
+
+def shut_down(pool: ThreadPoolExecutor) -> None:
+    """Drop a pool's tasks not yet started and wait for the running ones. A signal landing while
+    we wait leaves a thread writing into the tree about to be removed: wait again, then raise."""
+    try:
+        pool.shutdown(cancel_futures=True)
+    except BaseException:
+        pool.shutdown(cancel_futures=True)
+        raise

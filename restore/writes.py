@@ -14,6 +14,8 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
+from deltagrid.restore.background import shut_down
+
 BATCH_FILES = 128
 BATCH_BYTES = 4 << 20
 IN_FLIGHT = 4  # batches queued or being written at most; the main thread waits beyond that,
@@ -91,8 +93,4 @@ class Writes:
 
     def close(self) -> None:
         """Drop what has not started; wait for the batch being written."""
-        try:
-            self.pool.shutdown(cancel_futures=True)
-        except BaseException:  # a signal landed while waiting: the thread still writes into
-            self.pool.shutdown(cancel_futures=True)  # the tree about to be removed; wait again
-            raise
+        shut_down(self.pool)
