@@ -13,6 +13,8 @@ from concurrent.futures import ALL_COMPLETED, Future, ThreadPoolExecutor, wait
 from queue import SimpleQueue
 from typing import Any
 
+from deltagrid.floor.pools import shut_down
+
 
 class Background:
     """Files rebuilt on one thread of their own; `settle` reports each one done (and whether it
@@ -52,13 +54,3 @@ class Background:
     def close(self) -> None:
         """Drop what has not started; wait for what has."""
         shut_down(self.pool)
-
-
-def shut_down(pool: ThreadPoolExecutor) -> None:
-    """Drop a pool's tasks not yet started and wait for the running ones. A signal landing while
-    we wait leaves a thread writing into the tree about to be removed: wait again, then raise."""
-    try:
-        pool.shutdown(cancel_futures=True)
-    except BaseException:
-        pool.shutdown(cancel_futures=True)
-        raise

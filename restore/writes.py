@@ -14,7 +14,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from deltagrid.restore.background import shut_down
+from deltagrid.floor.pools import shut_down
 
 BATCH_FILES = 128
 BATCH_BYTES = 4 << 20

@@ -25,6 +25,7 @@ from pathlib import Path
 import zstandard
 
 from deltagrid.floor.errors import CorruptData, naming
+from deltagrid.floor.pools import shut_down
 
 HEADER = b"DGPACK01"
 TRAILER_MAGIC = b"DGPKIDX1"
@@ -124,7 +125,7 @@ class PackWriter:
         self._write(index)
         self._write(_TRAILER.pack(index_offset, len(index), TRAILER_MAGIC))
         self._hand_over()
-        self.thread.shutdown(wait=True)
+        shut_down(self.thread, cancel=False)
         if self.error is not None:
             raise self.error
         with naming(self.path):
@@ -136,7 +137,7 @@ class PackWriter:
         return self.hash.digest()
 
     def discard(self) -> None:
-        self.thread.shutdown(wait=True, cancel_futures=True)
+        shut_down(self.thread)
         self.file.close()
         self.path.unlink(missing_ok=True)
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import threading
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -19,7 +21,7 @@ def _key(n: int) -> bytes:
 
 
 def _rows(root: Path) -> int:
-    with sqlite3.connect(root / "signatures.sqlite") as conn:
+    with closing(sqlite3.connect(root / "signatures.sqlite")) as conn:
         return conn.execute("SELECT count(*) FROM sig").fetchone()[0]
 
 
@@ -47,6 +49,24 @@ def test_close_writes_what_is_buffered(tmp_path: Path) -> None:
     cache.put(_key(1), b"sig")
     cache.close()
     assert SigCache(tmp_path / "sigs").get(_key(1)) == b"sig"
+
+
+def test_a_backup_closes_the_cache_it_opened(tmp_path: Path) -> None:
+    """A backup run inside a process that goes on (a test, a program using deltagrid) leaves no
+    connection open: one left open loses SQLite's locks when the process next closes any
+    descriptor of the file (copying the home does), and a later checkpoint through it once
+    wrote pages over another process's (CI saw "disk I/O error" on the next backup)."""
+    from deltagrid.cli import main
+
+    src, home = tmp_path / "src", tmp_path / "home"
+    src.mkdir()
+    (src / "big").write_bytes(os.urandom(256 << 10))  # over delta_min_size: it has a signature
+    assert main(["--home", str(home), "-q", "backup", str(src)]) == 0
+    db = home / "sigs" / "signatures.sqlite"
+    # The last connection closed checkpoints the WAL and removes it; none is left open.
+    assert not db.with_name(db.name + "-wal").exists()
+    assert not [t for t in threading.enumerate() if t.name.startswith("dg-sigcache")]
+    assert _rows(db.parent) == 1  # the signature was written, not lost with the buffer
 
 
 def test_a_big_buffer_is_written_without_waiting_for_a_flush(

@@ -29,6 +29,7 @@ from typing import BinaryIO
 
 from deltagrid.backupdb import upload_queries
 from deltagrid.floor import rdiff
+from deltagrid.floor.pools import shut_down
 from deltagrid.uploader.delta_feed import ByteStream
 from deltagrid.uploader.packing import FinishedPack, Packer, PendingBlob
 from deltagrid.uploader.pieces import Cutter, Pieces, Squeezer
@@ -93,9 +94,9 @@ class BigReader:
 
     def close(self) -> None:
         self.stopping = True
-        self.pool.shutdown(wait=True, cancel_futures=True)
-        self.hashing.shutdown(wait=True)
-        self.deltas.shutdown(wait=True)
+        shut_down(self.pool)
+        shut_down(self.hashing, cancel=False)
+        shut_down(self.deltas, cancel=False)
         if self.conn is not None:
             self.conn.close()
         self.packer.discard()

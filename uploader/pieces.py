@@ -22,6 +22,7 @@ from typing import Any
 
 import zstandard
 
+from deltagrid.floor.pools import shut_down
 from deltagrid.store.pack import digest
 
 _WORKERS = 1
@@ -51,7 +52,7 @@ class Squeezer:
         return Feed(self)
 
     def close(self) -> None:
-        self.pool.shutdown(wait=True, cancel_futures=True)
+        shut_down(self.pool)
 
     def squeeze(self, raw: bytes) -> tuple[bytes, bytes]:
         return digest(raw), self._compressor().compress(raw)

@@ -25,6 +25,7 @@ import zstandard
 
 from deltagrid.backupdb.entries import KIND_FILE
 from deltagrid.floor import longpath
+from deltagrid.floor.pools import shut_down
 from deltagrid.uploader import reader
 from deltagrid.uploader.packing import PendingBlob
 from deltagrid.uploader.reader import Source, SourceError, read_opened
@@ -125,7 +126,7 @@ class ReadAhead:
 
     def close(self) -> None:
         self.waiting.clear()
-        self.pool.shutdown(wait=True, cancel_futures=True)
+        shut_down(self.pool)
         for _qid, _size, work in self.submitted:
             if isinstance(work, Future) and not work.cancelled():
                 discard(work)

@@ -26,6 +26,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
+from deltagrid.floor.pools import shut_down
 from deltagrid.store.pack import digest
 
 FLUSH_BYTES = 64 << 20  # a huge run's buffer is written before it grows past this
@@ -84,14 +85,20 @@ class SigCache:
         self._use(lambda conn: _write(conn, "DELETE FROM sig WHERE hash = ?", [(content_hash,)]))
 
     def close(self) -> None:
-        self.flush()
-        self.wait()
-        if self.writer is not None:
-            self.writer.shutdown()
-            self.writer = None
-        if self.conn is not None:
-            self.conn.close()
-            self.conn = None
+        """Write what is buffered, then close: the writer thread stopped before the connection
+        it uses, even when a signal lands on the way. A connection left open in a process that
+        goes on (a test's, a library user's) holds SQLite's locks only until the process next
+        closes any descriptor of the file, which POSIX locks do not survive."""
+        try:
+            self.flush()
+            self.wait()
+        finally:
+            if self.writer is not None:
+                shut_down(self.writer)
+                self.writer = None
+            if self.conn is not None:
+                self.conn.close()
+                self.conn = None
 
     def _write_puts(self, puts: dict[bytes, bytes]) -> None:
         rows = [(h, s, digest(s)) for h, s in puts.items()]

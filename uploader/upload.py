@@ -110,6 +110,7 @@ class Uploader:
             # Last, once every thread has stopped: whatever this run left in the spool (a
             # pack a signal caught between two steps) goes, as the next writer would drop it.
             parts.callback(clear_leftovers, self.spool)
+            parts.callback(self.sigcache.close)  # its last puts written, its connection closed
             self.workdir = Path(tempfile.mkdtemp(dir=self.spool, prefix=WORK_PREFIX))
             parts.callback(shutil.rmtree, self.workdir, ignore_errors=True)
             parts.callback(self.packer.discard)
@@ -169,7 +170,6 @@ class Uploader:
         self._flush_pack()
         for unused in upload_queries.unused_contents(conn, self.ended_contents):
             self.sigcache.discard(unused)
-        self.sigcache.wait()
 
     def _contents(self) -> Contents:
         return Contents(
