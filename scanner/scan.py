@@ -63,6 +63,22 @@ def _list(directory: bytes) -> tuple[list[Any], int | None]:
         raise
 
 
+class NotMounted(Exception):
+    def __str__(self) -> str:
+        return (
+            "empty, and on another file system than at the last backup (a disk not mounted?); "
+            "its backed-up entries are kept"
+        )
+
+
+def _empty(directory: bytes) -> bool:
+    try:
+        with os.scandir(directory) as it:
+            return next(it, None) is None
+    except OSError:
+        return False  # listing it fails again in the walk, where the error is reported
+
+
 @dataclass
 class ScanResult:
     scan_id: int
@@ -267,6 +283,8 @@ class Scanner:
             self.result.own.append(root)
             return
         prev = scan_queries.live_entry_at(conn, root)
+        if self._unmounted(conn, root, st, prev):
+            return
         self.on_entries(1)
         visited = self._visit(conn, root, st, prev)
         if visited is None or not visited[1]:
@@ -290,6 +308,23 @@ class Scanner:
                     os.close(fd)
             for row in live.values():
                 self._delete_live(conn, row)
+
+    def _unmounted(
+        self, conn: sqlite3.Connection, root: bytes, st: os.stat_result, prev: Any
+    ) -> bool:
+        """A source directory found empty, on another file system than at the last backup, that
+        held entries then: most likely a disk not mounted, its mount point seen instead. Read
+        as it looks, the next snapshot would show everything deleted, and retention would in
+        time drop the last copies. It is an error that names the source, and its entries keep
+        their live versions; a directory emptied where it was (same file system) is recorded."""
+        if prev is None or prev.kind != KIND_DIR or not stat.S_ISDIR(st.st_mode):
+            return False
+        if prev.dev == st.st_dev or not _empty(root):
+            return False
+        if not scan_queries.live_children(conn, prev.path_id):
+            return False
+        self._error(root, NotMounted())
+        return True
 
     def _root_stat(self, root: bytes) -> os.stat_result:
         """A source's lstat; for a symlink to a directory, the directory's stat: the source is

@@ -13,6 +13,7 @@ import re
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -197,6 +198,39 @@ def test_a_missing_source_among_several_is_reported_and_the_rest_committed(
     assert str(disk / "photo.jpg") in paths  # the unplugged disk: as last backed up
     logged = dg(home, "--json", "log", "--last", "1").json["runs"][0]
     assert logged["exit_code"] == 23 and logged["errors"][0]["path"] == str(disk)
+
+
+def test_an_empty_source_on_another_file_system_is_not_read_as_everything_deleted(
+    tmp_path: Path, home: Path
+) -> None:
+    """A disk not mounted shows its empty mount point, on the parent's file system. Here the
+    source is a symlink (followed: its tree is backed up) moved from a full directory to an
+    empty one on another file system, as a mount point is seen when its disk is away."""
+    other = Path("/dev/shm")
+    if not other.is_dir() or other.stat().st_dev == tmp_path.stat().st_dev:
+        pytest.skip("needs /dev/shm on a file system of its own")
+    disk, source = tmp_path / "disk", tmp_path / "photos"
+    disk.mkdir()
+    (disk / "photo.jpg").write_bytes(b"jpeg")
+    settle(disk)
+    source.symlink_to(disk)
+    assert dg(home, "backup", source).code == 0
+    with tempfile.TemporaryDirectory(dir=other) as mount_point:
+        source.unlink()
+        source.symlink_to(mount_point)
+        run = dg(home, "backup", source)
+        clean(run)
+        assert run.code == 23, run.err
+        assert f"cannot read {source}: empty, and on another file system" in run.err
+        listed = dg(home, "--json", "ls", "2").json["entries"]
+        assert str(source / "photo.jpg") in {e["path"] for e in listed}  # kept, not deleted
+    source.unlink()
+    source.symlink_to(disk)  # the disk is back
+    assert dg(home, "backup", source).code == 0
+    (disk / "photo.jpg").unlink()  # emptied where it is: recorded as it is
+    assert dg(home, "backup", source).code == 0
+    listed = dg(home, "--json", "ls", "4").json["entries"]
+    assert str(source / "photo.jpg") not in {e["path"] for e in listed}
 
 
 def test_every_source_missing_commits_nothing(tmp_path: Path, home: Path, src: Path) -> None:
