@@ -409,7 +409,7 @@ class Uploader:
                     self.workdir,
                 )
                 source, content = self._content(row, live, source, sig_out, None)
-        recheck = source.changed or source.meta.mtime_ns >= start_ns - 1_000_000_000
+        recheck = source.changed or _same_second(source.meta, start_ns)
         meta = source.meta if source.attributes else with_attributes(source.meta, row.path)
         return meta, content, recheck
 
@@ -479,6 +479,14 @@ class Uploader:
             self.records = []
             self.sigcache.flush()
             self.contents.recorded()
+
+
+def _same_second(meta: Meta, start_ns: int) -> bool:
+    """Whether the file may have changed after its read in the same timestamp tick. Its ctime is
+    the kernel's clock at its last change, so a ctime older than a second before the read
+    rules that out; the mtime, which a program may set to any date, only lets more through
+    (a file dated ahead of the clock is not read again every night for its date alone)."""
+    return min(meta.mtime_ns, meta.ctime_ns) >= start_ns - 1_000_000_000
 
 
 def with_attributes(meta: Meta, path: bytes) -> Meta:
