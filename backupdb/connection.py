@@ -14,7 +14,7 @@ import re
 import sqlite3
 import urllib.parse
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from pathlib import Path
 
 from deltagrid.floor.errors import BackupDBError
@@ -187,16 +187,30 @@ def open_checked(
     return conn
 
 
+def check_pages(path: Path) -> None:
+    """SQLite's page-level check of the backupdb at `path`, on a connection of its own (so it
+    can run on a thread beside the run's work: SQLite lets the GIL go while it reads)."""
+    try:
+        with closing(connect(path)) as conn:
+            _check(conn, path)
+    except sqlite3.DatabaseError as exc:
+        raise open_error(path, exc) from None
+
+
+def _check(conn: sqlite3.Connection, path: Path) -> None:
+    """SQLite reports damage as rows: the first one, as a one-line error."""
+    found = [r[0] for r in conn.execute("PRAGMA quick_check")]
+    if found != ["ok"]:
+        lines = [ln for r in found for ln in r.splitlines() if not ln.startswith("***")]
+        raise BackupDBError(
+            f"backupdb {path} is damaged ({(lines or found)[0]}); repair it with 'deltagrid attach'"
+        )
+
+
 def _inspect(conn: sqlite3.Connection, path: Path, check: bool) -> int:
     """The schema version of a backupdb whose pages (with `check`) and tables are whole."""
-    if check:  # SQLite reports damage as rows; a later query would fail mid-run
-        found = [r[0] for r in conn.execute("PRAGMA quick_check")]
-        if found != ["ok"]:
-            lines = [ln for r in found for ln in r.splitlines() if not ln.startswith("***")]
-            raise BackupDBError(
-                f"backupdb {path} is damaged ({(lines or found)[0]}); "
-                "repair it with 'deltagrid attach'"
-            )
+    if check:  # damage found up front, not by a query failing mid-run
+        _check(conn, path)
     tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     row = conn.execute("SELECT version FROM schema_version").fetchone()
     version = row[0] if row is not None else None

@@ -20,6 +20,7 @@ import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing, contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -28,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from deltagrid.config import Config, ConfigError, read, set_top_level
 from deltagrid.floor.errors import DeltagridError, Locked, NotInitialised, UsageError, naming
 from deltagrid.floor.fs import atomic_write
+from deltagrid.floor.pools import shut_down
 from deltagrid.floor.units import human_duration
 from deltagrid.uploader.sigcache import SigCache
 
@@ -179,6 +181,30 @@ class Home:
         return not os.access(self.path, os.W_OK) or (
             self.db_path.exists() and not os.access(self.db_path, os.W_OK)
         )
+
+    @contextmanager
+    def checked_beside(self) -> Iterator[None]:
+        """The page-level check on a thread of its own while the block runs (backup opens the
+        store and scans meanwhile), awaited at its end: damage it finds fails the run there,
+        before anything is uploaded or committed. A query of the block that fails on the
+        damaged file is answered by the check's one-line error, not SQLite's."""
+        if self.checked:
+            yield
+            return
+        self.checked = True
+        from deltagrid.backupdb import connection
+
+        pool = ThreadPoolExecutor(1, thread_name_prefix="dg-check")
+        checking = pool.submit(connection.check_pages, self.db_path)
+        try:
+            try:
+                yield
+            except sqlite3.DatabaseError:
+                checking.result()  # damage: its error instead
+                raise
+            checking.result()
+        finally:
+            shut_down(pool)
 
     def _check_once(self) -> bool:
         """The page-level check reads every page (seconds at a million files): once a run is

@@ -9,6 +9,7 @@ import json
 import socket
 import sqlite3
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from deltagrid.backupdb import connection, export, snapshots
 from deltagrid.floor import rdiff
 from deltagrid.floor.errors import StoreError, naming
 from deltagrid.floor.fs import atomic_write
+from deltagrid.floor.pools import shut_down
 from deltagrid.repository import identity
 from deltagrid.repository.root import EXPORT_BLOCK, new_root, parse_root
 from deltagrid.store.base import Store, check_stored
@@ -72,20 +74,24 @@ class Publisher:
             work = Path(tmp)  # the export, its delta and their compressed forms: never in memory
             path = work / "export.sqlite"
             export.write(self.db_path, path)
-            new_hash = digest_file(path).hex()
-            sig = io.BytesIO()  # about 4% of the export: small, and kept whole anyway
-            magic, _block, strong = rdiff.signature_args(path.stat().st_size)
-            with open(path, "rb") as f:
-                rdiff.signature(f, sig, strong, magic, EXPORT_BLOCK)
-            entry = None if full else self._delta_entry(chain, path, new_hash)
+            # Three reads of the export, each in C that lets the GIL go: its hash and its
+            # signature on two threads while this one makes the delta (at a million files,
+            # 1.3 s of a quiet night's 10 one after the other).
+            pool = ThreadPoolExecutor(2, thread_name_prefix="dg-export")
+            try:
+                hashed = pool.submit(digest_file, path)
+                signed = pool.submit(_signature, path)
+                entry = None if full else self._delta_entry(chain, path)
+                new_hash, sig_bytes = hashed.result().hex(), signed.result()
+            finally:
+                shut_down(pool)
             if entry is None:
                 blob = compress(path, work / "full.zst")
                 size = blob.stat().st_size
                 ref = check_stored(self.store, self.store.put_file(blob), size)
-                chain = [{"type": "full", "ref": ref, "size": size}]
-                chain[0]["hash"] = new_hash
+                chain = [{"type": "full", "ref": ref, "size": size, "hash": new_hash}]
             else:
-                chain.append(entry)
+                chain.append({**entry, "hash": new_hash})
             store_id = (root or {}).get("store_id") or seen.store_id or identity.new_store_id()
             generation = max((root or {}).get("generation", 0), continued.generation) + 1
             continued.pending = {"generation": generation, "hash": new_hash}
@@ -95,7 +101,6 @@ class Publisher:
             if self.store.read_root() != root_doc:  # a lost write would pass for a commit
                 raise StoreError(f"{self.store.url} acknowledged the new root pointer but lost it")
             identity.save(self.state, identity.Seen(store_id, generation, latest))
-            sig_bytes = sig.getvalue()
             atomic_write(self.state / "last-export.sig", sig_bytes)
             atomic_write(
                 self.state / "last-export.json",
@@ -103,9 +108,7 @@ class Publisher:
             )
         return {"backupdb_bytes": sum(e["size"] for e in chain[-1:]), "published": latest}
 
-    def _delta_entry(
-        self, chain: list[dict[str, Any]], path: Path, new_hash: str
-    ) -> dict[str, Any] | None:
+    def _delta_entry(self, chain: list[dict[str, Any]], path: Path) -> dict[str, Any] | None:
         """The chain entry for a delta against the last export, or None when a full is due."""
         last = self._last_export()
         if not chain or last is None or last[0] != chain[-1]["hash"]:
@@ -120,7 +123,16 @@ class Publisher:
         if sum(e["size"] for e in chain[1:]) + size > chain[0]["size"]:
             return None
         ref = check_stored(self.store, self.store.put_file(blob), size)
-        return {"type": "delta", "ref": ref, "size": size, "base": last[0], "hash": new_hash}
+        return {"type": "delta", "ref": ref, "size": size, "base": last[0]}
+
+
+def _signature(path: Path) -> bytes:
+    """The export's rdiff signature: about 4% of it, small, and kept whole anyway."""
+    sig = io.BytesIO()
+    magic, _block, strong = rdiff.signature_args(path.stat().st_size)
+    with open(path, "rb") as f:
+        rdiff.signature(f, sig, strong, magic, EXPORT_BLOCK)
+    return sig.getvalue()
 
 
 def last_export_hash(state: Path) -> str | None:

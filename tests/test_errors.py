@@ -9,6 +9,7 @@ import fcntl
 import os
 import shutil
 import sqlite3
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -386,3 +387,31 @@ def test_restore_puts_no_file_through_a_symlink_of_the_same_snapshot(
     restored = restored_root(target, repo)
     assert (restored / "d").is_dir() and not (restored / "d").is_symlink()
     assert (restored / "d" / "evil.txt").read_text() == "a\n"
+
+
+@pytest.mark.parametrize("btree", ["versions", "paths", "paths_by_parent", "contents_by_hash_key"])
+def test_backup_on_a_damaged_backupdb_fails_in_one_line_and_commits_nothing(
+    tmp_path: Path, home: Path, btree: str
+) -> None:
+    """The page-level check runs beside the scan: whether the scan's own queries meet the
+    damage first or the check finds it, the run fails with the check's line, before anything
+    is uploaded or committed. The damage: the root page of a table or index, overwritten."""
+    src = tmp_path / "src"
+    for i in range(300):
+        (src / f"d{i % 7}").mkdir(parents=True, exist_ok=True)
+        (src / f"d{i % 7}" / f"f{i}").write_text(f"file {i}\n" * (i % 13))
+    assert dg(home, "backup", src).code == 0
+    (src / "d0" / "new").write_text("a change for the next night\n")
+    db_file = home / "backupdb.sqlite"
+    with closing(sqlite3.connect(db_file)) as conn:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+        (root_page,) = conn.execute("SELECT rootpage FROM sqlite_master WHERE name = ?", (btree,))
+    with open(db_file, "r+b") as f:
+        f.seek((root_page[0] - 1) * page_size)
+        f.write(os.urandom(page_size))
+    root = (home / "store" / "root.json").read_bytes()
+    objects = sorted((home / "store").rglob("*"))
+    one_error(dg(home, "backup", src), 1, str(db_file), "is damaged", "deltagrid attach")
+    assert (home / "store" / "root.json").read_bytes() == root
+    assert sorted((home / "store").rglob("*")) == objects  # nothing uploaded

@@ -64,11 +64,14 @@ def run(args: argparse.Namespace, home: Home, out: Output) -> int:
     began = time.monotonic()
     with home.lock():
         ensure(home, out)
-        store = writable_store(home)  # refused before the scan: nothing written anywhere
+        store = None
         try:
-            scanned = run_scan(plan, home, out)
+            with home.checked_beside():  # the backupdb's pages read while the tree is
+                store = writable_store(home)  # refused before the scan: nothing written
+                scanned = run_scan(plan, home, out)
         except BaseException:
-            store.close()
+            if store is not None:
+                store.close()
             raise
         result, committed = run_upload(home, out, store)
     seconds = time.monotonic() - began
