@@ -103,12 +103,10 @@ def compare(
             )
         return seen
     rid, rgen, published = root.get("store_id"), root.get("generation", 0), root["snapshot"]
-    if rid and seen.store_id and rid != seen.store_id:
+    if another := another_repository(url, root, seen):
         raise WrongStore(
-            f"the store at {url} is another repository (store id {short(rid)}, snapshot "
-            f"{published}) than the one this home writes to (store id {short(seen.store_id)}, "
-            f"snapshot {seen.snapshot}); nothing was written; keep one home per disk "
-            "(--home DIR), or run 'deltagrid attach' to adopt that store's history"
+            f"{another}; nothing was written; keep one home per disk (--home DIR), or run "
+            "'deltagrid attach' to adopt that store's history"
         )
     if published > latest:
         raise WrongStore(
@@ -133,6 +131,18 @@ def compare(
             "uploads again what changed since), or 'deltagrid repair' to keep this home's"
         )
     return seen
+
+
+def another_repository(url: str, root: dict[str, Any], seen: Seen) -> str | None:
+    """What to say when the store's root names another repository than the home's record."""
+    rid = root.get("store_id")
+    if not (rid and seen.store_id and rid != seen.store_id):
+        return None
+    return (
+        f"the store at {url} is another repository (store id {short(rid)}, snapshot "
+        f"{root['snapshot']}) than the one this home writes to (store id "
+        f"{short(seen.store_id)}, snapshot {seen.snapshot})"
+    )
 
 
 def _gen(generation: int) -> str:

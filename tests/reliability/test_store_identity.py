@@ -113,6 +113,11 @@ def test_rotated_disks_are_told_apart_and_each_keeps_its_history(tmp_path: Path,
     )
     assert "--home" in message and "deltagrid attach" in message
     figures.count(SECTION, "another repository")
+    # Its verify, missing what the catalog names, says so too, not "pruned: attach again":
+    # attaching this home to disk B would adopt the wrong disk's history.
+    line = one_error(dg(home_a, "verify"), 1, "another repository", id_b[:8], id_a[:8])
+    assert "mount the disk it writes to" in line and "pruned" not in line
+    figures.count(SECTION, "readers told of another repository")
 
     # Recovery: a home per disk. A new home for disk B adopts its history and continues it.
     home_b2 = tmp_path / "home-b2"
@@ -140,6 +145,31 @@ def test_rotated_disks_are_told_apart_and_each_keeps_its_history(tmp_path: Path,
     assert store_id(mount) == id_b
     restores_exactly(home_a, src, on_b, tmp_path, figures)
     assert dg(home_a, "verify", "--read-data").code == 0
+
+
+def test_a_restore_from_the_other_disk_names_it_rather_than_a_prune(
+    tmp_path: Path, figures
+) -> None:
+    """Two homes, a disk each, different trees; disk B mounted where home A expects its own.
+    Restoring from it cannot work (what A's catalog names is not there, every byte is checked)
+    and the line says why: another repository, not a prune that attach would mend."""
+    mount, src_a, src_b = tmp_path / "mount", tmp_path / "src-a", tmp_path / "src-b"
+    url = f"file://{mount}"
+    for src, name in ((src_a, "a"), (src_b, "b")):
+        src.mkdir()
+        (src / f"{name}.txt").write_text(f"only on disk {name}\n" * 50)
+        settle(src)
+    home_a, home_b = tmp_path / "home-a", tmp_path / "home-b"
+    assert dg(home_a, "init", "--store", url).code == 0
+    backup(home_a, src_a)
+    mount.rename(tmp_path / "disk-a")
+    assert dg(home_b, "init", "--store", url).code == 0
+    backup(home_b, src_b)
+    target = tmp_path / "restored"
+    line = one_error(dg(home_a, "restore", target), 1, "another repository")
+    assert "mount the disk it writes to" in line and "pruned" not in line
+    assert not (restored_root(target, src_a) / "a.txt").exists()
+    figures.count(SECTION, "readers told of another repository")
 
 
 # --- a store rolled back to an older copy --------------------------------------------------------
