@@ -312,11 +312,13 @@ class Scanner:
     def _unmounted(
         self, conn: sqlite3.Connection, root: bytes, st: os.stat_result, prev: Any
     ) -> bool:
-        """A source directory found empty, on another file system than at the last backup, that
-        held entries then: most likely a disk not mounted, its mount point seen instead. Read
-        as it looks, the next snapshot would show everything deleted, and retention would in
-        time drop the last copies. It is an error that names the source, and its entries keep
-        their live versions; a directory emptied where it was (same file system) is recorded."""
+        """A directory (a source, or one below it) found empty, on another file system than at
+        the last backup, that held entries then: most likely a disk not mounted, its mount
+        point seen instead. Read as it looks, the next snapshot would show everything deleted,
+        and retention would in time drop the last copies. It is an error that names it, and
+        it and its entries keep their live versions; a directory emptied where it was (same
+        file system) is recorded. Below a source this is met only on the full comparison: a
+        mount point's inode changes with what is mounted on it."""
         if prev is None or prev.kind != KIND_DIR or not stat.S_ISDIR(st.st_mode):
             return False
         if prev.dev == st.st_dev or not _empty(root):
@@ -399,6 +401,8 @@ class Scanner:
                     self._descend(stack, path, st, root_dev, row[_PATH_ID])
                 continue
             prev = None if row is None else scan_queries.live_entry(conn, row[_VERSION_ID])
+            if self._unmounted(conn, path, st, prev):
+                continue
             try:
                 visited = self._visit(conn, path, st, prev)
             except (OSError, OverflowError, ValueError) as exc:  # one odd entry, not the night

@@ -233,6 +233,31 @@ def test_an_empty_source_on_another_file_system_is_not_read_as_everything_delete
     assert str(source / "photo.jpg") not in {e["path"] for e in listed}
 
 
+def test_a_disk_mounted_inside_a_source_and_not_mounted_tonight_keeps_its_entries(
+    tmp_path: Path, home: Path
+) -> None:
+    """`backup ~` with a USB disk mounted at ~/usb one night and not the next: its mount point
+    is an empty directory on the home's file system. A real tmpfs mount (skipped where this
+    process may not mount)."""
+    src, mount_point = tmp_path / "src", tmp_path / "src" / "usb"
+    mount_point.mkdir(parents=True)
+    (src / "notes.txt").write_text("on the home's disk\n")
+    if subprocess.run(["mount", "-t", "tmpfs", "none", str(mount_point)]).returncode != 0:
+        pytest.skip("needs to mount a tmpfs")
+    try:
+        (mount_point / "photo.jpg").write_bytes(b"jpeg")
+        settle(src)
+        assert dg(home, "backup", src).code == 0
+    finally:
+        subprocess.run(["umount", str(mount_point)], check=True)
+    run = dg(home, "backup", src)
+    clean(run)
+    assert run.code == 23, run.err
+    assert f"cannot read {mount_point}: empty, and on another file system" in run.err
+    listed = {e["path"] for e in dg(home, "--json", "ls", "2").json["entries"]}
+    assert {str(mount_point), str(mount_point / "photo.jpg"), str(src / "notes.txt")} <= listed
+
+
 def test_every_source_missing_commits_nothing(tmp_path: Path, home: Path, src: Path) -> None:
     assert dg(home, "backup", src).code == 0
     gone = [tmp_path / "gone1", tmp_path / "gone2"]
