@@ -188,10 +188,9 @@ class Home:
         store and scans meanwhile), awaited at its end: damage it finds fails the run there,
         before anything is uploaded or committed. A query of the block that fails on the
         damaged file is answered by the check's one-line error, not SQLite's."""
-        if self.checked:
+        if not self._check_once():
             yield
             return
-        self.checked = True
         from deltagrid.backupdb import connection
 
         pool = ThreadPoolExecutor(1, thread_name_prefix="dg-check")

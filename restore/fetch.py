@@ -22,6 +22,7 @@ from sqlite3 import Connection
 from typing import Any, NamedTuple
 
 from deltagrid.floor.errors import DeltagridError
+from deltagrid.floor.pools import shut_down
 from deltagrid.restore.rebuild import DirectSource
 from deltagrid.store.base import Store
 from deltagrid.store.pack import decode_blob
@@ -234,7 +235,7 @@ class Fetcher:
         self.stopped = True
 
     def close(self) -> None:
-        self.pool.shutdown(wait=True, cancel_futures=True)
+        shut_down(self.pool)
         for span in self.spans:
             future = span.future
             if (

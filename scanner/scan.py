@@ -310,7 +310,7 @@ class Scanner:
                 self._delete_live(conn, row)
 
     def _unmounted(
-        self, conn: sqlite3.Connection, root: bytes, st: os.stat_result, prev: Any
+        self, conn: sqlite3.Connection, path: bytes, st: os.stat_result, prev: Any
     ) -> bool:
         """A directory (a source, or one below it) found empty, on another file system than at
         the last backup, that held entries then: most likely a disk not mounted, its mount
@@ -321,11 +321,11 @@ class Scanner:
         mount point's inode changes with what is mounted on it."""
         if prev is None or prev.kind != KIND_DIR or not stat.S_ISDIR(st.st_mode):
             return False
-        if prev.dev == st.st_dev or not _empty(root):
+        if prev.dev == st.st_dev or not _empty(path):
             return False
         if not scan_queries.live_children(conn, prev.path_id):
             return False
-        self._error(root, NotMounted())
+        self._error(path, NotMounted())
         return True
 
     def _root_stat(self, root: bytes) -> os.stat_result:
