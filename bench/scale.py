@@ -61,7 +61,10 @@ class Child:
 
 
 def run(*argv: str | Path, env: dict[str, str] | None = None) -> Child:
-    """One subprocess: wall seconds, its JSON stdout (if any) and its own peak RSS."""
+    """One subprocess: wall seconds, its JSON stdout (if any) and its own peak RSS. It starts
+    with nothing of the run before still being written back (`os.sync`): otherwise a run pays
+    for its predecessor's writes, and the order of the tools decides the ratio."""
+    os.sync()
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         started = time.perf_counter()
         proc = subprocess.Popen(
@@ -298,6 +301,7 @@ def versus(size: int, sources: list[Path], work: Path, rounds: int, repeat: int)
     seen["restic"] = defaultdict(list)
     stored = {}
     loads = [os.getloadavg()[0]]
+    warm(sources)
     for r in range(rounds):
         home = work / f"home-{size}"
         shutil.rmtree(home, ignore_errors=True)
@@ -340,6 +344,16 @@ def versus(size: int, sources: list[Path], work: Path, rounds: int, repeat: int)
         rows[0].append(f"{ratio:.2f}")
         rows[1].append("")
     return rows
+
+
+def warm(sources: list[Path]) -> None:
+    """Read the whole tree once, untimed: the first tool to run would otherwise be the one to
+    bring its inodes and bytes into the page cache."""
+    for source in sources:
+        for directory, _dirs, files in os.walk(source):
+            for name in files:
+                with open(os.path.join(directory, name), "rb") as f:
+                    f.read()
 
 
 def median_min(children: list[Child]) -> tuple[float, float]:
