@@ -19,7 +19,7 @@ from pathlib import Path
 
 from deltagrid.floor.errors import BackupDBError
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 # Version history (migrating creates the tables added since, and adds the columns of ADDED_COLUMNS):
 #   1  first release
 #   2  `forgotten`: snapshots marked by `forget`, dropped from listings, their data pruned
@@ -30,6 +30,7 @@ SCHEMA_VERSION = 8
 #   7  `versions.extents`: a sparse file's data runs; times past 64-bit ns stored as BLOBs
 #   8  contents and blobs indexed by their hash's first 8 bytes; fewer queue indexes (local
 #      indexes only: DROPPED_INDEXES)
+#   9  FIFOs and device nodes (kinds p, c, b); `versions.rdev`: a device node's number
 
 # The tables of schema.py (tests hold the two together): the catalog, in export order, then the
 # local ones.
@@ -49,7 +50,11 @@ CATALOG = (
 LOCAL = ("scans", "queue", "scan_errors", "runs", "unreferenced")
 # Columns added to existing tables, last in their table (as schema.py declares them), so an
 # older table altered and a new one created alike have the same columns in the same order.
-ADDED_COLUMNS = (("versions", "xattrs", "BLOB"), ("versions", "extents", "BLOB"))
+ADDED_COLUMNS = (
+    ("versions", "xattrs", "BLOB"),
+    ("versions", "extents", "BLOB"),
+    ("versions", "rdev", "INTEGER"),
+)
 # Local indexes an older backupdb has that schema.py replaced (the export holds no indexes).
 DROPPED_INDEXES = (
     "contents_by_hash",

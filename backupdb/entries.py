@@ -11,6 +11,20 @@ from typing import Any
 KIND_FILE = "f"
 KIND_DIR = "d"
 KIND_LINK = "l"
+KIND_FIFO = "p"
+KIND_CHAR = "c"  # a character device node
+KIND_BLOCK = "b"  # a block device node
+DEVICES = (KIND_CHAR, KIND_BLOCK)
+SPECIALS = (KIND_FIFO, *DEVICES)  # kept as metadata alone, never opened
+# The file-type bits of each kind, for comparing a stat's st_mode with a version's mode.
+TYPE_BITS = {
+    "f": stat.S_IFREG,
+    "d": stat.S_IFDIR,
+    "l": stat.S_IFLNK,
+    "p": stat.S_IFIFO,
+    "c": stat.S_IFCHR,
+    "b": stat.S_IFBLK,
+}
 
 _NS_RANGE = range(-(1 << 63), 1 << 63)  # SQLite's INTEGER: 1677-09-21 to 2262-04-11 in ns
 
@@ -36,15 +50,14 @@ def with_times(entry: Any) -> Any:
     )
 
 
+_KINDS = {bits: kind for kind, bits in TYPE_BITS.items()}
+
+
 def kind_of(mode: int) -> str | None:
-    """The entry kind deltagrid stores for an st_mode, or None for sockets, FIFOs and devices."""
-    if stat.S_ISREG(mode):
-        return KIND_FILE
-    if stat.S_ISDIR(mode):
-        return KIND_DIR
-    if stat.S_ISLNK(mode):
-        return KIND_LINK
-    return None
+    """The entry kind deltagrid stores for an st_mode, or None for a socket: a socket is made
+    by the program that listens on it, and means nothing without it (tar and rsync skip them
+    too)."""
+    return _KINDS.get(stat.S_IFMT(mode))
 
 
 @dataclass(frozen=True)
@@ -65,6 +78,7 @@ class Meta:
     target: bytes | None = None
     xattrs: bytes | None = None  # extended attributes and ACLs, as floor/xattrs.py stores them
     extents: bytes | None = None  # a sparse file's data runs (floor/sparse.py); None: no holes
+    rdev: int | None = None  # a device node's device number; None for every other kind
 
     @classmethod
     def from_stat(
@@ -72,7 +86,7 @@ class Meta:
     ) -> Meta:
         kind = kind_of(st.st_mode)
         if kind is None:
-            raise ValueError("not a file, directory or symlink")
+            raise ValueError("a socket: not backed up")
         return cls(
             kind=kind,
             mode=stat.S_IMODE(st.st_mode),
@@ -86,6 +100,7 @@ class Meta:
             nlink=st.st_nlink,
             target=target,
             extents=extents,
+            rdev=st.st_rdev if kind in DEVICES else None,
         )
 
     @classmethod

@@ -79,6 +79,7 @@ class Entry(NamedTuple):
     recheck: int
     xattrs: bytes | None
     extents: bytes | None
+    rdev: int | None
     content_hash: bytes | None
 
 

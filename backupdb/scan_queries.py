@@ -11,13 +11,12 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-import stat
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
 from deltagrid.backupdb.connection import transaction
-from deltagrid.backupdb.entries import with_times
+from deltagrid.backupdb.entries import KIND_LINK, TYPE_BITS, with_times
 from deltagrid.backupdb.sql import LIVE, bounds, insert_many, rows_in
 
 
@@ -42,6 +41,7 @@ class LiveEntry(NamedTuple):
     recheck: int
     xattrs: bytes | None
     extents: bytes | None
+    rdev: int | None
 
 
 def _live(row: tuple[Any, ...]) -> LiveEntry:
@@ -53,17 +53,18 @@ _ENTRY_COLUMNS = ", ".join(f"v.{name}" for name in LiveEntry._fields[1:])
 _ENTRIES = f"SELECT p.path, {_ENTRY_COLUMNS} FROM versions v JOIN paths p ON p.id = v.path_id"
 
 # Live children come as short plain tuples: (path, version id, path id, st_mode, uid, gid,
-# size, mtime_ns, ctime_ns, inode). An unchanged file or directory has exactly `row[STAT_KEY] ==
-# (st_mode, st_uid, st_gid, st_size, st_mtime_ns, st_ctime_ns, st_ino)` of its lstat; st_mode
-# is the mode with its file-type bits, or -1 for a symlink (its target must be read) and for a
+# size, mtime_ns, ctime_ns, inode). An unchanged entry has exactly `row[STAT_KEY] == (st_mode,
+# st_uid, st_gid, st_size, st_mtime_ns, st_ctime_ns, st_ino)` of its lstat; st_mode is the
+# mode with its file-type bits, or -1 for a symlink (its target must be read) and for a
 # version flagged `recheck`, so those never match and the scanner fetches the whole version.
+# (A device node's number cannot change without a new inode: mknod makes one.)
 # A time past 64-bit ns comes as a BLOB (entries.time_to_db): it never matches either.
 STAT_KEY = slice(3, 10)
+_QUICK = {kind: bits for kind, bits in TYPE_BITS.items() if kind != KIND_LINK}
 _LIVE_CHILDREN = f"""
 SELECT p.path, v.id, v.path_id,
        CASE WHEN v.recheck THEN -1
-            WHEN v.kind = 'f' THEN v.mode | {stat.S_IFREG}
-            WHEN v.kind = 'd' THEN v.mode | {stat.S_IFDIR}
+            {" ".join(f"WHEN v.kind = '{k}' THEN v.mode | {b}" for k, b in _QUICK.items())}
             ELSE -1 END,
        v.uid, v.gid, v.size, v.mtime_ns, v.ctime_ns, v.inode
 FROM paths p JOIN versions v ON v.path_id = p.id

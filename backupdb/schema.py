@@ -62,7 +62,8 @@ versions = Table(
     Column("id", Integer, primary_key=True),
     Column("path_id", Integer, nullable=False),
     Column("valid_from", Integer, nullable=False),  # first snapshot id in which it is live
-    Column("kind", String(1), nullable=False),  # f file, d directory, l symlink
+    # f file, d directory, l symlink, p FIFO, c character device, b block device
+    Column("kind", String(1), nullable=False),
     Column("mode", Integer, nullable=False),
     Column("uid", Integer, nullable=False),
     Column("gid", Integer, nullable=False),
@@ -80,6 +81,7 @@ versions = Table(
     # Schema 7, last as ALTER TABLE adds it: a sparse file's data runs (floor/sparse.py), whose
     # bytes, one after the other, are its content; NULL for a file without holes
     Column("extents", LargeBinary),
+    Column("rdev", Integer),  # schema 9: a device node's device number; NULL for other kinds
 )
 Index("versions_by_path", versions.c.path_id, versions.c.id)
 Index("versions_by_content", versions.c.content_id)

@@ -163,6 +163,7 @@ CREATE TABLE versions (
     recheck BOOLEAN NOT NULL,
     xattrs BLOB,
     extents BLOB,
+    rdev INTEGER,
     PRIMARY KEY (id)
 );
 

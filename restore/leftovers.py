@@ -18,7 +18,13 @@ import shutil
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-KINDS = (b"restore", b"file", b"link", b"rebuild")  # a work directory, entries being made
+KINDS = (
+    b"restore",
+    b"file",
+    b"link",
+    b"special",
+    b"rebuild",
+)  # a work directory, entries being made
 RESTORE_KINDS = tuple(b".deltagrid-" + kind for kind in KINDS)
 
 

@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import enum
 import os
-import stat
 from collections.abc import Callable
 
-from deltagrid.backupdb.entries import KIND_DIR, KIND_FILE, KIND_LINK
+from deltagrid.backupdb.entries import KIND_DIR, KIND_FILE, kind_of
 
 ALWAYS, IF_CHANGED, IF_NEWER, NEVER = "always", "if-changed", "if-newer", "never"
 MODES = (ALWAYS, IF_CHANGED, IF_NEWER, NEVER)
@@ -27,17 +26,6 @@ class Verdict(enum.Enum):
     META = "meta"  # the same bytes (or, if-changed, assumed so): set the snapshot's metadata
     REPLACE = "replace"  # something else is there: restore over it
     KEEP = "keep"  # something else is there, and the mode keeps it
-
-
-def kind_of(st: os.stat_result) -> str | None:
-    """The backupdb kind of an entry found on disk (None: a fifo, socket, device...)."""
-    if stat.S_ISREG(st.st_mode):
-        return KIND_FILE
-    if stat.S_ISDIR(st.st_mode):
-        return KIND_DIR
-    if stat.S_ISLNK(st.st_mode):
-        return KIND_LINK
-    return None
 
 
 def judge(
@@ -53,7 +41,7 @@ def judge(
     the kinds and sizes agree. Directories are merged into in every mode."""
     if found is None:
         return Verdict.WRITE
-    same_kind = kind_of(found) == kind
+    same_kind = kind_of(found.st_mode) == kind
     if same_kind and kind == KIND_DIR:
         return Verdict.SAME
     same_size = same_kind and (kind != KIND_FILE or found.st_size == size)

@@ -28,7 +28,7 @@ from sqlite3 import Connection
 from typing import Any
 
 from deltagrid.backupdb import restore_queries
-from deltagrid.backupdb.entries import KIND_DIR, KIND_FILE, KIND_LINK
+from deltagrid.backupdb.entries import KIND_DIR, KIND_FILE, KIND_LINK, SPECIALS, TYPE_BITS
 from deltagrid.floor import xattrs
 from deltagrid.floor.errors import CorruptData, DeltagridError, ObjectMissing
 from deltagrid.floor.fs import sync_filesystem
@@ -69,6 +69,7 @@ class RestoreResult:
     files: int = 0
     dirs: int = 0
     symlinks: int = 0
+    specials: int = 0  # FIFOs and device nodes
     hardlinks: int = 0
     linked: int = 0  # files hard-linked from --link-dest instead of written
     size: int = 0  # bytes of the files now in the target as the snapshot has them
@@ -164,8 +165,10 @@ class Restorer:
         dirs: list[Any] = []
         files: list[Any] = []
         links: list[Any] = []
+        specials: list[Any] = []
+        by_kind = {KIND_DIR: dirs, KIND_FILE: files, KIND_LINK: links}
         for e in restore_queries.versions_at(self.conn, snapshot_id, prefixes):
-            {KIND_DIR: dirs, KIND_FILE: files, KIND_LINK: links}[e.kind].append(e)
+            by_kind.get(e.kind, specials).append(e)
         for e in dirs:
             self._guard(e, self._dir)
         files, plan, order = self._plan(files)
@@ -177,10 +180,12 @@ class Restorer:
         finally:
             self.source.close()
             shutil.rmtree(work, ignore_errors=True)
+        for e in specials:
+            self._guard(e, self._special)
         for e in links:
             self._guard(e, self._symlink)
         if self.delete:
-            self._remove_extras(dirs + files + links, dirs)
+            self._remove_extras(dirs + files + specials + links, dirs)
         for e in reversed(dirs):
             self._guard(e, self._dir_meta)
 
@@ -507,6 +512,20 @@ class Restorer:
         self._install_as(tmp, dest, e, follow=False)
         self.result.symlinks += 1
 
+    def _special(self, e: Any) -> None:
+        """A FIFO or device node, made at a temporary name (mknod never follows a symlink) and
+        never opened: opening a FIFO waits for a writer, and opening some devices acts (a tape
+        rewinds). Making a device node takes root (CAP_MKNOD): otherwise an error names it."""
+        dest = self._leaf(e.path)
+        if not self._wanted(
+            e, dest, lambda: os.lstat(dest).st_rdev == (e.rdev or 0), self._count_same
+        ):
+            return
+        tmp = self._temporary(dest.rsplit(b"/", 1)[0], "special")
+        os.mknod(tmp, 0o600 | TYPE_BITS[e.kind], e.rdev or 0)
+        self._install_as(tmp, dest, e, follow=True)
+        self.result.specials += 1
+
     # --- what is already in the target: --overwrite and --delete -------------------------------
 
     def _existing(self, e: Any, dest: bytes, same: Callable[[], bool] | None = None) -> Verdict:
@@ -563,9 +582,13 @@ class Restorer:
 
     def _meta_in_place(self, e: Any, dest: bytes) -> None:
         """Give the entry found at `dest` the snapshot's metadata, through a descriptor opened
-        without following a symlink (a symlink's own through l-calls)."""
+        without following a symlink (a symlink's own through l-calls, a FIFO's or device's
+        through its path)."""
         if e.kind == KIND_LINK:
             self.meta.apply(dest, dest, e, follow=False)
+            return
+        if e.kind in SPECIALS:  # never opened (_special says why)
+            self.meta.apply(dest, dest, e, follow=True)
             return
         fd = os.open(dest, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         try:
@@ -599,8 +622,10 @@ class Restorer:
             self.result.size += e.size
             self.result.skipped += e.size
             self.on_progress(e.size)
-        else:
+        elif e.kind == KIND_LINK:
             self.result.symlinks += 1
+        else:
+            self.result.specials += 1
 
     def _remove_extras(self, entries: list[Any], dirs: list[Any]) -> None:
         """--delete: below the topmost restored directories, what the snapshot does not have."""

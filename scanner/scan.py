@@ -17,7 +17,15 @@ from operator import attrgetter
 from typing import Any
 
 from deltagrid.backupdb import scan_queries
-from deltagrid.backupdb.entries import KIND_DIR, KIND_FILE, KIND_LINK, Meta, kind_of, time_to_db
+from deltagrid.backupdb.entries import (
+    DEVICES,
+    KIND_DIR,
+    KIND_FILE,
+    KIND_LINK,
+    Meta,
+    kind_of,
+    time_to_db,
+)
 from deltagrid.backupdb.scan_queries import STAT_KEY
 from deltagrid.floor import fs, longpath
 from deltagrid.floor.errors import UsageError
@@ -84,7 +92,7 @@ class ScanResult:
     scan_id: int
     counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(REASONS, 0))
     unchanged: int = 0
-    skipped: list[bytes] = field(default_factory=list)  # sockets, FIFOs, devices
+    skipped: list[bytes] = field(default_factory=list)  # sockets
     errors: list[tuple[bytes, str]] = field(default_factory=list)
     own: list[bytes] = field(default_factory=list)  # deltagrid's own folders met, left out
     notes: list[str] = field(default_factory=list)  # a source followed, a pseudo fs skipped
@@ -125,6 +133,8 @@ def reason_for(prev: Any, meta: Meta, checksum: bool) -> str | None:
     ):
         return "changed"
     if meta.kind == KIND_LINK and prev.target != meta.target:
+        return "changed"
+    if meta.kind in DEVICES and prev.rdev != meta.rdev:
         return "changed"
     if checksum:  # everything looked at again: attributes too (a backupdb older than them)
         return "meta"
@@ -236,7 +246,7 @@ class Scanner:
         """Compare one entry with its live version; return its Meta and whether to descend."""
         if kind_of(st.st_mode) is None:
             self.result.skipped.append(path)
-            self.warn(f"skipping special file {os.fsdecode(path)}")
+            self.warn(f"skipping socket {os.fsdecode(path)}")
             if prev is not None:
                 self._delete(conn, prev)
             return None

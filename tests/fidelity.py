@@ -1,10 +1,10 @@
 """The fidelity checker: every way two trees can differ that a restore must not introduce.
 
 `differences(a, b)` compares, entry by entry (the roots included): type, mode, owner (when
-asked; by default as root), mtime in ns, the bytes of files, symlink targets, hard-link groups,
-every extended attribute (ACLs included, as their raw xattrs), and for a sparse file its
-allocated size. It returns one line per difference, so a test asserts `== []` and a failure
-shows them all.
+asked; by default as root), mtime in ns, the bytes of files, symlink targets, device numbers,
+hard-link groups, every extended attribute (ACLs included, as their raw xattrs), and for a
+sparse file its allocated size. It returns one line per difference, so a test asserts `== []`
+and a failure shows them all.
 """
 
 from __future__ import annotations
@@ -74,6 +74,8 @@ def _entry(
         yield f"{rel}: owner {sa.st_uid}:{sa.st_gid} != {sb.st_uid}:{sb.st_gid}"
     if sa.st_mtime_ns != sb.st_mtime_ns:
         yield f"{rel}: mtime {sa.st_mtime_ns} != {sb.st_mtime_ns}"
+    if (stat.S_ISCHR(sa.st_mode) or stat.S_ISBLK(sa.st_mode)) and sa.st_rdev != sb.st_rdev:
+        yield f"{rel}: device {sa.st_rdev:#x} != {sb.st_rdev:#x}"
     if stat.S_ISLNK(sa.st_mode) and os.readlink(a) != os.readlink(b):
         yield f"{rel}: target {os.readlink(a)!r} != {os.readlink(b)!r}"
     if stat.S_ISREG(sa.st_mode):

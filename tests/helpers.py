@@ -76,7 +76,8 @@ def backed_up(cli: Callable[..., Run], src: Path) -> dict[str, Any]:
 
 
 def describe(root: Path, mtimes: bool = True) -> dict[bytes, tuple]:
-    """Every entry below `root`: kind, mode, size, content hash, link target, mtime, link group.
+    """Every entry below `root`: kind, mode, size, content hash, link target, device number,
+    mtime, link group.
 
     Hard links appear as a group id (the first path of the group), so two trees compare equal
     only if the same names are linked together.
@@ -95,6 +96,8 @@ def describe(root: Path, mtimes: bool = True) -> dict[bytes, tuple]:
                 out[rel] = ("l", os.readlink(full), mtime)
             elif stat.S_ISDIR(st.st_mode):
                 out[rel] = ("d", stat.S_IMODE(st.st_mode), mtime)
+            elif not stat.S_ISREG(st.st_mode):  # a FIFO or device: never opened
+                out[rel] = (stat.S_IFMT(st.st_mode), stat.S_IMODE(st.st_mode), st.st_rdev, mtime)
             else:
                 with open(full, "rb") as f:
                     digest = hashlib.blake2b(f.read(), digest_size=16).hexdigest()

@@ -1,10 +1,9 @@
-"""The scanner: why each entry is queued, what excludes leave out, special files, mounts."""
+"""The scanner: why each entry is queued, what excludes leave out, mounts."""
 
 from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -228,31 +227,6 @@ def test_excludes_follow_gitignore_rules_and_drop_what_was_backed_up(tmp_path: P
         k: v for k, v in describe(src).items() if os.fsdecode(k) in (dirs | set(kept)) - {""}
     }
     assert_restores_exactly(cli, src, tmp_path / "r", expected)
-
-
-def test_sockets_and_fifos_are_skipped_with_a_warning(tmp_path: Path, home: Path) -> None:
-    src = tmp_path / "src"
-    write(src / "file.txt", "a file\n")
-    write(src / "was-a-file", "soon a FIFO\n")
-    assert dg(home, "backup", src).code == 0
-
-    os.mkfifo(src / "pipe")
-    (src / "was-a-file").unlink()
-    os.mkfifo(src / "was-a-file")
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        sock.bind(str(src / "sock"))
-        run = dg(home, "--json", "backup", src, timeout=60)  # a FIFO is never opened: no hang
-    finally:
-        sock.close()
-    assert run.code == 0, run.err
-    specials = [str(src / n) for n in ("pipe", "sock", "was-a-file")]
-    assert sorted(run.json["scan"]["skipped"]) == specials
-    warnings = run.err.splitlines()
-    assert sorted(warnings) == [f"deltagrid: warning: skipping special file {p}" for p in specials]
-    ls = dg(home, "--json", "ls")
-    assert {e["path"] for e in ls.json["entries"]} == {str(src), str(src / "file.txt")}
-    assert run.json["scan"]["queued"]["deleted"] == 1  # the file that became a FIFO
 
 
 def test_a_second_scan_supersedes_the_pending_rows_of_the_first(tmp_path: Path, cli) -> None:

@@ -55,6 +55,7 @@ from deltagrid.uploader.spool import WORK_PREFIX, clear_leftovers
 
 _VANISHED = {errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.ENXIO}
 _BATCH = 256
+_COUNTED = {"f": "files", "d": "dirs", "l": "symlinks"}  # any other kind: "specials"
 _FED_AHEAD = 8  # queue batches fed to the read-ahead beyond the one at hand
 _PACK_ENTRIES = 20_000  # a pack of tiny files is put early: each entry waiting costs ~2 KB
 _DEFERRED = 64  # big files read ahead of the main thread, at most
@@ -328,8 +329,8 @@ class Uploader:
                 raise SourceError(exc) from exc
         kind = kind_of(st.st_mode)
         end = live.id if live is not None else None
-        if kind is None:  # became a socket or device: it leaves the backup
-            raise SourceError(OSError(errno.ENXIO, "no longer a file, directory or symlink"))
+        if kind is None:  # became a socket: it leaves the backup
+            raise SourceError(OSError(errno.ENXIO, "now a socket, which is not backed up"))
         content: PendingContent | int | None = None
         recheck = False
         if kind == KIND_FILE:  # even a chmod'ed file is re-read: only its hash proves its bytes
@@ -351,7 +352,7 @@ class Uploader:
         ):
             self.result.counts["unchanged"] += 1
             return Record(row.id, "unchanged", row.path)
-        self.result.counts[{"f": "files", "d": "dirs", "l": "symlinks"}[kind]] += 1
+        self.result.counts[_COUNTED.get(kind, "specials")] += 1
         return Record(row.id, "stored", row.path, end, meta, content, recheck)
 
     def _is_root(self, row: QueueRow) -> bool:

@@ -25,7 +25,18 @@ def add(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> Non
     p.set_defaults(run=run)
 
 
-_SHOWN = ("kind", "mode", "uid", "gid", "size", "mtime_ns", "target", "content_hash", "xattrs")
+_SHOWN = (
+    "kind",
+    "mode",
+    "uid",
+    "gid",
+    "size",
+    "mtime_ns",
+    "target",
+    "rdev",
+    "content_hash",
+    "xattrs",
+)
 
 
 def mark(old: Any, new: Any) -> str | None:

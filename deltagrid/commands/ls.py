@@ -9,14 +9,13 @@ import argparse
 import os
 import stat
 
+from deltagrid.backupdb.entries import TYPE_BITS
 from deltagrid.backupdb.restore_queries import versions_at
 from deltagrid.floor.errors import UsageError
 from deltagrid.floor.units import escaped, iso, path_text
 from deltagrid.home import Home, plain_reading
 from deltagrid.output import Output
 from deltagrid.restore.resolve import resolve
-
-_TYPE = {"f": stat.S_IFREG, "d": stat.S_IFDIR, "l": stat.S_IFLNK}
 
 
 def add(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -55,10 +54,11 @@ def run(args: argparse.Namespace, home: Home, out: Output) -> int:
         raise UsageError(f"snapshot {snap.id} has nothing at {path_text(path)}{hint}")
     docs = []
     for e in entries:
-        mode = stat.filemode(_TYPE[e.kind] | e.mode)
+        mode = stat.filemode(TYPE_BITS[e.kind] | e.mode)
         name = os.fsdecode(e.path)
         shown = escaped(e.path) + (f" -> {escaped(e.target or b'')}" if e.kind == "l" else "")
-        out.line(f"{mode} {e.uid:>5} {e.gid:>5} {e.size:>12} {iso(e.mtime_ns)} {shown}")
+        size = str(e.size) if e.rdev is None else f"{os.major(e.rdev)}, {os.minor(e.rdev)}"
+        out.line(f"{mode} {e.uid:>5} {e.gid:>5} {size:>12} {iso(e.mtime_ns)} {shown}")
         doc = {
             "path": name,
             "type": e.kind,
@@ -70,6 +70,8 @@ def run(args: argparse.Namespace, home: Home, out: Output) -> int:
         }
         if e.kind == "l":
             doc["target"] = os.fsdecode(e.target or b"")
+        if e.rdev is not None:
+            doc["rdev"] = e.rdev
         if e.content_hash is not None:
             doc["hash"] = e.content_hash.hex()
         docs.append(doc)

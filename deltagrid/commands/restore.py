@@ -140,7 +140,7 @@ def run(args: argparse.Namespace, home: Home, out: Output) -> int:
                 raise why  # not damage: nothing recorded, nothing published
             found = locate(conn, store, result.damaged) if result.damaged else []
         if args.into is not None and not result.errors:
-            if result.files + result.dirs + result.symlinks == 0:
+            if result.files + result.dirs + result.symlinks + result.specials == 0:
                 raise UsageError(f"snapshot {snap.id} has nothing at {args.path[0]}")
             how = publish(target, args.into, args.swap, args.keep_old)
     finally:
@@ -207,7 +207,12 @@ def report(
         f"restored snapshot {snapshot_id} to {where}: {plural(result.files, 'file')} "
         f"({human_bytes(result.size)}), {plural(result.hardlinks, 'hard link')}, "
         f"{plural(result.dirs, 'dir')}, {plural(result.symlinks, 'symlink')}, "
-        f"{plural(len(result.errors), 'error')}"
+        + (
+            f"{plural(result.specials, 'FIFO or device node', 'FIFOs and device nodes')}, "
+            if result.specials
+            else ""
+        )
+        + f"{plural(len(result.errors), 'error')}"
         + (f", {result.linked} linked from --link-dest" if result.linked else "")
         + (f"; published ({how})" if how else "")
         + tail
@@ -222,6 +227,7 @@ def report(
             "linked": result.linked,
             "dirs": result.dirs,
             "symlinks": result.symlinks,
+            "specials": result.specials,
             "published": how,
             "errors": [{"path": os.fsdecode(p), "error": m} for p, m in result.errors],
             "warnings": [{"path": os.fsdecode(p), "warning": m} for p, m in result.warnings],
