@@ -37,7 +37,6 @@ from deltagrid.scanner.pseudo import pseudo_devices
 BATCH = 10_000
 REASONS = ("new", "changed", "meta", "deleted")
 _name = attrgetter("name")
-_VERSION_ID, _PATH_ID = 1, 2  # in a scan_queries.live_children row
 
 
 class _FarEntry:
@@ -299,9 +298,10 @@ class Scanner:
         visited = self._visit(conn, root, st, prev)
         if visited is None or not visited[1]:
             return
-        stack: list[tuple[bytes, int | None]] = [(root, prev.path_id if prev else None)]
+        # The directories to walk, and whether the catalog has them (else nothing below is live)
+        stack: list[tuple[bytes, bool]] = [(root, prev is not None)]
         while stack:
-            directory, dir_id = stack.pop()
+            directory, recorded = stack.pop()
             try:
                 entries, fd = _list(directory)
             except (FileNotFoundError, NotADirectoryError):
@@ -311,7 +311,7 @@ class Scanner:
                 continue
             try:
                 self.on_entries(len(entries))
-                live = scan_queries.live_children(conn, dir_id) if dir_id is not None else {}
+                live = scan_queries.live_children(conn, directory) if recorded else {}
                 self._compare(conn, root, st.st_dev, entries, live, stack)
             finally:
                 if fd is not None:
@@ -333,7 +333,7 @@ class Scanner:
             return False
         if prev.dev == st.st_dev or not _empty(path):
             return False
-        if not scan_queries.live_children(conn, prev.path_id):
+        if not scan_queries.live_children(conn, prev.path):
             return False
         self._error(path, NotMounted())
         return True
@@ -363,7 +363,7 @@ class Scanner:
         root_dev: int,
         entries: list[Any],
         live: dict[bytes, tuple[Any, ...]],
-        stack: list[tuple[bytes, int | None]],
+        stack: list[tuple[bytes, bool]],
     ) -> None:
         """Compare a directory's entries with their live versions (popped from `live`); push
         the subdirectories to walk onto `stack`.
@@ -408,9 +408,9 @@ class Scanner:
             ):
                 self.result.unchanged += 1
                 if stat.S_ISDIR(st.st_mode):
-                    self._descend(stack, path, st, root_dev, row[_PATH_ID])
+                    self._descend(stack, path, st, root_dev, True)
                 continue
-            prev = None if row is None else scan_queries.live_entry(conn, row[_VERSION_ID])
+            prev = None if row is None else scan_queries.live_entry_at(conn, path)
             if self._unmounted(conn, path, st, prev):
                 continue
             try:
@@ -420,16 +420,15 @@ class Scanner:
                 continue
             if visited is None or not visited[1]:
                 continue
-            child_id = prev.path_id if prev is not None and prev.kind == KIND_DIR else None
-            self._descend(stack, path, st, root_dev, child_id)
+            self._descend(stack, path, st, root_dev, prev is not None and prev.kind == KIND_DIR)
 
     def _descend(
         self,
-        stack: list[tuple[bytes, int | None]],
+        stack: list[tuple[bytes, bool]],
         path: bytes,
         st: os.stat_result,
         root_dev: int,
-        path_id: int | None,
+        recorded: bool,
     ) -> None:
         """Walk into the directory `path` later, unless --one-file-system keeps us out of it or
         it is a pseudo file system below the source (noted; what was backed up of it goes)."""
@@ -441,8 +440,10 @@ class Scanner:
             for below in scan_queries.live_entries_below(self.conn, path):
                 self._queue(self.conn, below.path, "deleted", below, below)
             return
-        stack.append((path, path_id))
+        stack.append((path, recorded))
 
     def _delete_live(self, conn: sqlite3.Connection, row: tuple[Any, ...]) -> None:
         """A live child (a scan_queries.live_children row) is no longer there."""
-        self._delete(conn, scan_queries.live_entry(conn, row[_VERSION_ID]))
+        prev = scan_queries.live_entry_at(conn, row[0])
+        if prev is not None:
+            self._delete(conn, prev)
