@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from deltagrid.commands.init import ensure
 from deltagrid.config import Config
 from deltagrid.floor.errors import EXIT_OK, EXIT_UNREADABLE, UsageError
-from deltagrid.floor.units import count, human_duration
+from deltagrid.floor.units import count, human_duration, plural
 from deltagrid.home import Home
 from deltagrid.output import Output
 from deltagrid.scanner.excludes import Excludes
@@ -183,7 +183,7 @@ def scan_text(result: ScanResult, out: Output, seconds: float | None = None) -> 
     took = f" in {human_duration(seconds)}" if seconds is not None else ""
     out.info(f"scan {result.scan_id}: {counts}; {count(result.unchanged)} unchanged{took}")
     if result.skipped:
-        out.info(f"  skipped {count(len(result.skipped))} special files")
+        out.info(f"  skipped {plural(len(result.skipped), 'socket')}")
     for path, message in result.errors:
         out.info(f"  unreadable: {os.fsdecode(path)}: {message}")
 
