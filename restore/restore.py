@@ -516,6 +516,8 @@ class Restorer:
         """A FIFO or device node, made at a temporary name (mknod never follows a symlink) and
         never opened: opening a FIFO waits for a writer, and opening some devices acts (a tape
         rewinds). Making a device node takes root (CAP_MKNOD): otherwise an error names it."""
+        if e.kind not in SPECIALS:  # a catalog this deltagrid did not write
+            raise CorruptData(f"unknown entry kind {e.kind!r}")
         dest = self._leaf(e.path)
         if not self._wanted(
             e, dest, lambda: os.lstat(dest).st_rdev == (e.rdev or 0), self._count_same

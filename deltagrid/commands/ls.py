@@ -54,7 +54,7 @@ def run(args: argparse.Namespace, home: Home, out: Output) -> int:
         raise UsageError(f"snapshot {snap.id} has nothing at {path_text(path)}{hint}")
     docs = []
     for e in entries:
-        mode = stat.filemode(TYPE_BITS[e.kind] | e.mode)
+        mode = stat.filemode(TYPE_BITS.get(e.kind, 0) | e.mode)  # ? for a kind unknown here
         name = os.fsdecode(e.path)
         shown = escaped(e.path) + (f" -> {escaped(e.target or b'')}" if e.kind == "l" else "")
         size = str(e.size) if e.rdev is None else f"{os.major(e.rdev)}, {os.minor(e.rdev)}"

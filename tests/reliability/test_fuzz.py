@@ -450,7 +450,8 @@ _NAMES = [b"..", b".", b"", b"sub", b"a.txt", b"big.bin", b"link", b"d", b"x\0y"
 @st.composite
 def _evil_rows(draw: st.DrawFn, src: bytes, outside: bytes) -> dict[bytes, dict[str, Any]]:
     """Versions to add to the latest snapshot: paths with '..', '.', empty parts, NULs,
-    relative or absolute beginnings; files, directories and symlinks (pointing outside too)."""
+    relative or absolute beginnings; files, directories, symlinks (pointing outside too),
+    FIFOs, device nodes (odd numbers too) and kinds no deltagrid writes."""
     rows: dict[bytes, dict[str, Any]] = {}
     for _ in range(draw(st.integers(1, 5))):
         parts = draw(
@@ -459,11 +460,16 @@ def _evil_rows(draw: st.DrawFn, src: bytes, outside: bytes) -> dict[bytes, dict[
             )
         )
         start = draw(st.sampled_from([src + b"/", src, b"/", b"", b"/../"]))
-        kind = draw(st.sampled_from(["f", "f", "d", "l"]))
+        kind = draw(st.sampled_from(["f", "f", "d", "l", "p", "c", "b", "s", ""]))
         row: dict[str, Any] = {"kind": kind}
         if kind == "l":
             row["target"] = draw(st.sampled_from([outside, b"../../../..", b"/", b"a.txt"]))
             row["size"] = 0
+        if kind not in ("f", "d", "l"):
+            row["size"] = 0
+            row["rdev"] = draw(
+                st.sampled_from([None, os.makedev(1, 3), -1, 1 << 40, (1 << 63) - 1])
+            )
         if draw(st.integers(0, 3)) == 0:
             row["mode"] = draw(st.sampled_from([0, 0o7777, 0o170777, -1, (1 << 32) + 0o644]))
         if draw(st.integers(0, 3)) == 0:
