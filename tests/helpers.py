@@ -96,8 +96,9 @@ def describe(root: Path, mtimes: bool = True) -> dict[bytes, tuple]:
                 out[rel] = ("l", os.readlink(full), mtime)
             elif stat.S_ISDIR(st.st_mode):
                 out[rel] = ("d", stat.S_IMODE(st.st_mode), mtime)
-            elif not stat.S_ISREG(st.st_mode):  # a FIFO or device: never opened
-                out[rel] = (stat.S_IFMT(st.st_mode), stat.S_IMODE(st.st_mode), st.st_rdev, mtime)
+            elif not stat.S_ISREG(st.st_mode):  # a FIFO or device (p, c, b): never opened
+                kind = stat.filemode(st.st_mode)[0]
+                out[rel] = (kind, stat.S_IMODE(st.st_mode), st.st_rdev, mtime)
             else:
                 with open(full, "rb") as f:
                     digest = hashlib.blake2b(f.read(), digest_size=16).hexdigest()

@@ -87,6 +87,10 @@ def make_tree(src: Path, big: bool = False) -> None:
     os.symlink(b"/etc/hostname", p(b"absolute-link"))
     os.symlink(NON_UTF8_DIR + b"/inner \xe9t\xe9.txt", p(b"link-\xe9"))
 
+    # a FIFO (never opened: a backup or restore that opened it would wait for a writer)
+    os.mkfifo(p(b"a fifo"))
+    os.chmod(p(b"a fifo"), 0o620)
+
     # 40 levels deep
     deep = p(*[b"level-%02d" % i for i in range(40)])
     os.makedirs(deep)
@@ -113,6 +117,7 @@ def test_restore_reproduces_every_kind_of_entry_with_its_metadata(tmp_path: Path
     doc = backup.json
     assert doc["snapshot_id"] == 1
     assert doc["counts"]["symlinks"] == 6
+    assert doc["counts"]["specials"] == 1
     assert doc["unreadable"] == [] and doc["vanished"] == []
     # a 50 MB random file cannot shrink: it was stored, and whole
     assert doc["bytes_uploaded"] > 50 << 20
@@ -124,6 +129,7 @@ def test_restore_reproduces_every_kind_of_entry_with_its_metadata(tmp_path: Path
     assert restored.json["errors"] == []
     assert restored.json["hardlinks"] == 2
     assert restored.json["symlinks"] == 6
+    assert restored.json["specials"] == 1
 
     out = restored_root(target, src)
     assert describe(out) == before
@@ -199,6 +205,8 @@ def test_ls_lists_every_entry_of_the_snapshot(tmp_path: Path, cli) -> None:
             assert len(e["hash"]) == 64
         elif d[0] == "d":
             assert (e["mode"], e["mtime_ns"]) == (d[1], d[2]), path
+        elif d[0] == "p":
+            assert (e["mode"], e["mtime_ns"], e.get("rdev")) == (d[1], d[3], None), path
         else:
             assert os.fsencode(e["target"]) == d[1], path
             assert e["mtime_ns"] == d[2], path
