@@ -18,12 +18,12 @@ DEVICES = (KIND_CHAR, KIND_BLOCK)
 SPECIALS = (KIND_FIFO, *DEVICES)  # kept as metadata alone, never opened
 # The file-type bits of each kind, for comparing a stat's st_mode with a version's mode.
 TYPE_BITS = {
-    "f": stat.S_IFREG,
-    "d": stat.S_IFDIR,
-    "l": stat.S_IFLNK,
-    "p": stat.S_IFIFO,
-    "c": stat.S_IFCHR,
-    "b": stat.S_IFBLK,
+    KIND_FILE: stat.S_IFREG,
+    KIND_DIR: stat.S_IFDIR,
+    KIND_LINK: stat.S_IFLNK,
+    KIND_FIFO: stat.S_IFIFO,
+    KIND_CHAR: stat.S_IFCHR,
+    KIND_BLOCK: stat.S_IFBLK,
 }
 
 _NS_RANGE = range(-(1 << 63), 1 << 63)  # SQLite's INTEGER: 1677-09-21 to 2262-04-11 in ns

@@ -57,7 +57,7 @@ def run(args: argparse.Namespace, home: Home, out: Output) -> int:
         mode = stat.filemode(TYPE_BITS.get(e.kind, 0) | e.mode)  # ? for a kind unknown here
         name = os.fsdecode(e.path)
         shown = escaped(e.path) + (f" -> {escaped(e.target or b'')}" if e.kind == "l" else "")
-        size = str(e.size) if e.rdev is None else f"{os.major(e.rdev)}, {os.minor(e.rdev)}"
+        size = str(e.size) if e.rdev is None else _device(e.rdev)
         out.line(f"{mode} {e.uid:>5} {e.gid:>5} {size:>12} {iso(e.mtime_ns)} {shown}")
         doc = {
             "path": name,
@@ -77,3 +77,11 @@ def run(args: argparse.Namespace, home: Home, out: Output) -> int:
         docs.append(doc)
     out.document({"snapshot_id": snap.id, "entries": docs})
     return 0
+
+
+def _device(rdev: int) -> str:
+    """`major, minor`, as ls -l shows a device node (the raw number if it is no device's)."""
+    try:
+        return f"{os.major(rdev)}, {os.minor(rdev)}"
+    except (OverflowError, ValueError):
+        return str(rdev)
