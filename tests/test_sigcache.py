@@ -92,10 +92,10 @@ def test_a_failed_write_is_raised_by_the_next_wait(
     cache = SigCache(tmp_path / "sigs")
     cache.put(_key(1), b"a signature")
 
-    def full(conn: sqlite3.Connection, statement: str, rows) -> None:
+    def full(conn: sqlite3.Connection, puts: dict[bytes, bytes]) -> None:
         raise sqlite3.OperationalError("database or disk is full")
 
-    monkeypatch.setattr(sigcache, "_write", full)
+    monkeypatch.setattr(sigcache, "_put", full)
     cache.flush()
     with pytest.raises(sqlite3.OperationalError, match="disk is full"):
         cache.wait()
@@ -119,6 +119,32 @@ def test_a_damaged_row_reads_as_missing(tmp_path: Path) -> None:
     cache.flush()
     cache.wait()
     assert SigCache(root).get(_key(1)) == b"rebuilt"
+
+
+def test_large_signatures_are_written_and_read_in_place_and_checked(tmp_path: Path) -> None:
+    """A signature past sigcache._IN_PLACE goes through incremental blob I/O, beside small ones
+    in the same transaction; it reads back whole, replaces an older one, and a byte changed in
+    it reads as missing."""
+    root = tmp_path / "sigs"
+    big, bigger = os.urandom(sigcache._IN_PLACE + 5), os.urandom(3 * sigcache._IN_PLACE)
+    cache = SigCache(root)
+    cache.put(_key(1), big)
+    cache.put(_key(2), b"small")
+    cache.close()
+    with closing(sqlite3.connect(root / "signatures.sqlite")) as conn:
+        stored = dict(conn.execute("SELECT hash, sig FROM sig").fetchall())
+    assert stored == {_key(1): big, _key(2): b"small"}
+    cache = SigCache(root)
+    assert cache.get(_key(1)) == big and cache.get(_key(2)) == b"small"
+    cache.put(_key(1), bigger)
+    cache.flush()
+    assert cache.get(_key(1)) == bigger  # after the write: from the database
+    assert _rows(root) == 2
+    with sqlite3.connect(root / "signatures.sqlite") as conn:
+        damaged = bytes([bigger[0] ^ 1]) + bigger[1:]
+        conn.execute("UPDATE sig SET sig = ? WHERE hash = ?", (damaged, _key(1)))
+    assert cache.get(_key(1)) is None
+    cache.close()
 
 
 def test_discard_drops_the_row_and_the_buffered_put(tmp_path: Path) -> None:
