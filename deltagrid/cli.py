@@ -194,13 +194,12 @@ def _dispatch(args: argparse.Namespace, home: Home, out: Output) -> tuple[int, s
     except DeltagridError as exc:
         return _failed(out, str(exc), exc.exit_code)
     except KeyboardInterrupt as exc:  # Interrupted: SIGINT, SIGTERM or SIGHUP (interrupts.py)
-        if not isinstance(exc, Interrupted):
-            exc = Interrupted(signal.SIGINT, "SIGINT")
-        sys.stderr.write(f"deltagrid: {exc}; run the command again to finish\n")
-        out.document({"error": str(exc), "exit_code": exc.exit_code})
-        return exc.exit_code, str(exc)
+        return _interrupted(out, exc)
     except OSError as exc:  # disk full, permissions on the home: no traceback, name the file
         where = f" ({user_path(exc.filename)})" if exc.filename else ""
+        signalled = _signal_behind(exc)
+        if signalled is not None:  # a clean-up failed while stopping: the signal is the news
+            return _interrupted(out, signalled, f"{exc.strerror or exc}{where}")
         return _failed(out, f"{exc.strerror or exc}{where}", EXIT_ERROR)
     except Exception as exc:
         if not _backupdb_write_error(exc):
@@ -216,6 +215,29 @@ def _backupdb_write_error(exc: Exception) -> bool:
         return True
     sqlalchemy_exc = sys.modules.get("sqlalchemy.exc")
     return sqlalchemy_exc is not None and isinstance(exc, sqlalchemy_exc.OperationalError)
+
+
+def _interrupted(out: Output, exc: KeyboardInterrupt, also: str | None = None) -> tuple[int, str]:
+    """A run stopped by a signal: one line, the signal's exit code. `also`: what a clean-up
+    met while stopping (a signal lands anywhere), named after it."""
+    if not isinstance(exc, Interrupted):
+        exc = Interrupted(signal.SIGINT, "SIGINT")
+    met = f" (stopping, it met: {also})" if also else ""
+    sys.stderr.write(f"deltagrid: {exc}; run the command again to finish{met}\n")
+    out.document({"error": str(exc), "exit_code": exc.exit_code})
+    return exc.exit_code, str(exc)
+
+
+def _signal_behind(exc: BaseException) -> Interrupted | None:
+    """The signal `exc` was raised while stopping for, if any (its context chain has it)."""
+    seen: set[int] = set()
+    context = exc.__context__
+    while context is not None and id(context) not in seen:
+        if isinstance(context, Interrupted):
+            return context
+        seen.add(id(context))
+        context = context.__context__
+    return None
 
 
 def _failed(out: Output, message: str, code: int) -> tuple[int, str]:

@@ -1,0 +1,46 @@
+"""A clean-up that fails while a run stops for a signal: the run still says it was interrupted
+(exit 128 + the signal) and names what the clean-up met, instead of reporting that error as if
+it were the run's own (CI once saw a prune stopped by SIGTERM end "error: Bad file descriptor",
+exit 1)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from deltagrid.commands import snapshots
+
+
+def test_a_clean_up_failing_after_a_signal_still_reports_the_signal(
+    tmp_path: Path, cli_in, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_text("a\n")
+    home = tmp_path / "home"
+    assert cli_in(home, "backup", src).code == 0
+    never_open = 1 << 30  # no descriptor has this number: closing it fails with EBADF
+
+    def run(*_args: object) -> int:
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)  # a real signal, handled between bytecodes
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                pass
+            return 0
+        finally:
+            os.close(never_open)  # a clean-up that fails as the signal unwinds the run
+
+    monkeypatch.setattr(snapshots, "run", run)
+    stopped = cli_in(home, "snapshots")
+    assert stopped.code == 128 + signal.SIGTERM
+    assert stopped.err == (
+        "deltagrid: interrupted by SIGTERM; run the command again to finish "
+        "(stopping, it met: Bad file descriptor)\n"
+    )
+    monkeypatch.undo()
+    assert cli_in(home, "snapshots").code == 0  # nothing else is left behind
