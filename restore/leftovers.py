@@ -18,13 +18,8 @@ import shutil
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-KINDS = (
-    b"restore",
-    b"file",
-    b"link",
-    b"special",
-    b"rebuild",
-)  # a work directory, entries being made
+# A work directory, then the entries being made (FIFOs and devices as "special").
+KINDS = (b"restore", b"file", b"link", b"special", b"rebuild")
 RESTORE_KINDS = tuple(b".deltagrid-" + kind for kind in KINDS)
 
 

@@ -35,6 +35,7 @@ FLUSH_BYTES = 64 << 20  # a huge run's buffer is written before it grows past th
 # and at a 1 GiB file's 18 MiB those copies were the delta backup's peak memory.
 _IN_PLACE = 1 << 20
 _T = TypeVar("_T")
+_INSERT = "INSERT OR REPLACE INTO sig VALUES (?, ?, ?)"  # hash, signature, its BLAKE2b
 _SETUP = """
     PRAGMA busy_timeout=10000;
     PRAGMA journal_mode=WAL;
@@ -129,7 +130,7 @@ class SigCache:
             self.conn.executescript(_SETUP)
             old = [d for d in self.root.iterdir() if len(d.name) == 2 and d.is_dir()]
             if old:
-                _write(self.conn, "INSERT OR REPLACE INTO sig VALUES (?, ?, ?)", _read_old(old))
+                _write(self.conn, _INSERT, _read_old(old))
                 for d in old:
                     shutil.rmtree(d)
         return self.conn
@@ -144,7 +145,7 @@ def _put(conn: sqlite3.Connection, puts: dict[bytes, bytes]) -> None:
     """Write `puts` in one transaction; a large signature into a zeroblob, in place."""
     small = [(h, s, digest(s)) for h, s in puts.items() if len(s) < _IN_PLACE]
     with conn:
-        conn.executemany("INSERT OR REPLACE INTO sig VALUES (?, ?, ?)", small)
+        conn.executemany(_INSERT, small)
         for h, s in puts.items():
             if len(s) >= _IN_PLACE:
                 row = conn.execute(

@@ -55,7 +55,7 @@ from deltagrid.uploader.spool import WORK_PREFIX, clear_leftovers
 
 _VANISHED = {errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.ENXIO}
 _BATCH = 256
-_COUNTED = {"f": "files", "d": "dirs", "l": "symlinks"}  # any other kind: "specials"
+_COUNTED = {KIND_FILE: "files", KIND_DIR: "dirs", KIND_LINK: "symlinks"}  # else "specials"
 _FED_AHEAD = 8  # queue batches fed to the read-ahead beyond the one at hand
 _PACK_ENTRIES = 20_000  # a pack of tiny files is put early: each entry waiting costs ~2 KB
 _DEFERRED = 64  # big files read ahead of the main thread, at most
