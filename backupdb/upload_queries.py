@@ -4,7 +4,7 @@ A night with work to upload runs on sqlite3 alone, like a quiet one (connection.
 Reads run on their own; the writers below run inside the caller's transaction
 (connection.transaction): the uploader records each pack, its blobs, the finished entries'
 contents, paths and versions, and their queue rows' done marks in one, so a kill loses at most
-the pack in flight.
+the packs put and not yet recorded (uploader/recorder.py: two).
 """
 
 from __future__ import annotations

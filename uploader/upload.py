@@ -4,8 +4,9 @@ Per file: one consistent read gives the content hash and the new signature; know
 reused (renames and copies upload nothing); otherwise an rdiff delta against the previous
 version's signature is stored, or a keyframe when the chain would grow past its bound. Blobs go
 to a local spool pack; when it is full it is put to the store and, in one transaction, the pack,
-its blobs, the finished files' versions and their queue rows' done marks are recorded. A kill at
-any point loses at most the pack in flight.
+its blobs, the finished files' versions and their queue rows' done marks are recorded (by the
+recorder process, on a large upload: recorder.py). A kill at any point loses at most the two
+packs put and not yet recorded.
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ from pathlib import Path
 from typing import BinaryIO
 
 from deltagrid.backupdb import scan_queries, snapshots, upload_queries
-from deltagrid.backupdb.connection import transaction
 from deltagrid.backupdb.entries import KIND_DIR, KIND_FILE, KIND_LINK, Meta, kind_of
 from deltagrid.backupdb.scan_queries import LiveEntry
 from deltagrid.backupdb.upload_queries import QueueRow
@@ -37,7 +37,7 @@ from deltagrid.store.base import Store
 from deltagrid.uploader.bigfiles import BigReader
 from deltagrid.uploader.catalog import CatalogCache
 from deltagrid.uploader.contents import Contents, previous_content
-from deltagrid.uploader.packing import FinishedPack, Packer, PendingBlob
+from deltagrid.uploader.packing import FinishedPack, Packer
 from deltagrid.uploader.pieces import Squeezer
 from deltagrid.uploader.readahead import Prepared, ReadAhead, Taken, discard
 from deltagrid.uploader.reader import (
@@ -47,7 +47,8 @@ from deltagrid.uploader.reader import (
     copy_source,
     read_source,
 )
-from deltagrid.uploader.recording import PendingContent, Record, record_entries
+from deltagrid.uploader.recorder import Recorder
+from deltagrid.uploader.recording import PendingContent, PutPack, Record
 from deltagrid.uploader.result import UploadResult
 from deltagrid.uploader.settings import UploadSettings
 from deltagrid.uploader.sigcache import SigCache
@@ -122,6 +123,8 @@ class Uploader:
             db = self.conn.execute("PRAGMA database_list").fetchone()[2]
             self.big = BigReader(self.settings, self.squeezer, self.spool, self.workdir, db)
             parts.callback(self.big.close)
+            self.recorder = Recorder(self.conn, Path(db), self._recorded)
+            parts.callback(self.recorder.close)
             self.catalog = CatalogCache(self.conn, self.ahead.ready_digests)
             self._drain()
         return self.result
@@ -169,6 +172,7 @@ class Uploader:
                 self._flush_pack()
         self._settle(everything=True)
         self._flush_pack()
+        self.recorder.wait()
         for unused in upload_queries.unused_contents(conn, self.ended_contents):
             self.sigcache.discard(unused)
 
@@ -457,29 +461,24 @@ class Uploader:
         self.result.bytes_uploaded += pack.size
         self._record((ref, pack.size, pack.blobs), with_entries)
 
-    def _record(
-        self, pack: tuple[str, int, list[PendingBlob]] | None = None, with_entries: bool = True
-    ) -> None:
-        """Record the pack put (if any) and every finished entry: one transaction."""
-        with transaction(self.conn) as conn:
-            snapshot_id = self.result.snapshot_id
-            if pack is not None:
-                ref, size, blobs = pack
-                pack_id = upload_queries.add_pack(conn, ref, size, snapshot_id)
-                entries = [
-                    (e.offset, e.length, e.raw_length, e.hash) for e in (b.entry for b in blobs)
-                ]
-                ids = upload_queries.add_blobs(conn, pack_id, entries)
-                for blob, blob_id in zip(blobs, ids, strict=True):
-                    blob.id = blob_id
-            new = record_entries(conn, self.records, snapshot_id) if with_entries else []
-        if pack is not None:  # now committed: the catalog cache may count on them
+    def _record(self, pack: PutPack | None = None, with_entries: bool = True) -> None:
+        """Record the pack put (if any) and every finished entry: one transaction, written by
+        the recorder while this thread goes on. A side pack's blobs have their ids before the
+        big file's content names them."""
+        records: list[Record] = []
+        if with_entries:
+            records, self.records = self.records, []
+        self.recorder.submit(pack, records, self.result.snapshot_id)
+        if not with_entries:
+            self.recorder.wait()
+
+    def _recorded(self, pack: PutPack | None, new: list[PendingContent]) -> None:
+        """A transaction committed: the catalog cache may count on what it added."""
+        if pack is not None:
             self.catalog.added_blobs((b.entry.hash, b.id) for b in pack[2] if b.id is not None)
         self.catalog.added_contents((c.digest, c.id) for c in new if c.id is not None)
-        if with_entries:
-            self.records = []
-            self.sigcache.flush()
-            self.contents.recorded()
+        self.sigcache.flush()
+        self.contents.recorded()
 
 
 def _same_second(meta: Meta, start_ns: int) -> bool:

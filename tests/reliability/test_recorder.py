@@ -1,0 +1,156 @@
+"""The upload's recorder process: a large upload's transactions are written by a second process
+(uploader/recorder.py). Real backups of thousands of files, the process found in /proc, real
+SIGKILL and SIGTERM: what it recorded restores exactly, it never outlives the upload, and an
+upload whose recorder died says so in one line and is finished by the next run."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import dg_started
+from tests.reliability.test_signals import assert_no_litter, assert_restores
+from tests.test_maintenance import call, configure, ok
+
+RECORDER = b"deltagrid.uploader.recorder"
+
+
+def tree(src: Path, files: int, seed: int = 0) -> None:
+    """`files` small files of their own bytes in directories of 500, a few symlinks."""
+    rng = random.Random(seed)
+    for i in range(files):
+        path = src / f"d{i // 500:03d}" / f"f{i:05d}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(rng.randbytes(rng.randint(1, 200)))
+        os.utime(path, ns=(1_600_000_000 * 10**9, 1_600_000_000 * 10**9))  # no same-second reread
+    for i in range(3):
+        (src / f"link{i}").symlink_to(f"d000/f{i:05d}")
+
+
+def recorders(home: Path) -> list[int]:
+    """The pids of recorder processes writing into `home`'s backupdb."""
+    db = os.fsencode(home / "backupdb.sqlite")
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if RECORDER in argv and db in argv:
+                found.append(int(entry))
+    return found
+
+
+def started_with_recorder(home: Path, src: Path) -> tuple[subprocess.Popen[str], int]:
+    """A backup started, once its recorder process has the backupdb open and has had a moment
+    to say it is ready: the backup, the recorder's pid."""
+    proc = dg_started(home, "backup", src)
+    db = str(home / "backupdb.sqlite")
+    deadline = time.monotonic() + 120
+    while not (found := [pid for pid in recorders(home) if holds(pid, db)]):
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline
+        time.sleep(0.001)
+    time.sleep(0.1)
+    return proc, found[0]
+
+
+def holds(pid: int, path: str) -> bool:
+    try:
+        return any(
+            os.readlink(f"/proc/{pid}/fd/{fd}") == path for fd in os.listdir(f"/proc/{pid}/fd")
+        )
+    except OSError:
+        return False
+
+
+def gone(home: Path) -> bool:
+    """Whether no recorder of `home` is left (a killed one may take a moment to be reaped)."""
+    deadline = time.monotonic() + 10
+    while recorders(home):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+@pytest.fixture
+def big(tmp_path: Path) -> tuple[Path, Path]:
+    """A home, and a tree whose upload takes a few transactions of thousands of entries (a
+    pack of 256 KiB holds about 2,000 of its files)."""
+    home, src = tmp_path / "home", tmp_path / "src"
+    configure(home, pack_size=256 << 10)
+    tree(src, 8_000)
+    return home, src
+
+
+def test_a_large_upload_is_recorded_by_a_process_and_restores_exactly(
+    big: tuple[Path, Path], tmp_path: Path
+) -> None:
+    home, src = big
+    proc, _pid = started_with_recorder(home, src)
+    _out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert gone(home)
+    assert_restores(home, src, tmp_path / "restored")
+    assert ok(home, "verify", "--read-data")["problems"] == []
+    assert ok(home, "backup", src)["counts"].get("files", 0) == 0  # all of it was recorded
+
+
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM])
+def test_an_upload_stopped_while_its_recorder_works_leaves_none_and_the_rerun_finishes(
+    big: tuple[Path, Path], tmp_path: Path, signum: int
+) -> None:
+    """SIGKILL: the recorder dies with the upload (its transaction rolls back). SIGTERM: the
+    upload stops cleanly, the recorder finishing its transaction first."""
+    home, src = big
+    proc, _pid = started_with_recorder(home, src)
+    time.sleep(random.uniform(0, 0.3))
+    proc.send_signal(signum)
+    _out, err = proc.communicate(timeout=300)
+    assert gone(home), "a recorder outlived its upload"
+    if signum == signal.SIGTERM and proc.returncode != 0:
+        assert proc.returncode == 143, err
+        assert err.splitlines() == [
+            "deltagrid: interrupted by SIGTERM; run the command again to finish"
+        ], err
+    else:
+        assert proc.returncode in (0, -signal.SIGKILL), err
+    if signum == signal.SIGTERM:
+        assert_no_litter(home)
+    rerun = call(home, "backup", src)
+    assert rerun.code == 0, rerun.err
+    assert_no_litter(home)
+    assert_restores(home, src, tmp_path / "restored")
+    assert ok(home, "verify", "--read-data")["problems"] == []
+
+
+def test_a_recorder_that_dies_stops_the_upload_with_one_line_and_the_rerun_finishes(
+    big: tuple[Path, Path], tmp_path: Path
+) -> None:
+    home, src = big
+    proc, pid = started_with_recorder(home, src)
+    proc.send_signal(signal.SIGSTOP)  # its next transaction is surely still to come
+    try:
+        os.kill(pid, signal.SIGKILL)
+        assert gone(home)
+    finally:
+        proc.send_signal(signal.SIGCONT)
+    _out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 1, err
+    line = (
+        f"deltagrid: error: the process recording into backupdb {home / 'backupdb.sqlite'} "
+        "ended unexpectedly; run the command again to finish"
+    )
+    assert err.splitlines() == [line], err
+    assert_no_litter(home)
+    assert ok(home, "backup", src)["counts"]["files"] > 0
+    assert_restores(home, src, tmp_path / "restored")
+    assert ok(home, "verify", "--read-data")["problems"] == []
