@@ -64,6 +64,10 @@ DROPPED_INDEXES = (
     "queue_by_scan",
     "queue_by_path",
 )
+# What SQLite raises on a damaged file: its own errors, or a UnicodeDecodeError when the error
+# message it builds quotes damaged bytes (a table name in a broken schema) that are not UTF-8:
+# the sqlite3 module then cannot make the message a str.
+DAMAGE = (sqlite3.DatabaseError, UnicodeDecodeError)
 # What `create` runs: generated from schema.py by `python -m deltagrid.backupdb.schema_sql`.
 SCHEMA_SQL = Path(__file__).with_name("schema.sql")
 _CREATE = re.compile(r"^(CREATE (?:UNIQUE )?(?:TABLE|INDEX)) ")
@@ -175,7 +179,7 @@ def open_checked(
         except BaseException:
             conn.close()
             raise
-    except sqlite3.DatabaseError as exc:
+    except DAMAGE as exc:
         raise open_error(path, exc) from None
     if version < SCHEMA_VERSION and read_only:
         conn.close()
@@ -198,7 +202,7 @@ def check_pages(path: Path) -> None:
     try:
         with closing(connect(path)) as conn:
             _check(conn, path)
-    except sqlite3.DatabaseError as exc:
+    except DAMAGE as exc:
         raise open_error(path, exc) from None
 
 
@@ -232,8 +236,13 @@ def _inspect(conn: sqlite3.Connection, path: Path, check: bool) -> int:
     return version
 
 
-def open_error(path: Path, exc: sqlite3.DatabaseError) -> BackupDBError:
+def open_error(path: Path, exc: sqlite3.DatabaseError | UnicodeDecodeError) -> BackupDBError:
     """The one-line error for a backupdb SQLite could not open or read."""
+    if isinstance(exc, UnicodeDecodeError):
+        return BackupDBError(
+            f"backupdb {path} is damaged (SQLite's error names bytes that are not text); "
+            "repair it with 'deltagrid attach'"
+        )
     if (getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF in (
         sqlite3.SQLITE_FULL,
         sqlite3.SQLITE_IOERR,

@@ -198,7 +198,7 @@ class Home:
         try:
             try:
                 yield
-            except sqlite3.DatabaseError:
+            except connection.DAMAGE:
                 checking.result()  # damage: its error instead
                 raise
             checking.result()

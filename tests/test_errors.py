@@ -142,7 +142,14 @@ def _damage_an_index(path: Path) -> bytes:
     return data[:start] + b"\xff" * page_size + data[start + page_size :]
 
 
-@pytest.mark.parametrize("damage", ["garbage", "truncated", "empty", "index-page"])
+def _unreadable_table_name(data: bytes) -> bytes:
+    """The backupdb with a byte of a table's name in the schema made one that is not UTF-8:
+    SQLite quotes the name in its error, which the sqlite3 module cannot decode."""
+    at = data.index(b"tablepathspaths") + len(b"tablep")
+    return data[:at] + b"\x80" + data[at + 1 :]
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "empty", "index-page", "table-name"])
 def test_corrupt_backupdb_points_to_attach(home: Path, cli, repo: Path, damage: str) -> None:
     path = home / "backupdb.sqlite"
     assert not Path(f"{path}-wal").exists() or Path(f"{path}-wal").stat().st_size == 0
@@ -152,6 +159,7 @@ def test_corrupt_backupdb_points_to_attach(home: Path, cli, repo: Path, damage: 
         "truncated": lambda: data[:5000],
         "empty": lambda: b"",
         "index-page": lambda: _damage_an_index(path),  # the rest of the file is fine
+        "table-name": lambda: _unreadable_table_name(data),
     }
     path.write_bytes(damaged[damage]())
     one_error(dg(home, "backup", repo), 1, f"backupdb {path}", "deltagrid attach")

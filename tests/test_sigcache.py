@@ -187,8 +187,10 @@ def test_the_old_layout_is_imported_and_removed(tmp_path: Path) -> None:
     assert _rows(root) == 4
 
 
-@pytest.mark.parametrize("damage", ["garbage", "pages"])
+@pytest.mark.parametrize("damage", ["garbage", "pages", "table name"])
 def test_a_database_that_does_not_open_is_replaced(tmp_path: Path, damage: str) -> None:
+    """ "table name": a byte of the schema's table name that is not UTF-8, which SQLite quotes
+    in its error (the sqlite3 module then raises UnicodeDecodeError)."""
     root = tmp_path / "sigs"
     db = root / "signatures.sqlite"
     cache = SigCache(root)
@@ -196,6 +198,10 @@ def test_a_database_that_does_not_open_is_replaced(tmp_path: Path, damage: str) 
     cache.close()
     if damage == "garbage":
         db.write_bytes(b"not a database at all\n" * 100)
+    elif damage == "table name":
+        data = db.read_bytes()
+        at = data.index(b"tablesigsig") + len(b"tables")
+        db.write_bytes(data[:at] + b"\x80" + data[at + 1 :])
     else:  # a valid header, then every page overwritten
         with open(db, "r+b") as f:
             f.seek(100)

@@ -26,6 +26,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
+from deltagrid.backupdb.connection import DAMAGE
 from deltagrid.floor.pools import shut_down
 from deltagrid.store.pack import digest
 
@@ -111,9 +112,9 @@ class SigCache:
         """`work` on the database; once more on a fresh one if this one is damaged."""
         try:
             return work(self._open())
-        except sqlite3.DatabaseError as exc:
-            if type(exc) is not sqlite3.DatabaseError:  # busy, full disk, I/O...: not damage
-                raise
+        except DAMAGE as exc:
+            if isinstance(exc, sqlite3.DatabaseError) and type(exc) is not sqlite3.DatabaseError:
+                raise  # busy, full disk, I/O...: not damage
         if self.conn is not None:
             self.conn.close()
             self.conn = None

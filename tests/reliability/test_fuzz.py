@@ -582,7 +582,7 @@ def _structurally_damaged(path: Path) -> bool:
         with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as conn:
             ok = conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
         conn.close()
-    except sqlite3.DatabaseError:
+    except (sqlite3.DatabaseError, UnicodeDecodeError):  # its error quotes damaged bytes
         return True
     return not ok
 
