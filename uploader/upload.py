@@ -58,7 +58,9 @@ _VANISHED = {errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.ENXIO}
 _BATCH = 256
 _COUNTED = {KIND_FILE: "files", KIND_DIR: "dirs", KIND_LINK: "symlinks"}  # else "specials"
 _FED_AHEAD = 8  # queue batches fed to the read-ahead beyond the one at hand
-_PACK_ENTRIES = 20_000  # a pack of tiny files is put early: each entry waiting costs ~2 KB
+# A pack of tiny files is put early: each entry waiting costs ~2 KB, and the last transaction,
+# which nothing overlaps, is short (5,000 tiny files: 0.92x the wall time of 20,000, 0.7x the RSS).
+_PACK_ENTRIES = 5_000
 _DEFERRED = 64  # big files read ahead of the main thread, at most
 _BIG_AHEAD = 4  # big files started beyond the batch at hand, at most...
 _LOOK_AHEAD = 4096  # ...among this many queue rows beyond it
