@@ -1,7 +1,8 @@
 """The upload's recorder process: a large upload's transactions are written by a second process
 (uploader/recorder.py). Real backups of thousands of files, the process found in /proc, real
 SIGKILL and SIGTERM: what it recorded restores exactly, it never outlives the upload, and an
-upload whose recorder died says so in one line and is finished by the next run."""
+upload whose recorder died, or met a full disk, says so in one line and is finished by the
+next run."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import dg_started
+from tests.helpers import dg_started, one_error
+from tests.reliability.test_resources import FULL, MiB, Tmpfs, fill, tmpfs  # noqa: F401
 from tests.reliability.test_signals import assert_no_litter, assert_restores
 from tests.test_maintenance import call, configure, ok
 
@@ -152,5 +154,38 @@ def test_a_recorder_that_dies_stops_the_upload_with_one_line_and_the_rerun_finis
     assert err.splitlines() == [line], err
     assert_no_litter(home)
     assert ok(home, "backup", src)["counts"]["files"] > 0
+    assert_restores(home, src, tmp_path / "restored")
+    assert ok(home, "verify", "--read-data")["problems"] == []
+
+
+def test_a_disk_that_fills_while_the_recorder_writes_fails_cleanly_and_the_rerun_finishes(
+    tmp_path: Path,
+    cli_in,
+    tmpfs: Tmpfs,  # noqa: F811 - the fixture, imported above
+) -> None:
+    """The home on a small tmpfs, filled so that a few hundred KiB are left: the recorder's
+    transaction meets the full disk (SQLite rolls it back), and the upload says so in one line
+    naming the backupdb, publishing nothing; with room again, the next run finishes."""
+    home = tmpfs.mount(tmp_path / "home", 64 * MiB)
+    src = tmp_path / "src"
+    assert cli_in(home, "init").code == 0
+    with open(home / "config.toml", "a") as f:
+        f.write("\n[upload]\npack_size = 262144\n")
+    tree(src, 8_000)
+    recorder_failed = 0
+    for leave in (192 << 10, 384 << 10, 768 << 10):
+        filler = fill(home, leave)
+        run = cli_in(home, "backup", src)
+        filler.unlink()
+        assert cli_in(home, "--json", "snapshots").json["snapshots"] == [], "nothing published"
+        if run.code == 0:
+            break
+        line = one_error(run, 1, str(home))
+        assert any(why in line for why in FULL), line
+        recorder_failed += line.startswith(f"deltagrid: error: backupdb {home}")
+        assert gone(home)
+    assert recorder_failed, "no full disk met the recorder"
+    final = cli_in(home, "backup", src)
+    assert final.code == 0, final.err
     assert_restores(home, src, tmp_path / "restored")
     assert ok(home, "verify", "--read-data")["problems"] == []
