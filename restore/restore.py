@@ -127,6 +127,7 @@ class Restorer:
         self.made: set[bytes] = set()
         self.chains: dict[int, list[Any]] = {}  # content id -> its chain rows, from the plan
         self.token = os.urandom(6).hex().encode()  # names this restore's temporary entries
+        self.work: Path | None = None  # this restore's work directory, in the target
         self.names = itertools.count()
         self.workdirs: dict[bytes, Path] = {}
         self.on_total = on_total or (lambda _n: None)
@@ -173,13 +174,15 @@ class Restorer:
             self._guard(e, self._dir)
         files, plan, order = self._plan(files)
         where, prefix = os.fsdecode(self.target), tagged(".deltagrid-restore")
-        work = Path(tempfile.mkdtemp(dir=where, prefix=prefix))
+        self.work = work = Path(tempfile.mkdtemp(dir=where, prefix=prefix))
         self.source = Fetcher(self.store, work, plan, order)
         try:
             self._files(files)
         finally:
-            self.source.close()
-            shutil.rmtree(work, ignore_errors=True)
+            try:
+                self.source.close()
+            finally:  # even when a signal lands in the close
+                shutil.rmtree(work, ignore_errors=True)
         for e in specials:
             self._guard(e, self._special)
         for e in links:
@@ -366,6 +369,8 @@ class Restorer:
         """Remove what an interruption may have caught between creating one of this run's
         temporary entries and renaming or removing it (each step cleans up after itself; this
         catches the moment in between). Only names carrying this run's token are touched."""
+        if self.work is not None:  # a signal that landed while it was being removed
+            shutil.rmtree(self.work, ignore_errors=True)
         mark, token = b".deltagrid-", self.token
         for directory in self.made | {self.target}:
             try:
