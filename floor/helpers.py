@@ -1,10 +1,10 @@
 """Helper processes of ours: started with this deltagrid importable, fed length-prefixed
 messages on a pipe, and gone when their parent is.
 
-A helper (the upload's recorder and tiny-file reader) reads its input until it ends: the parent
-closes it when done, or the kernel does when the parent dies. On Linux a helper also asks to be
-killed when its parent dies (`die_with_parent`), so a parent killed outright leaves nothing of
-it writing: what it was doing is then cut short as the parent's own work would have been.
+A helper (the upload's recorder) reads its input until it ends: the parent closes it when done,
+or the kernel does when the parent dies. On Linux a helper also asks to be killed when its parent
+dies (`as_helper`), so a parent killed outright leaves nothing of it writing: what it was doing
+is then cut short as the parent's own work would have been.
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from deltagrid.backupdb import upload_queries
+from deltagrid.backupdb.connection import transaction
 from deltagrid.backupdb.entries import Meta
 from deltagrid.uploader.packing import PendingBlob
 
@@ -106,8 +107,7 @@ def _blob(blob: PendingBlob) -> int | bytes:
 def apply(conn: sqlite3.Connection, message: Message) -> Answer:
     """Write the transaction `message` holds: committed whole, or rolled back if it raises."""
     snapshot_id, pack, entries = message
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    with transaction(conn):
         blob_ids: list[int] = []
         in_pack: dict[bytes, int] = {}
         if pack is not None:
@@ -116,11 +116,6 @@ def apply(conn: sqlite3.Connection, message: Message) -> Answer:
             blob_ids = upload_queries.add_blobs(conn, pack_id, index)
             in_pack = {e[3]: blob_id for e, blob_id in zip(index, blob_ids, strict=True)}
         content_ids = _record_entries(conn, snapshot_id, entries, in_pack)
-    except BaseException:
-        if conn.in_transaction:  # SQLite rolls back by itself on some errors (a full disk)
-            conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
     return blob_ids, content_ids
 
 
