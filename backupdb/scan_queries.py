@@ -182,6 +182,21 @@ def interrupted_scan(conn: sqlite3.Connection) -> bool:
     return row is not None and row[0] is None
 
 
+_LIVE_UNDER = f"""
+SELECT EXISTS (SELECT 1 FROM paths p JOIN versions v ON v.path_id = p.id
+WHERE (p.path = ? OR (p.path > ? AND p.path < ?)) AND {LIVE})
+"""
+
+
+def only_new(conn: sqlite3.Connection, roots: Sequence[bytes]) -> bool:
+    """Whether a scan of `roots` can find only new entries, to upload in the order it finds them:
+    no queue row waits for an upload, and no live version lies at or below a root, so none can
+    be changed, deleted or moved (a new file that was one needs the scan's deletions first)."""
+    if conn.execute("SELECT EXISTS (SELECT 1 FROM queue WHERE done = 0)").fetchone()[0]:
+        return False
+    return not any(conn.execute(_LIVE_UNDER, (r, *bounds(r))).fetchone()[0] for r in roots)
+
+
 def pending_totals(conn: sqlite3.Connection) -> tuple[int, int]:
     """(rows, bytes) still to upload."""
     rows, size = conn.execute(

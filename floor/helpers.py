@@ -24,18 +24,23 @@ _PACKAGES = Path(os.path.abspath(__file__)).parents[2]
 _PR_SET_PDEATHSIG = 1
 
 
-def start(module: str, *args: str) -> subprocess.Popen[bytes]:
+def start(module: str, *args: str) -> subprocess.Popen[bytes] | None:
     """`python -m module args...` with a pipe each way; its stderr goes nowhere (a helper that
-    fails shows it by its answers). Signals from the terminal are the parent's to handle."""
+    fails shows it by its answers). Signals from the terminal are the parent's to handle. None
+    if it cannot be started: an interpreter we may not run again (one started by root that
+    then dropped its rights), no process left to have."""
     path = os.environ.get("PYTHONPATH")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(_PACKAGES), path])))
-    return subprocess.Popen(
-        [sys.executable, "-m", module, str(os.getpid()), *args],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        env=env,
-    )
+    try:
+        return subprocess.Popen(
+            [sys.executable, "-m", module, str(os.getpid()), *args],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            env=env,
+        )
+    except OSError:
+        return None
 
 
 def as_helper(parent: int) -> None:

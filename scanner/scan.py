@@ -162,9 +162,12 @@ class Scanner:
         warn: Callable[[str], None] | None = None,
         own: list[bytes] | None = None,
         include_pseudo_fs: bool = False,
+        on_flushed: Callable[[], None] | None = None,
     ) -> None:
         """`own`: deltagrid's folders (the home, a file:// store), never backed up wherever
-        they lie: told by device and inode, so another path to them is caught too."""
+        they lie: told by device and inode, so another path to them is caught too.
+        `on_flushed`: called once each batch of queue rows is committed (an upload beside the
+        scan takes them from there)."""
         self.conn = conn
         self.own_paths = own or []
         self.own: dict[int, int] = {}  # inode -> device
@@ -175,6 +178,7 @@ class Scanner:
         self.pseudo: dict[int, tuple[bytes, str]] = {}  # st_dev -> (mount point, type)
         self.on_entries = on_entries or (lambda _n: None)  # progress: entries listed
         self.warn = warn or (lambda _msg: None)
+        self.on_flushed = on_flushed or (lambda: None)
         self.rows: list[tuple[Any, ...]] = []  # scan_queries.QUEUE_COLUMNS
         self._errors_saved = 0  # scan errors already in the backupdb
 
@@ -222,6 +226,7 @@ class Scanner:
         scan_queries.enqueue(conn, self.result.scan_id, self.rows, errors)
         self._errors_saved += len(errors)
         self.rows = []
+        self.on_flushed()
 
     def _error(self, path: bytes, exc: Exception) -> None:
         """One entry cannot be read: it is named, keeps its live version, and the scan goes on."""

@@ -11,6 +11,7 @@ import pytest
 
 import deltagrid.commands.scan
 from deltagrid.config import line_of, set_top_level
+from deltagrid.scanner.beside import ScanBeside
 from tests.helpers import dg, one_error
 
 
@@ -109,12 +110,18 @@ def test_one_file_system_comes_from_the_config_unless_the_command_line_says(
     write_config(home, f'sources = ["{docs}"]\none_file_system = true\n')
     seen: list[bool] = []
     real = deltagrid.commands.scan.Scanner
+    real_beside = ScanBeside.start
 
     def scanner(*args, **kwargs):
         seen.append(kwargs["one_file_system"])
         return real(*args, **kwargs)
 
+    def beside(self, roots, options):  # a first backup scans in a process of its own
+        seen.append(options["one_file_system"])
+        return real_beside(self, roots, options)
+
     monkeypatch.setattr(deltagrid.commands.scan, "Scanner", scanner)
+    monkeypatch.setattr(ScanBeside, "start", beside)
     for args in (["backup"], ["backup", "--no-one-file-system"], ["scan", "--one-file-system"]):
         assert cli(*args).code == 0
     assert seen == [True, False, True]

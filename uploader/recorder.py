@@ -98,11 +98,13 @@ class Recorder:
             helpers.stop(self.proc, timeout=60)
 
     def _start(self) -> None:
-        """Start the process, and wait for it to say it is ready. One that cannot start (a
-        deltagrid it cannot import, a backupdb it cannot open) is not used: this run records
-        on its own connection, as a small one does."""
+        """Start the process, and wait for it to say it is ready. One that cannot start (an
+        interpreter it may not run, a deltagrid it cannot import, a backupdb it cannot open) is
+        not used: this run records on its own connection, as a small one does."""
         self.may_start = False
         proc = helpers.start(__name__, os.fspath(self.db))
+        if proc is None:
+            return
         assert proc.stdout is not None
         try:
             ready = helpers.read(proc.stdout)

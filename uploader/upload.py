@@ -78,7 +78,11 @@ class Uploader:
         settings: UploadSettings,
         on_progress: Callable[[int], None] | None = None,
         warn: Callable[[str], None] | None = None,
+        scanning: Callable[[bool], bool] | None = None,
     ) -> None:
+        """`scanning(wait)`: whether a scan beside the upload may still queue rows (with
+        `wait`, once it has queued more or ended); None when the scan has finished. A scan
+        beside the upload finds only new entries (scanner/beside.py): none has a live version."""
         self.conn = conn
         self.store = store
         self.spool = spool
@@ -86,6 +90,8 @@ class Uploader:
         self.settings = settings
         self.on_progress = on_progress or (lambda _n: None)
         self.warn = warn or (lambda _m: None)
+        self.scanning = scanning or (lambda _wait: False)
+        self.only_new = scanning is not None
         self.packer = Packer(spool, settings.pack_size, settings.zstd_level)
         self.records: list[Record] = []
         self.ended_contents: set[int] = set()  # their signatures may go once the run is done
@@ -134,16 +140,27 @@ class Uploader:
     def _batches(self) -> Iterator[tuple[list[QueueRow], dict[bytes, LiveEntry]]]:
         """The queue's rows a batch at a time, with their paths' live versions. Each batch's
         small files are fed to the read-ahead `_FED_AHEAD` batches before the main thread
-        reaches them: the reader threads, idle while it records, are then still ahead after."""
+        reaches them: the reader threads, idle while it records, are then still ahead after.
+        Beside a scan, the queue ends only once the scan has: until then a read that finds no
+        row waits for the scan's next batch, unless there are rows at hand to go on with."""
         fed: deque[tuple[list[QueueRow], dict[bytes, LiveEntry]]] = deque()
         after: int | None = 0
         while True:
             while after is not None and len(fed) <= _FED_AHEAD:
+                scanning = self.scanning(False)  # asked first: a scan ended is all in the read
                 rows = upload_queries.pending(self.conn, after, _BATCH)
                 if not rows:
-                    after = None
+                    if not scanning:
+                        after = None
+                    elif not fed:
+                        self.scanning(True)
+                        continue
                     break
-                lives = scan_queries.live_versions(self.conn, [row.path for row in rows])
+                lives = (
+                    {}
+                    if self.only_new
+                    else scan_queries.live_versions(self.conn, [row.path for row in rows])
+                )
                 self.ahead.feed(rows, lives)
                 fed.append((rows, lives))
                 after = rows[-1].id

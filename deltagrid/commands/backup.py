@@ -7,10 +7,13 @@ With no SOURCE it backs up the `sources` of config.toml. On success it prints on
 from __future__ import annotations
 
 import argparse
+import contextlib
 import time
 
+from deltagrid.backupdb import scan_queries
 from deltagrid.commands.init import ensure
 from deltagrid.commands.scan import (
+    ScanPlan,
     add_scan_options,
     own_text,
     run_scan,
@@ -30,6 +33,7 @@ from deltagrid.floor.units import count
 from deltagrid.guard import writable_store
 from deltagrid.home import Home
 from deltagrid.output import Output
+from deltagrid.scanner.beside import ScanBeside
 from deltagrid.scanner.scan import ScanResult
 from deltagrid.uploader.result import UploadResult
 
@@ -59,21 +63,54 @@ def changes_text(scanned: ScanResult, result: UploadResult) -> str:
     return ", ".join(changed) or "no changes"
 
 
+def _scan_beside(plan: ScanPlan, home: Home, out: Output) -> ScanBeside | None:
+    """The scan started in a process of its own, to be uploaded as it goes, if it can find
+    only new entries (scanner/beside.py says why); else None: it runs first, whole."""
+    conn = home.connect()
+    try:
+        if not scan_queries.only_new(conn, plan.roots):
+            return None
+    finally:
+        conn.close()
+    beside = ScanBeside(home.db_path, out.warn)
+    options = {
+        "excludes": plan.excludes,
+        "checksum": plan.checksum,
+        "one_file_system": plan.one_file_system,
+        "own": plan.own,
+        "include_pseudo_fs": plan.include_pseudo_fs,
+    }
+    return beside if beside.start(plan.roots, options) else None
+
+
 def run(args: argparse.Namespace, home: Home, out: Output) -> int:
     plan = scan_plan(args, home, home.settings())  # a missing source fails before anything
     began = time.monotonic()
     with home.lock():
         ensure(home, out)
         store = None
+        beside = None
         try:
             with home.checked_beside():  # the backupdb's pages read while the tree is
                 store = writable_store(home)  # refused before the scan: nothing written
-                scanned = run_scan(plan, home, out)
+                beside = _scan_beside(plan, home, out)
+                if beside is None:
+                    scanned = run_scan(plan, home, out)
         except BaseException:
+            if beside is not None:
+                beside.close()
             if store is not None:
                 store.close()
             raise
-        result, committed = run_upload(home, out, store)
+        if beside is None:
+            result, committed = run_upload(home, out, store)
+        else:
+            with contextlib.closing(beside):
+                result, committed = run_upload(home, out, store, beside)
+            assert beside.result is not None  # the upload ends once the scan has
+            scanned = beside.result
+            for note in scanned.notes:
+                out.info(note)
     seconds = time.monotonic() - began
     if out.verbose:
         scan_text(scanned, out)

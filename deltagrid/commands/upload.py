@@ -6,6 +6,8 @@ import argparse
 import os
 import sqlite3
 import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from deltagrid.backupdb import scan_queries, snapshots
 from deltagrid.floor.errors import EXIT_OK, EXIT_UNREADABLE, EXIT_VANISHED, DeltagridError
@@ -18,6 +20,9 @@ from deltagrid.store.base import Store
 from deltagrid.uploader.result import UploadResult
 from deltagrid.uploader.spool import clear_leftovers
 
+if TYPE_CHECKING:
+    from deltagrid.scanner.beside import ScanBeside
+
 
 def add(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("upload", parents=[common], help="upload the queue and commit a snapshot")
@@ -25,9 +30,10 @@ def add(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> Non
 
 
 def run_upload(
-    home: Home, out: Output, store: Store | None = None
+    home: Home, out: Output, store: Store | None = None, scan: ScanBeside | None = None
 ) -> tuple[UploadResult, dict[str, int]]:
-    """Upload and commit to `store` (closed here), or to the home's store, checked first."""
+    """Upload and commit to `store` (closed here), or to the home's store, checked first.
+    `scan`: a scan still running beside the upload, whose rows it takes as they come."""
     config = home.config()
     store = store or writable_store(home)
     try:
@@ -38,15 +44,18 @@ def run_upload(
     try:
         publisher = Publisher(home.db_path, store, home.state, config.upload.full_export_every)
         finished = publisher.publish()  # a commit a killed run left between its two steps
-        if scan_queries.interrupted_scan(conn):
+        if scan is None and scan_queries.interrupted_scan(conn):
             raise DeltagridError("the last scan was interrupted; run 'deltagrid scan' again")
         rows, total = scan_queries.pending_totals(conn)
-        if finished["published"] and not rows:  # that was all the killed run had left to do
+        if finished["published"] and not rows and scan is None:  # all the killed run left
             result = UploadResult(finished["published"])
             _describe(home, conn, result.snapshot_id, finished, out)
             return result, finished
         started = time.time_ns()
-        if rows:
+        if scan is not None:
+            result = _drain(home, conn, store, None, out, scan.scanning)
+            assert scan.result is not None  # the drain ends once the scan has
+        elif rows:
             result = _drain(home, conn, store, total, out)
         else:  # a quiet night: nothing to read, so no uploader either
             clear_leftovers(home.spool)
@@ -62,9 +71,14 @@ def run_upload(
 
 
 def _drain(
-    home: Home, conn: sqlite3.Connection, store: Store, total: int, out: Output
+    home: Home,
+    conn: sqlite3.Connection,
+    store: Store,
+    total: int | None,
+    out: Output,
+    scanning: Callable[[bool], bool] | None = None,
 ) -> UploadResult:
-    """Upload the `total` bytes the queue holds."""
+    """Upload the `total` bytes the queue holds (not known while a scan beside adds rows)."""
     from deltagrid.uploader.upload import Uploader
 
     with out.bar(desc="upload", total=total, unit="B", unit_scale=True) as bar:
@@ -76,6 +90,7 @@ def _drain(
             home.config().upload,
             on_progress=bar.update,
             warn=out.warn,
+            scanning=scanning,
         )
         out.so_far = lambda: _uploaded_so_far(getattr(uploader, "result", None))
         return uploader.run()

@@ -35,8 +35,8 @@ def tree(src: Path, files: int, seed: int = 0) -> None:
         (src / f"link{i}").symlink_to(f"d000/f{i:05d}")
 
 
-def recorders(home: Path) -> list[int]:
-    """The pids of recorder processes writing into `home`'s backupdb."""
+def helpers_of(home: Path, module: bytes = RECORDER) -> list[int]:
+    """The pids of helper processes running `module` on `home`'s backupdb."""
     db = os.fsencode(home / "backupdb.sqlite")
     found = []
     for entry in os.listdir("/proc"):
@@ -45,23 +45,30 @@ def recorders(home: Path) -> list[int]:
                 argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
             except OSError:
                 continue
-            if RECORDER in argv and db in argv:
+            if module in argv and db in argv:
                 found.append(int(entry))
     return found
 
 
-def started_with_recorder(home: Path, src: Path) -> tuple[subprocess.Popen[str], int]:
-    """A backup started, once its recorder process has the backupdb open and has had a moment
-    to say it is ready: the backup, the recorder's pid."""
-    proc = dg_started(home, "backup", src)
+def started_with(home: Path, module: bytes, *args: str | Path) -> tuple[subprocess.Popen[str], int]:
+    """A backup started, once its helper running `module` has the backupdb open: the backup,
+    the helper's pid."""
+    proc = dg_started(home, "backup", *args)
     db = str(home / "backupdb.sqlite")
     deadline = time.monotonic() + 120
-    while not (found := [pid for pid in recorders(home) if holds(pid, db)]):
-        assert proc.poll() is None, proc.communicate()
+    while not (found := [pid for pid in helpers_of(home, module) if holds(pid, db)]):
+        assert proc.poll() is None, (f"the backup ended with no {module!r}", proc.communicate())
         assert time.monotonic() < deadline
         time.sleep(0.001)
-    time.sleep(0.1)
     return proc, found[0]
+
+
+def started_with_recorder(home: Path, src: Path) -> tuple[subprocess.Popen[str], int]:
+    """A backup started, once its recorder process has the backupdb open and has had a moment
+    to say it is ready."""
+    started = started_with(home, RECORDER, src)
+    time.sleep(0.1)
+    return started
 
 
 def holds(pid: int, path: str) -> bool:
@@ -73,24 +80,29 @@ def holds(pid: int, path: str) -> bool:
         return False
 
 
-def gone(home: Path) -> bool:
-    """Whether no recorder of `home` is left (a killed one may take a moment to be reaped)."""
+def gone(home: Path, module: bytes = RECORDER) -> bool:
+    """Whether no helper running `module` on `home` is left (a killed one may take a moment
+    to be reaped)."""
     deadline = time.monotonic() + 10
-    while recorders(home):
+    while helpers_of(home, module):
         if time.monotonic() > deadline:
             return False
         time.sleep(0.01)
     return True
 
 
-@pytest.fixture
-def big(tmp_path: Path) -> tuple[Path, Path]:
-    """A home, and a tree whose upload takes a few transactions of thousands of entries (a
-    pack of 256 KiB holds about 2,000 of its files)."""
+def home_with_tree(tmp_path: Path, files: int) -> tuple[Path, Path]:
+    """A home putting packs of 256 KiB (about 2,000 of these files), and a tree of `files`."""
     home, src = tmp_path / "home", tmp_path / "src"
     configure(home, pack_size=256 << 10)
-    tree(src, 8_000)
+    tree(src, files)
     return home, src
+
+
+@pytest.fixture
+def big(tmp_path: Path) -> tuple[Path, Path]:
+    """A home, and a tree whose upload takes a few transactions of thousands of entries."""
+    return home_with_tree(tmp_path, 8_000)
 
 
 def test_a_large_upload_is_recorded_by_a_process_and_restores_exactly(
