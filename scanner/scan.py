@@ -35,6 +35,9 @@ from deltagrid.scanner.pseudo import pseudo_devices
 # Queue rows a commit (an fsync): a kill loses nothing of a scan that counts, as the next one
 # abandons an unfinished scan's rows; 10,000 tuples are a few MB.
 BATCH = 10_000
+# The first batches are smaller, doubling up to BATCH: an upload beside the scan (beside.py)
+# starts on the first, and each lands before the upload has taken the one before.
+FIRST_BATCH = 1_000
 REASONS = ("new", "changed", "meta", "deleted")
 _name = attrgetter("name")
 
@@ -180,6 +183,7 @@ class Scanner:
         self.warn = warn or (lambda _msg: None)
         self.on_flushed = on_flushed or (lambda: None)
         self.rows: list[tuple[Any, ...]] = []  # scan_queries.QUEUE_COLUMNS
+        self.batch = FIRST_BATCH
         self._errors_saved = 0  # scan errors already in the backupdb
 
     def run(self, roots: list[bytes]) -> ScanResult:
@@ -218,7 +222,7 @@ class Scanner:
                 prev.id if prev is not None else None,
             )
         )
-        if len(self.rows) >= BATCH:
+        if len(self.rows) >= self.batch:
             self._flush(conn)
 
     def _flush(self, conn: sqlite3.Connection) -> None:
@@ -226,6 +230,7 @@ class Scanner:
         scan_queries.enqueue(conn, self.result.scan_id, self.rows, errors)
         self._errors_saved += len(errors)
         self.rows = []
+        self.batch = min(2 * self.batch, BATCH)
         self.on_flushed()
 
     def _error(self, path: bytes, exc: Exception) -> None:

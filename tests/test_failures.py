@@ -278,7 +278,7 @@ def test_upload_killed_then_run_again_commits_exactly(
 _KILL_IN_SCAN = """
 import os, signal, sys
 import deltagrid.scanner.scan
-deltagrid.scanner.scan.BATCH = 50
+deltagrid.scanner.scan.BATCH = deltagrid.scanner.scan.FIRST_BATCH = 50
 real = deltagrid.scanner.scan.Scanner._flush
 flushes = []
 def _flush(self, conn):
