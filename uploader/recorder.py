@@ -40,6 +40,11 @@ from deltagrid.uploader.recording import (
 
 _PROCESS_FROM = 1000  # entries in one transaction
 _PROTOCOL = pickle.HIGHEST_PROTOCOL
+# SQLite's page cache here (its default is 2 MiB). Each transaction inserts thousands of keys at
+# random places of the blobs' and contents' hash indexes, ~20 MiB each at a million files: with
+# them cached, 4.4 s less system CPU at a million files (pages not read again), on the core the
+# recorder shares with the scan.
+_CACHE_KIB = 64 << 10
 
 
 class Recorder:
@@ -136,6 +141,7 @@ def _serve(db: Path) -> None:
     """The process: a transaction a message, each answered with its ids or what it raised."""
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
     with contextlib.closing(connect(db)) as conn:
+        conn.execute(f"PRAGMA cache_size=-{_CACHE_KIB}")
         helpers.write(stdout, b"ready")
         while (frame := helpers.read(stdin)) is not None:
             try:
