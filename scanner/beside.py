@@ -110,10 +110,16 @@ class ScanBeside:
     def _read(self) -> None:
         """On a thread: the process's messages, in order, onto `news`."""
         assert self.proc is not None and self.proc.stdout is not None
-        with contextlib.suppress(OSError, ValueError):
-            while (frame := helpers.read(self.proc.stdout)) is not None:
-                self.news.put(pickle.loads(frame))
-        self.news.put(_ENDED)
+        try:
+            with contextlib.suppress(OSError, ValueError):
+                while (frame := helpers.read(self.proc.stdout)) is not None:
+                    try:
+                        news = pickle.loads(frame)
+                    except Exception as exc:  # an error of the process's that does not load
+                        news = BackupDBError(f"the scan process failed: {exc}")
+                    self.news.put(news)
+        finally:  # whatever happens here, the upload waiting for news is told
+            self.news.put(_ENDED)
 
     def _gone(self) -> BackupDBError:
         return BackupDBError(

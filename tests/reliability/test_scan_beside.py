@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import Run, dg, dg_started, one_error
-from tests.reliability.test_recorder import gone, helpers_of, home_with_tree, started_with
+from tests.reliability.test_recorder import gone, helpers_of, home_with_tree, started_with, tree
+from tests.reliability.test_resources import FULL, MiB, Tmpfs, fill, tmpfs  # noqa: F401
 from tests.reliability.test_signals import assert_restores
 from tests.test_maintenance import ok, query
 
@@ -137,4 +138,34 @@ def test_a_missing_source_is_warned_about_by_a_scan_beside(
     _out, err = proc.communicate(timeout=300)
     assert proc.returncode == 23, err
     assert err == f"deltagrid: warning: cannot read {missing}: No such file or directory\n"
+    assert_restores(home, src, tmp_path / "restored")
+
+
+def test_a_full_disk_met_by_the_scan_process_fails_in_one_line_and_the_rerun_finishes(
+    tmp_path: Path,
+    cli_in,
+    tmpfs: Tmpfs,  # noqa: F811 - the fixture, imported above
+) -> None:
+    """A home on a small tmpfs, filled so that a little is left: the scan process's batches
+    meet the full disk (SQLite rolls the batch back) before the upload has anything to write;
+    the backup says so in one line naming the backupdb and publishes nothing; with room
+    again it finishes. Each try a fresh home: only a first backup scans in the process."""
+    src = tmp_path / "src"
+    tree(src, 12_000)
+    for n, leave in enumerate((128 << 10, 256 << 10, 512 << 10, 1 << 20)):
+        home = tmpfs.mount(tmp_path / f"home{n}", 64 * MiB)
+        assert cli_in(home, "init").code == 0
+        filler = fill(home, leave)
+        run = cli_in(home, "backup", src)
+        filler.unlink()
+        assert gone(home, SCANNER)
+        assert ok(home, "snapshots")["snapshots"] == []
+        if f"error: backupdb {home / 'backupdb.sqlite'}: " in run.err:
+            break
+    else:
+        pytest.fail("no full disk met the scan process")
+    line = one_error(run, 1)
+    assert any(why in line for why in FULL), line
+    final = cli_in(home, "backup", src)
+    assert final.code == 0, final.err
     assert_restores(home, src, tmp_path / "restored")
