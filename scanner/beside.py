@@ -33,7 +33,6 @@ from deltagrid.floor import helpers
 from deltagrid.floor.errors import BackupDBError
 from deltagrid.scanner.scan import Scanner, ScanResult
 
-_PROTOCOL = pickle.HIGHEST_PROTOCOL
 _ENDED = None  # the reader thread's last message: the process's output has ended
 
 
@@ -56,19 +55,15 @@ class ScanBeside:
         proc = helpers.start(__name__, os.fspath(self.db))
         if proc is None:
             return False
-        assert proc.stdin is not None and proc.stdout is not None
+        assert proc.stdin is not None
         try:
-            ready = helpers.read(proc.stdout)
-            if ready is not None:
-                helpers.write(proc.stdin, pickle.dumps((roots, options), _PROTOCOL))
-        except OSError:
-            ready = None
+            helpers.send(proc.stdin, (roots, options))
+        except OSError:  # it ended since it said it was ready
+            helpers.stop(proc, timeout=0)
+            return False
         except BaseException:
             helpers.stop(proc, timeout=0)
             raise
-        if ready is None:
-            helpers.stop(proc, timeout=0)
-            return False
         self.proc = proc
         self.reader = threading.Thread(target=self._read, name="dg-scan-news", daemon=True)
         self.reader.start()
@@ -134,14 +129,10 @@ def _serve(db: Path) -> None:
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
 
     def send(news: object) -> None:
-        try:
-            payload = pickle.dumps(news, _PROTOCOL)
-        except Exception:  # an error that does not pickle: its words
-            payload = pickle.dumps(BackupDBError(str(news)), _PROTOCOL)
-        helpers.write(stdout, payload)
+        helpers.send(stdout, news)
 
     with contextlib.closing(connect(db)) as conn:
-        helpers.write(stdout, b"ready")
+        helpers.ready(stdout)
         frame = helpers.read(stdin)
         if frame is None:
             return

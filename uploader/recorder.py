@@ -39,7 +39,6 @@ from deltagrid.uploader.recording import (
 )
 
 _PROCESS_FROM = 1000  # entries in one transaction
-_PROTOCOL = pickle.HIGHEST_PROTOCOL
 # SQLite's page cache here (its default is 2 MiB). Each transaction inserts thousands of keys at
 # random places of the blobs' and contents' hash indexes, ~20 MiB each at a million files: with
 # them cached, 4.4 s less system CPU at a million files (pages not read again), on the core the
@@ -76,7 +75,7 @@ class Recorder:
             return
         assert self.proc.stdin is not None
         try:
-            helpers.write(self.proc.stdin, pickle.dumps(message, _PROTOCOL))
+            helpers.send(self.proc.stdin, message)
         except OSError:
             raise self._gone() from None
         self.sent = (pack, new)
@@ -103,23 +102,10 @@ class Recorder:
             helpers.stop(self.proc, timeout=60)
 
     def _start(self) -> None:
-        """Start the process, and wait for it to say it is ready. One that cannot start (an
-        interpreter it may not run, a deltagrid it cannot import, a backupdb it cannot open) is
-        not used: this run records on its own connection, as a small one does."""
+        """Start the process (helpers.start). One that cannot start is not used: this run
+        records on its own connection, as a small one does."""
         self.may_start = False
-        proc = helpers.start(__name__, os.fspath(self.db))
-        if proc is None:
-            return
-        assert proc.stdout is not None
-        try:
-            ready = helpers.read(proc.stdout)
-        except BaseException:
-            helpers.stop(proc, timeout=0)
-            raise
-        if ready is None:
-            helpers.stop(proc, timeout=0)
-        else:
-            self.proc = proc
+        self.proc = helpers.start(__name__, os.fspath(self.db))
 
     def _took(self, answer: Answer, pack: PutPack | None, new: list[PendingContent]) -> None:
         blob_ids, content_ids = answer
@@ -142,17 +128,13 @@ def _serve(db: Path) -> None:
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
     with contextlib.closing(connect(db)) as conn:
         conn.execute(f"PRAGMA cache_size=-{_CACHE_KIB}")
-        helpers.write(stdout, b"ready")
+        helpers.ready(stdout)
         while (frame := helpers.read(stdin)) is not None:
             try:
                 answer: object = apply(conn, pickle.loads(frame))
             except Exception as exc:
                 answer = exc
-            try:
-                payload = pickle.dumps(answer, _PROTOCOL)
-            except Exception:  # an error that does not pickle: its words
-                payload = pickle.dumps(BackupDBError(str(answer)), _PROTOCOL)
-            helpers.write(stdout, payload)
+            helpers.send(stdout, answer)
 
 
 if __name__ == "__main__":

@@ -73,14 +73,7 @@ def _scan_beside(plan: ScanPlan, home: Home, out: Output) -> ScanBeside | None:
     finally:
         conn.close()
     beside = ScanBeside(home.db_path, out.warn)
-    options = {
-        "excludes": plan.excludes,
-        "checksum": plan.checksum,
-        "one_file_system": plan.one_file_system,
-        "own": plan.own,
-        "include_pseudo_fs": plan.include_pseudo_fs,
-    }
-    return beside if beside.start(plan.roots, options) else None
+    return beside if beside.start(plan.roots, plan.options()) else None
 
 
 def run(args: argparse.Namespace, home: Home, out: Output) -> int:

@@ -12,6 +12,7 @@ import argparse
 import os
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from deltagrid.commands.init import ensure
 from deltagrid.config import Config
@@ -84,6 +85,17 @@ class ScanPlan:
     own: list[bytes]  # the home and a file:// store: never backed up
     include_pseudo_fs: bool = False
 
+    def options(self) -> dict[str, Any]:
+        """Scanner's keyword arguments for this plan (its roots go to Scanner.run), in this
+        process or in the one that scans beside a first backup's upload."""
+        return {
+            "excludes": self.excludes,
+            "checksum": self.checksum,
+            "one_file_system": self.one_file_system,
+            "own": self.own,
+            "include_pseudo_fs": self.include_pseudo_fs,
+        }
+
 
 def scan_plan(args: argparse.Namespace, home: Home, settings: Config) -> ScanPlan:
     """Check the sources exist (before anything is created) and merge options with the config."""
@@ -121,16 +133,7 @@ def run_scan(plan: ScanPlan, home: Home, out: Output, list_queued: bool = False)
     conn = home.connect()
     try:
         with out.bar(desc="scan", unit=" entries") as bar:
-            scanner = Scanner(
-                conn,
-                plan.excludes,
-                checksum=plan.checksum,
-                one_file_system=plan.one_file_system,
-                on_entries=bar.update,
-                warn=out.warn,
-                own=plan.own,
-                include_pseudo_fs=plan.include_pseudo_fs,
-            )
+            scanner = Scanner(conn, on_entries=bar.update, warn=out.warn, **plan.options())
             out.so_far = lambda: _scanned_so_far(scanner)
             result = scanner.run(plan.roots)
     finally:

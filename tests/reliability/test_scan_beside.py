@@ -38,7 +38,7 @@ def stopped_scanning(home: Path, pid: int) -> None:
 
 @pytest.fixture
 def big(tmp_path: Path) -> tuple[Path, Path]:
-    """A home, and a tree whose scan takes two batches (10,000 rows a batch)."""
+    """A home, and a tree whose scan takes a few batches (1,000 rows, doubling)."""
     return home_with_tree(tmp_path, 12_000)
 
 
