@@ -13,7 +13,7 @@ import os
 import re
 import sqlite3
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
 
@@ -71,6 +71,7 @@ DAMAGE = (sqlite3.DatabaseError, UnicodeDecodeError)
 # What `create` runs: generated from schema.py by `python -m deltagrid.backupdb.schema_sql`.
 SCHEMA_SQL = Path(__file__).with_name("schema.sql")
 _CREATE = re.compile(r"^(CREATE (?:UNIQUE )?(?:TABLE|INDEX)) ")
+_INDEX_NAME = re.compile(r"^CREATE (?:UNIQUE )?INDEX IF NOT EXISTS (\S+) ")
 
 
 def configure(conn: sqlite3.Connection, busy_ms: int, read_only: bool = False) -> None:
@@ -91,6 +92,17 @@ def _ddl(if_missing: bool = False) -> Iterator[str]:
         if if_missing:
             statement = _CREATE.sub(r"\1 IF NOT EXISTS ", statement.strip(), count=1)
         yield statement
+
+
+def index_ddl(names: Iterable[str]) -> list[str]:
+    """schema.sql's statements that create the indexes `names`, each skipping one that exists."""
+    wanted = set(names)
+    found = []
+    for statement in _ddl(if_missing=True):
+        match = _INDEX_NAME.match(statement)
+        if match is not None and match[1] in wanted:
+            found.append(statement)
+    return found
 
 
 def create(path: Path) -> sqlite3.Connection:

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
 from deltagrid.backupdb import damage
+from deltagrid.backupdb.connection import index_ddl
 from deltagrid.backupdb.entries import META_COLUMNS, time_from_db, time_to_db
 from deltagrid.backupdb.sql import (
     HASH_KEY,
@@ -186,18 +187,21 @@ class NewContent(NamedTuple):
     blob_ids: Sequence[int]
 
 
-def add_contents(conn: sqlite3.Connection, new: Sequence[NewContent]) -> list[int]:
+def add_contents(
+    conn: sqlite3.Connection, new: Sequence[NewContent], all_new: bool = False
+) -> list[int]:
     """Insert many contents and their blob lists (in a write transaction); their ids, in order.
 
     A content whose hash the catalog holds already is a broken one stored again (the uploader
     saw no intact content with these bytes): it is healed in place, keeping its id, so every
     snapshot and every delta built on it reads the new blobs. So a hash has one content: the
-    index on contents.hash holds only its first bytes and cannot enforce it (schema.py)."""
-    held = dict(
-        rows_by_hash(
-            conn, f"SELECT hash, id FROM contents WHERE {HASH_KEY} IN ({{}})", [c.hash for c in new]
-        )
-    )
+    index on contents.hash holds only its first bytes and cannot enforce it (schema.py).
+    `all_new`: none of them can be in the catalog (a first backup's, uploader/catalog.py), which
+    is then not asked, as its hash index may not be built yet."""
+    held: dict[bytes, int] = {}
+    if not all_new:
+        query = f"SELECT hash, id FROM contents WHERE {HASH_KEY} IN ({{}})"
+        held = dict(rows_by_hash(conn, query, [c.hash for c in new]))
     fresh = [c for c in new if c.hash not in held]
     assert len({c.hash for c in fresh}) == len(fresh), "one content a hash (no index enforces it)"
     columns = ("hash", "size", "basis_id", "depth", "chain_bytes")
@@ -250,6 +254,31 @@ _BLOBS_BY_HASH = f"""
 SELECT hash, id FROM blobs WHERE {HASH_KEY} IN ({{}})
 AND id NOT IN (SELECT blob_id FROM damaged_blobs)
 """
+
+
+# The indexes on a hash's first bytes (schema.py): a random key, so each transaction of a large
+# first backup would write most of their pages again. A first backup builds them once instead,
+# at its end or when it first asks for a hash (uploader/catalog.py); a query is right without
+# them, only slow.
+HASH_INDEXES = ("blobs_by_hash_key", "contents_by_hash_key")
+
+
+def hash_indexes_built(conn: sqlite3.Connection) -> bool:
+    placeholders = ", ".join("?" * len(HASH_INDEXES))
+    query = f"SELECT count(*) FROM sqlite_master WHERE type = 'index' AND name IN ({placeholders})"
+    return bool(conn.execute(query, HASH_INDEXES).fetchone()[0] == len(HASH_INDEXES))
+
+
+def drop_hash_indexes(conn: sqlite3.Connection) -> None:
+    """In a write transaction."""
+    for name in HASH_INDEXES:
+        conn.execute(f'DROP INDEX IF EXISTS "{name}"')
+
+
+def build_hash_indexes(conn: sqlite3.Connection) -> None:
+    """In a write transaction: seconds at a million files, one sort of each."""
+    for statement in index_ddl(HASH_INDEXES):
+        conn.execute(statement)
 
 
 def blobs_by_hash(conn: sqlite3.Connection, digests: Iterable[bytes]) -> dict[bytes, int]:

@@ -19,8 +19,10 @@ import pytest
 
 import deltagrid.uploader.bigfiles
 import deltagrid.uploader.upload
+from deltagrid.backupdb import connection
 from deltagrid.floor import rdiff
 from deltagrid.uploader.bigfiles import BigReader, PieceSigner
+from deltagrid.uploader.catalog import CatalogCache
 from deltagrid.uploader.pieces import Squeezer
 from deltagrid.uploader.reader import sign, signature_args
 from deltagrid.uploader.settings import UploadSettings
@@ -233,7 +235,10 @@ def test_passes_waiting_hold_a_bounded_amount_of_basis_signatures(
     monkeypatch.setattr(deltagrid.uploader.bigfiles, "_SIGNATURES_HELD", len(sig) + 1)
     settings = UploadSettings(piece_size=PIECE_SIZE)
     squeezer = Squeezer(1)
-    reader = BigReader(settings, squeezer, tmp_path, tmp_path, str(tmp_path / "no.db"))
+    db = tmp_path / "backupdb.sqlite"
+    conn = connection.create(db)
+    catalog = CatalogCache(conn, lambda: ())
+    reader = BigReader(settings, squeezer, tmp_path, tmp_path, str(db), catalog)
     gate = threading.Event()
     reader.pool.submit(gate.wait)  # nothing runs until all three are queued
     futures = [reader.submit(os.fsencode(path), False, (i, sig)) for i, path in enumerate(paths)]
@@ -256,3 +261,4 @@ def test_passes_waiting_hold_a_bounded_amount_of_basis_signatures(
                     f.close()
         reader.close()
         squeezer.close()
+        conn.close()

@@ -12,12 +12,15 @@ import os
 import random
 import shutil
 import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
 
+import deltagrid.uploader.bigfiles
 import deltagrid.uploader.catalog
 import deltagrid.uploader.reader
+import deltagrid.uploader.upload
 from tests.helpers import fail_reading, restored_root, watch_opening
 
 PIECE_SIZE = 256 << 10
@@ -72,14 +75,17 @@ def test_copies_across_records_and_runs_are_stored_once(
     """The uploader's catalog cache keeps its answers, "not there" included, across its records
     and is never asked on a first backup: a copy met in a later batch, or in a later run, must
     reuse the content stored before. Small packs: many records a run. With `bound`, the cache
-    is dropped every 40 hashes."""
+    is dropped every 40 hashes: the copies are then asked about, a first backup's catalog by
+    then without its hash indexes (catalog.py), which the first question builds."""
     if bound is not None:
         monkeypatch.setattr(deltagrid.uploader.catalog, "_MAX", bound)
     with open(tmp_path / "home" / "config.toml", "a") as f:
         f.write(f"pack_size = {PIECE_SIZE}\n")
     src, files = tree
     files["d5/piece"] = files["d0/f0049"][:PIECE_SIZE]  # a small file: one blob stored before
-    (src / "d5/piece").write_bytes(files["d5/piece"])
+    files["d5/zz-copy"] = files["d0/f0049"]  # a large one: its pieces found by the big reader
+    for rel in ("d5/piece", "d5/zz-copy"):
+        (src / rel).write_bytes(files[rel])
     assert cli("backup", src).code == 0
     contents, blobs = catalog_size(tmp_path / "home")
     assert contents == len(set(files.values()))
@@ -116,6 +122,42 @@ def test_a_first_backup_past_the_bound_asks_the_catalog_only_about_copies(
     assert cli("backup", src).code == 0
     copies = len(files) - len(set(files.values()))
     assert 0 < len(asked) <= copies  # at most one question per copy, none for a new file
+    assert restored(cli, tmp_path / "r", src) == files
+
+
+def test_a_first_backup_finds_a_large_copy_through_the_big_reader_past_the_bound(
+    tmp_path: Path, cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A large file copied far from its original, on a first backup whose cache dropped its
+    answers: the big reader asks the catalog about the copy's pieces first, and must build the
+    hash indexes the first backup left unbuilt (catalog.py) before it asks; each piece, and the
+    content, is stored once."""
+    monkeypatch.setattr(deltagrid.uploader.catalog, "_MAX", 40)
+    built: list[str] = []
+    real = deltagrid.uploader.bigfiles.upload_queries.build_hash_indexes
+
+    def noting(conn: sqlite3.Connection) -> None:
+        built.append(threading.current_thread().name)
+        real(conn)
+
+    monkeypatch.setattr(deltagrid.uploader.bigfiles.upload_queries, "build_hash_indexes", noting)
+    assert cli("init").code == 0
+    with open(tmp_path / "home" / "config.toml", "a") as f:
+        f.write(f"\n[upload]\npiece_size = {PIECE_SIZE}\npack_size = {PIECE_SIZE}\n")
+    rng = random.Random(3)
+    src = tmp_path / "src"
+    files = {"a-big": rng.randbytes(3 * PIECE_SIZE + 5)}
+    # Beyond the look-ahead's horizon: the copy is read once the original is recorded.
+    monkeypatch.setattr(deltagrid.uploader.upload, "_LOOK_AHEAD", 500)
+    small = 1_500
+    files |= {f"m/{i // 500}/{i:04d}": rng.randbytes(1_000) for i in range(small)}  # 6 packs
+    files["a/copy"] = files["a-big"]  # in a directory queued after m/ (the scan is depth-first)
+    for rel, data in files.items():
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        (src / rel).write_bytes(data)
+    assert cli("backup", src).code == 0
+    assert any(name.startswith("dg-big") for name in built), built
+    assert catalog_size(tmp_path / "home") == (small + 1, small + 4)  # the large one: 4 pieces
     assert restored(cli, tmp_path / "r", src) == files
 
 

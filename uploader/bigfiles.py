@@ -23,13 +23,16 @@ import threading
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor, Future, ThreadPoolExecutor, wait
+from contextlib import closing
 from pathlib import Path
 from queue import Empty, SimpleQueue
 from typing import BinaryIO
 
 from deltagrid.backupdb import upload_queries
+from deltagrid.backupdb.connection import connect, transaction
 from deltagrid.floor import rdiff
 from deltagrid.floor.pools import shut_down
+from deltagrid.uploader.catalog import CatalogCache
 from deltagrid.uploader.delta_feed import ByteStream
 from deltagrid.uploader.packing import FinishedPack, Packer, PendingBlob
 from deltagrid.uploader.pieces import Cutter, Pieces, Squeezer
@@ -49,11 +52,18 @@ class Stopped(Exception):
 
 class BigReader:
     def __init__(
-        self, settings: UploadSettings, squeezer: Squeezer, spool: Path, workdir: Path, db: str
+        self,
+        settings: UploadSettings,
+        squeezer: Squeezer,
+        spool: Path,
+        workdir: Path,
+        db: str,
+        catalog: CatalogCache,
     ) -> None:
-        """`db`: the backupdb's file, read on this thread."""
+        """`db`: the backupdb's file, read on this thread when `catalog` does not know."""
         self.settings = settings
         self.db = db
+        self.catalog = catalog
         self.conn: sqlite3.Connection | None = None  # opened by the first big file's pass
         self.squeezer = squeezer
         self.spool = spool
@@ -174,10 +184,16 @@ class BigReader:
         return take
 
     def _stored_blob(self, digest: bytes) -> int | None:
+        known, blob_id = self.catalog.blob_if_known(digest)
+        if known:
+            return blob_id
         if self.conn is None:
             self.conn = sqlite3.connect(
                 Path(self.db).as_uri() + "?mode=ro", uri=True, check_same_thread=False
             )
+        if not upload_queries.hash_indexes_built(self.conn):  # a first backup's: build them
+            with closing(connect(Path(self.db))) as conn, transaction(conn):
+                upload_queries.build_hash_indexes(conn)
         return upload_queries.blobs_by_hash(self.conn, [digest]).get(digest)
 
     def _hand_over(self) -> None:

@@ -8,6 +8,11 @@ they hold `_MAX` hashes, so memory stays flat; on a first backup the first 8 byt
 added are kept (a few dozen bytes a hash, not a few hundred), so a hash whose prefix was never
 added is still known to be new without asking, and only a real copy (or a rare shared prefix)
 is asked about.
+
+Nor does a first backup keep the catalog's hash indexes up to date while it adds (each of its
+transactions would write most of their pages again: at a million tiny files, more than the rest
+of the recording): it drops them, and builds them once at its end (`build_indexes`), or as soon
+as the catalog must be asked for a hash. An upload after one that was killed builds them first.
 """
 
 from __future__ import annotations
@@ -16,8 +21,10 @@ import sqlite3
 from collections.abc import Callable, Iterable
 
 from deltagrid.backupdb import upload_queries
+from deltagrid.backupdb.connection import transaction
 
 _MAX = 200_000
+_UNKNOWN = -1  # no id
 
 
 class CatalogCache:
@@ -30,6 +37,12 @@ class CatalogCache:
         # On a first backup: a hash not answered, whose prefix is not in `added`, is not there.
         self.complete = upload_queries.holds_no_contents(conn)
         self.added: set[int] = set()  # prefixes of the hashes added, once the answers were dropped
+        self.indexed = False
+        if self.complete:
+            with transaction(conn):
+                upload_queries.drop_hash_indexes(conn)
+        else:
+            self.build_indexes()
 
     def content(self, digest: bytes) -> int | None:
         """The id of the content with these bytes, if the catalog has one."""
@@ -38,6 +51,22 @@ class CatalogCache:
     def blob(self, digest: bytes) -> int | None:
         """The id of a stored blob with these raw bytes, if the catalog has one."""
         return self._known(self.blobs, digest)
+
+    def blob_if_known(self, digest: bytes) -> tuple[bool, int | None]:
+        """Whether the answer is known without asking, and the blob's id if there is one. Safe
+        on another thread (the big files' reader): a dict or set lookup, and `_bound` adds the
+        prefixes before it drops the answers."""
+        blob_id = self.blobs.get(digest, _UNKNOWN)
+        if blob_id != _UNKNOWN:
+            return True, blob_id
+        return not self._unknown(digest), None
+
+    def build_indexes(self) -> None:
+        """Build the hash indexes a first backup dropped, if they are not built."""
+        if not self.indexed and not upload_queries.hash_indexes_built(self.conn):
+            with transaction(self.conn):
+                upload_queries.build_hash_indexes(self.conn)
+        self.indexed = True
 
     def stored_blobs(self, digests: Iterable[bytes]) -> dict[bytes, int]:
         """Those of `digests` the catalog has a blob for, asked in one query."""
@@ -62,8 +91,10 @@ class CatalogCache:
 
     def _may_hold(self, answers: dict[bytes, int | None], digest: bytes) -> bool:
         """Whether the catalog must be asked: the answer is not known."""
-        if digest in answers:
-            return False
+        return digest not in answers and self._unknown(digest)
+
+    def _unknown(self, digest: bytes) -> bool:
+        """Whether the catalog may hold a hash the answers do not have."""
         return not self.complete or (bool(self.added) and _prefix(digest) in self.added)
 
     def _ask(self, wanted: set[bytes], contents: bool = True) -> None:
@@ -74,6 +105,7 @@ class CatalogCache:
         copies the set, then discards every key of the view), a cost per miss that grew with
         the run and made a million-file backup superlinear."""
         self._bound()
+        self.build_indexes()
         if contents:
             asked = {d for d in wanted if d not in self.contents}
             found = upload_queries.contents_by_hash(self.conn, asked)

@@ -64,10 +64,13 @@ class Recorder:
         self.sent: tuple[PutPack | None, list[PendingContent]] | None = None  # answer awaited
         self.may_start = True
 
-    def submit(self, pack: PutPack | None, records: list[Record], snapshot_id: int) -> None:
-        """Record `pack` (if any) and `records` once the transaction before is committed."""
+    def submit(
+        self, pack: PutPack | None, records: list[Record], snapshot_id: int, fresh: bool
+    ) -> None:
+        """Record `pack` (if any) and `records` once the transaction before is committed;
+        `fresh`: their new contents cannot be in the catalog (recording.py)."""
         self.wait()
-        message, new = encode(snapshot_id, pack, records)
+        message, new = encode(snapshot_id, fresh, pack, records)
         if self.proc is None and self.may_start and len(records) >= _PROCESS_FROM:
             self._start()
         if self.proc is None:

@@ -47,19 +47,20 @@ class Record:
 
 # A pack put, to be recorded with its blobs: (its ref, its size, its blobs in order).
 PutPack = tuple[str, int, list[PendingBlob]]
-# A transaction as plain values: (snapshot, pack or None, entries). A pack is (ref, size, blob
+# A transaction as plain values: (snapshot, fresh, pack or None, entries); `fresh`: its new
+# contents cannot be in the catalog (add_contents). A pack is (ref, size, blob
 # index entries); an entry is (queue row, outcome, path, version ended, Meta.values() or None,
 # content, recheck, versions ended below). A content is None, an id, a hash (one added earlier
 # in the same transaction) or a new one: (hash, size, basis, depth, chain bytes, blobs), where a
 # blob is an id or the hash of a blob of the transaction's pack.
-Message = tuple[int, Any, list[tuple[Any, ...]]]
+Message = tuple[int, bool, Any, list[tuple[Any, ...]]]
 # What `apply` answers: the ids of the pack's blobs, in order, and of the new contents, in the
 # order the message brought them.
 Answer = tuple[list[int], list[int]]
 
 
 def encode(
-    snapshot_id: int, pack: PutPack | None, records: list[Record]
+    snapshot_id: int, fresh: bool, pack: PutPack | None, records: list[Record]
 ) -> tuple[Message, list[PendingContent]]:
     """The transaction that records `pack` and `records`, and the new contents it adds (to be
     given their ids from the answer). Contents and blobs added by earlier transactions have
@@ -97,7 +98,7 @@ def encode(
             size,
             [(e.offset, e.length, e.raw_length, e.hash) for e in (b.entry for b in in_pack)],
         )
-    return (snapshot_id, put, entries), new
+    return (snapshot_id, fresh, put, entries), new
 
 
 def _blob(blob: PendingBlob) -> int | bytes:
@@ -106,7 +107,7 @@ def _blob(blob: PendingBlob) -> int | bytes:
 
 def apply(conn: sqlite3.Connection, message: Message) -> Answer:
     """Write the transaction `message` holds: committed whole, or rolled back if it raises."""
-    snapshot_id, pack, entries = message
+    snapshot_id, fresh, pack, entries = message
     with transaction(conn):
         blob_ids: list[int] = []
         in_pack: dict[bytes, int] = {}
@@ -115,13 +116,14 @@ def apply(conn: sqlite3.Connection, message: Message) -> Answer:
             pack_id = upload_queries.add_pack(conn, ref, size, snapshot_id)
             blob_ids = upload_queries.add_blobs(conn, pack_id, index)
             in_pack = {e[3]: blob_id for e, blob_id in zip(index, blob_ids, strict=True)}
-        content_ids = _record_entries(conn, snapshot_id, entries, in_pack)
+        content_ids = _record_entries(conn, snapshot_id, fresh, entries, in_pack)
     return blob_ids, content_ids
 
 
 def _record_entries(
     conn: sqlite3.Connection,
     snapshot_id: int,
+    fresh: bool,
     entries: list[tuple[Any, ...]],
     in_pack: dict[bytes, int],
 ) -> list[int]:
@@ -134,7 +136,7 @@ def _record_entries(
         )
         for digest, size, basis, depth, chain, blobs in new
     ]
-    content_ids = upload_queries.add_contents(conn, rows)
+    content_ids = upload_queries.add_contents(conn, rows, fresh)
     by_hash = {c[0]: i for c, i in zip(new, content_ids, strict=True)}
     path_ids = upload_queries.ensure_paths(conn, [e[2] for e in entries if e[4] is not None])
     versions = []

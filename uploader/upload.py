@@ -128,12 +128,14 @@ class Uploader:
             parts.callback(self.squeezer.close)
             self.ahead = ReadAhead(self.settings, self.workdir)
             parts.callback(self.ahead.close)
+            self.catalog = CatalogCache(self.conn, self.ahead.ready_digests)
             db = self.conn.execute("PRAGMA database_list").fetchone()[2]
-            self.big = BigReader(self.settings, self.squeezer, self.spool, self.workdir, db)
+            self.big = BigReader(
+                self.settings, self.squeezer, self.spool, self.workdir, db, self.catalog
+            )
             parts.callback(self.big.close)
             self.recorder = Recorder(self.conn, Path(db), self._recorded)
             parts.callback(self.recorder.close)
-            self.catalog = CatalogCache(self.conn, self.ahead.ready_digests)
             self._drain()
         return self.result
 
@@ -192,6 +194,7 @@ class Uploader:
         self._settle(everything=True)
         self._flush_pack()
         self.recorder.wait()
+        self.catalog.build_indexes()
         for unused in upload_queries.unused_contents(conn, self.ended_contents):
             self.sigcache.discard(unused)
 
@@ -487,7 +490,7 @@ class Uploader:
         records: list[Record] = []
         if with_entries:
             records, self.records = self.records, []
-        self.recorder.submit(pack, records, self.result.snapshot_id)
+        self.recorder.submit(pack, records, self.result.snapshot_id, self.catalog.complete)
         if not with_entries:
             self.recorder.wait()
 

@@ -9,16 +9,20 @@ from __future__ import annotations
 import os
 import random
 import signal
+import sqlite3
 import subprocess
 import time
+from contextlib import closing
 from pathlib import Path
 
 import pytest
 
+from deltagrid.backupdb import connection
+from deltagrid.backupdb.upload_queries import HASH_INDEXES
 from tests.helpers import dg_started, one_error
 from tests.reliability.test_resources import FULL, MiB, Tmpfs, fill, tmpfs  # noqa: F401
 from tests.reliability.test_signals import assert_no_litter, assert_restores
-from tests.test_maintenance import call, configure, ok
+from tests.test_maintenance import call, configure, ok, query
 
 RECORDER = b"deltagrid.uploader.recorder"
 
@@ -142,6 +146,43 @@ def test_an_upload_stopped_while_its_recorder_works_leaves_none_and_the_rerun_fi
     rerun = call(home, "backup", src)
     assert rerun.code == 0, rerun.err
     assert_no_litter(home)
+    assert_restores(home, src, tmp_path / "restored")
+    assert ok(home, "verify", "--read-data")["problems"] == []
+
+
+def indexes(db: Path) -> set[tuple[str, str]]:
+    """The backupdb's indexes (name, CREATE statement), those SQLite makes itself left out."""
+    with closing(sqlite3.connect(db)) as conn:
+        rows = conn.execute("SELECT name, sql FROM sqlite_master WHERE type = 'index'")
+        return {(name, sql) for name, sql in rows if sql is not None}
+
+
+def test_a_first_backup_builds_its_hash_indexes_at_its_end_and_after_a_kill_its_rerun_does(
+    tmp_path: Path,
+) -> None:
+    """A first backup drops the catalog's two indexes on a hash and builds them once, at its
+    end (uploader/catalog.py). Killed once it has recorded, it leaves a backupdb without them,
+    whose next upload builds them before it records: the backupdb then has every index of a
+    new one, each content once, and everything restores."""
+    home, src = home_with_tree(tmp_path, 20_000)
+    connection.create(tmp_path / "new.sqlite").close()
+    schema = indexes(tmp_path / "new.sqlite")
+    db = home / "backupdb.sqlite"
+    assert {name for name, _sql in schema} >= set(HASH_INDEXES)
+    proc, _pid = started_with_recorder(home, src)
+    while not query(home, "SELECT 1 FROM contents LIMIT 1"):
+        assert proc.poll() is None, "the backup ended before it recorded anything"
+        time.sleep(0.002)
+    proc.kill()
+    proc.communicate(timeout=60)
+    assert gone(home)
+    assert {name for name, _sql in indexes(db)} == {name for name, _sql in schema} - set(
+        HASH_INDEXES
+    )
+    rerun = call(home, "backup", src)
+    assert rerun.code == 0, rerun.err
+    assert indexes(db) == schema
+    assert query(home, "SELECT count(*) = count(DISTINCT hash) FROM contents") == [(1,)]
     assert_restores(home, src, tmp_path / "restored")
     assert ok(home, "verify", "--read-data")["problems"] == []
 
