@@ -13,7 +13,7 @@ import os
 import re
 import sqlite3
 import urllib.parse
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
 
@@ -94,15 +94,32 @@ def _ddl(if_missing: bool = False) -> Iterator[str]:
         yield statement
 
 
-def index_ddl(names: Iterable[str]) -> list[str]:
-    """schema.sql's statements that create the indexes `names`, each skipping one that exists."""
-    wanted = set(names)
-    found = []
+# The indexes on a hash's first bytes (schema.py): a random key, so each of many transactions
+# of new rows writes most of their pages again. A first backup builds them once, after its
+# inserts (uploader/catalog.py); a query is right without them, only slow. (`export.load`
+# inserts in one transaction, which writes each page once: building after was no faster.)
+HASH_INDEXES = ("blobs_by_hash_key", "contents_by_hash_key")
+
+
+def hash_indexes_built(conn: sqlite3.Connection) -> bool:
+    placeholders = ", ".join("?" * len(HASH_INDEXES))
+    query = f"SELECT count(*) FROM sqlite_master WHERE type = 'index' AND name IN ({placeholders})"
+    return bool(conn.execute(query, HASH_INDEXES).fetchone()[0] == len(HASH_INDEXES))
+
+
+def drop_hash_indexes(conn: sqlite3.Connection) -> None:
+    """In a write transaction."""
+    for name in HASH_INDEXES:
+        conn.execute(f'DROP INDEX IF EXISTS "{name}"')
+
+
+def build_hash_indexes(conn: sqlite3.Connection) -> None:
+    """In a write transaction: schema.sql's statements, each index sorted once (seconds at a
+    million files)."""
     for statement in _ddl(if_missing=True):
         match = _INDEX_NAME.match(statement)
-        if match is not None and match[1] in wanted:
-            found.append(statement)
-    return found
+        if match is not None and match[1] in HASH_INDEXES:
+            conn.execute(statement)
 
 
 def create(path: Path) -> sqlite3.Connection:

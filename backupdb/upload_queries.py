@@ -14,7 +14,6 @@ from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
 from deltagrid.backupdb import damage
-from deltagrid.backupdb.connection import index_ddl
 from deltagrid.backupdb.entries import META_COLUMNS, time_from_db, time_to_db
 from deltagrid.backupdb.sql import (
     HASH_KEY,
@@ -254,31 +253,6 @@ _BLOBS_BY_HASH = f"""
 SELECT hash, id FROM blobs WHERE {HASH_KEY} IN ({{}})
 AND id NOT IN (SELECT blob_id FROM damaged_blobs)
 """
-
-
-# The indexes on a hash's first bytes (schema.py): a random key, so each transaction of a large
-# first backup would write most of their pages again. A first backup builds them once instead,
-# at its end or when it first asks for a hash (uploader/catalog.py); a query is right without
-# them, only slow.
-HASH_INDEXES = ("blobs_by_hash_key", "contents_by_hash_key")
-
-
-def hash_indexes_built(conn: sqlite3.Connection) -> bool:
-    placeholders = ", ".join("?" * len(HASH_INDEXES))
-    query = f"SELECT count(*) FROM sqlite_master WHERE type = 'index' AND name IN ({placeholders})"
-    return bool(conn.execute(query, HASH_INDEXES).fetchone()[0] == len(HASH_INDEXES))
-
-
-def drop_hash_indexes(conn: sqlite3.Connection) -> None:
-    """In a write transaction."""
-    for name in HASH_INDEXES:
-        conn.execute(f'DROP INDEX IF EXISTS "{name}"')
-
-
-def build_hash_indexes(conn: sqlite3.Connection) -> None:
-    """In a write transaction: seconds at a million files, one sort of each."""
-    for statement in index_ddl(HASH_INDEXES):
-        conn.execute(statement)
 
 
 def blobs_by_hash(conn: sqlite3.Connection, digests: Iterable[bytes]) -> dict[bytes, int]:

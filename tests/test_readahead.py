@@ -21,6 +21,7 @@ import deltagrid.uploader.bigfiles
 import deltagrid.uploader.catalog
 import deltagrid.uploader.reader
 import deltagrid.uploader.upload
+from deltagrid.backupdb import connection
 from tests.helpers import fail_reading, restored_root, watch_opening
 
 PIECE_SIZE = 256 << 10
@@ -134,13 +135,13 @@ def test_a_first_backup_finds_a_large_copy_through_the_big_reader_past_the_bound
     content, is stored once."""
     monkeypatch.setattr(deltagrid.uploader.catalog, "_MAX", 40)
     built: list[str] = []
-    real = deltagrid.uploader.bigfiles.upload_queries.build_hash_indexes
+    real = connection.build_hash_indexes
 
     def noting(conn: sqlite3.Connection) -> None:
         built.append(threading.current_thread().name)
         real(conn)
 
-    monkeypatch.setattr(deltagrid.uploader.bigfiles.upload_queries, "build_hash_indexes", noting)
+    monkeypatch.setattr(connection, "build_hash_indexes", noting)
     assert cli("init").code == 0
     with open(tmp_path / "home" / "config.toml", "a") as f:
         f.write(f"\n[upload]\npiece_size = {PIECE_SIZE}\npack_size = {PIECE_SIZE}\n")

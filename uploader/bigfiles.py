@@ -28,8 +28,7 @@ from pathlib import Path
 from queue import Empty, SimpleQueue
 from typing import BinaryIO
 
-from deltagrid.backupdb import upload_queries
-from deltagrid.backupdb.connection import connect, transaction
+from deltagrid.backupdb import connection, upload_queries
 from deltagrid.floor import rdiff
 from deltagrid.floor.pools import shut_down
 from deltagrid.uploader.catalog import CatalogCache
@@ -191,9 +190,9 @@ class BigReader:
             self.conn = sqlite3.connect(
                 Path(self.db).as_uri() + "?mode=ro", uri=True, check_same_thread=False
             )
-        if not upload_queries.hash_indexes_built(self.conn):  # a first backup's: build them
-            with closing(connect(Path(self.db))) as conn, transaction(conn):
-                upload_queries.build_hash_indexes(conn)
+        if not connection.hash_indexes_built(self.conn):  # a first backup's: build them
+            with closing(connection.connect(Path(self.db))) as conn, connection.transaction(conn):
+                connection.build_hash_indexes(conn)
         return upload_queries.blobs_by_hash(self.conn, [digest]).get(digest)
 
     def _hand_over(self) -> None:

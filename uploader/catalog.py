@@ -20,7 +20,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable, Iterable
 
-from deltagrid.backupdb import upload_queries
+from deltagrid.backupdb import connection, upload_queries
 from deltagrid.backupdb.connection import transaction
 
 _MAX = 200_000
@@ -40,7 +40,7 @@ class CatalogCache:
         self.indexed = False
         if self.complete:
             with transaction(conn):
-                upload_queries.drop_hash_indexes(conn)
+                connection.drop_hash_indexes(conn)
         else:
             self.build_indexes()
 
@@ -63,9 +63,9 @@ class CatalogCache:
 
     def build_indexes(self) -> None:
         """Build the hash indexes a first backup dropped, if they are not built."""
-        if not self.indexed and not upload_queries.hash_indexes_built(self.conn):
+        if not self.indexed and not connection.hash_indexes_built(self.conn):
             with transaction(self.conn):
-                upload_queries.build_hash_indexes(self.conn)
+                connection.build_hash_indexes(self.conn)
         self.indexed = True
 
     def stored_blobs(self, digests: Iterable[bytes]) -> dict[bytes, int]:

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from deltagrid.backupdb import connection
-from deltagrid.backupdb.upload_queries import HASH_INDEXES
+from deltagrid.backupdb.connection import HASH_INDEXES
 from tests.helpers import dg_started, one_error
 from tests.reliability.test_resources import FULL, MiB, Tmpfs, fill, tmpfs  # noqa: F401
 from tests.reliability.test_signals import assert_no_litter, assert_restores
