@@ -24,7 +24,7 @@ from deltagrid.repository import identity
 from deltagrid.repository.fetch import fetch_export
 from deltagrid.repository.root import EXPORT_BLOCK, parse_root
 from deltagrid.store.base import Store
-from deltagrid.store.pack import digest
+from deltagrid.store.pack import digest, digest_file
 
 
 def attach(store: Store, db_path: Path, state: Path) -> int:
@@ -43,13 +43,14 @@ def attach(store: Store, db_path: Path, state: Path) -> int:
         _set_aside(db_path)
         os.replace(rebuilt, db_path)
         fsync_dir(db_path.parent)
-        data = exported.read_bytes()
-    sig = io.BytesIO()
-    magic, _block, strong = rdiff.signature_args(len(data))
-    rdiff.signature(io.BytesIO(data), sig, strong, magic, EXPORT_BLOCK)
+        sig = io.BytesIO()
+        magic, _block, strong = rdiff.signature_args(exported.stat().st_size)
+        with open(exported, "rb") as f:
+            rdiff.signature(f, sig, strong, magic, EXPORT_BLOCK)
+        export_hash = digest_file(exported).hex()
     state.mkdir(parents=True, exist_ok=True)
     atomic_write(state / "last-export.sig", sig.getvalue())
-    record = {"hash": digest(data).hex(), "sig": digest(sig.getvalue()).hex()}
+    record = {"hash": export_hash, "sig": digest(sig.getvalue()).hex()}
     atomic_write(state / "last-export.json", json.dumps(record).encode())
     identity.save(state, identity.adopted(root))
     return int(root["snapshot"])
