@@ -21,7 +21,6 @@ import sqlite3
 from collections.abc import Callable, Iterable
 
 from deltagrid.backupdb import connection, upload_queries
-from deltagrid.backupdb.connection import transaction
 
 _MAX = 200_000
 _UNKNOWN = -1  # no id
@@ -39,7 +38,7 @@ class CatalogCache:
         self.added: set[int] = set()  # prefixes of the hashes added, once the answers were dropped
         self.indexed = False
         if self.complete:
-            with transaction(conn):
+            with connection.transaction(conn):
                 connection.drop_hash_indexes(conn)
         else:
             self.build_indexes()
@@ -64,7 +63,7 @@ class CatalogCache:
     def build_indexes(self) -> None:
         """Build the hash indexes a first backup dropped, if they are not built."""
         if not self.indexed and not connection.hash_indexes_built(self.conn):
-            with transaction(self.conn):
+            with connection.transaction(self.conn):
                 connection.build_hash_indexes(self.conn)
         self.indexed = True
 
