@@ -108,18 +108,22 @@ def hash_indexes_built(conn: sqlite3.Connection) -> bool:
 
 
 def drop_hash_indexes(conn: sqlite3.Connection) -> None:
-    """In a write transaction."""
-    for name in HASH_INDEXES:
-        conn.execute(f'DROP INDEX IF EXISTS "{name}"')
+    """In a write transaction of its own."""
+    with transaction(conn):
+        for name in HASH_INDEXES:
+            conn.execute(f'DROP INDEX IF EXISTS "{name}"')
 
 
 def build_hash_indexes(conn: sqlite3.Connection) -> None:
-    """In a write transaction: schema.sql's statements, each index sorted once (seconds at a
-    million files)."""
-    for statement in _ddl(if_missing=True):
-        match = _INDEX_NAME.match(statement)
-        if match is not None and match[1] in HASH_INDEXES:
-            conn.execute(statement)
+    """Unless they are built, in a write transaction of its own: schema.sql's statements, each
+    index sorted once (seconds at a million files)."""
+    if hash_indexes_built(conn):
+        return
+    with transaction(conn):
+        for statement in _ddl(if_missing=True):
+            match = _INDEX_NAME.match(statement)
+            if match is not None and match[1] in HASH_INDEXES:
+                conn.execute(statement)
 
 
 def create(path: Path) -> sqlite3.Connection:

@@ -24,7 +24,7 @@ from deltagrid.repository import identity
 from deltagrid.repository.fetch import fetch_export
 from deltagrid.repository.root import EXPORT_BLOCK, parse_root
 from deltagrid.store.base import Store
-from deltagrid.store.pack import digest, digest_file
+from deltagrid.store.pack import digest
 
 
 def attach(store: Store, db_path: Path, state: Path) -> int:
@@ -47,10 +47,10 @@ def attach(store: Store, db_path: Path, state: Path) -> int:
         magic, _block, strong = rdiff.signature_args(exported.stat().st_size)
         with open(exported, "rb") as f:
             rdiff.signature(f, sig, strong, magic, EXPORT_BLOCK)
-        export_hash = digest_file(exported).hex()
     state.mkdir(parents=True, exist_ok=True)
     atomic_write(state / "last-export.sig", sig.getvalue())
-    record = {"hash": export_hash, "sig": digest(sig.getvalue()).hex()}
+    # fetch_export checked the export against the hash its root records: no need to read it again
+    record = {"hash": root["backupdb"][-1]["hash"], "sig": digest(sig.getvalue()).hex()}
     atomic_write(state / "last-export.json", json.dumps(record).encode())
     identity.save(state, identity.adopted(root))
     return int(root["snapshot"])

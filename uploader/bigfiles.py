@@ -191,7 +191,7 @@ class BigReader:
                 Path(self.db).as_uri() + "?mode=ro", uri=True, check_same_thread=False
             )
         if not connection.hash_indexes_built(self.conn):  # a first backup's: build them
-            with closing(connection.connect(Path(self.db))) as conn, connection.transaction(conn):
+            with closing(connection.connect(Path(self.db))) as conn:
                 connection.build_hash_indexes(conn)
         return upload_queries.blobs_by_hash(self.conn, [digest]).get(digest)
 

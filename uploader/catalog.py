@@ -38,8 +38,7 @@ class CatalogCache:
         self.added: set[int] = set()  # prefixes of the hashes added, once the answers were dropped
         self.indexed = False
         if self.complete:
-            with connection.transaction(conn):
-                connection.drop_hash_indexes(conn)
+            connection.drop_hash_indexes(conn)
         else:
             self.build_indexes()
 
@@ -62,9 +61,8 @@ class CatalogCache:
 
     def build_indexes(self) -> None:
         """Build the hash indexes a first backup dropped, if they are not built."""
-        if not self.indexed and not connection.hash_indexes_built(self.conn):
-            with connection.transaction(self.conn):
-                connection.build_hash_indexes(self.conn)
+        if not self.indexed:
+            connection.build_hash_indexes(self.conn)
         self.indexed = True
 
     def stored_blobs(self, digests: Iterable[bytes]) -> dict[bytes, int]:

@@ -41,8 +41,9 @@ from deltagrid.uploader.recording import (
 _PROCESS_FROM = 1000  # entries in one transaction
 # SQLite's page cache here (its default is 2 MiB). Each transaction inserts thousands of keys at
 # random places of the blobs' and contents' hash indexes, ~20 MiB each at a million files: with
-# them cached, 4.4 s less system CPU at a million files (pages not read again), on the core the
-# recorder shares with the scan.
+# them cached, 4.4 s less system CPU on a million-file first backup (pages not read again), on
+# the core the recorder shares with the scan. A first backup now builds those indexes at its end
+# (catalog.py); a large upload into a catalog that has them still inserts into them.
 _CACHE_KIB = 64 << 10
 
 
