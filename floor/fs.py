@@ -1,9 +1,12 @@
 """File-system helpers every stage shares: durable directory entries, a filesystem-wide sync,
-and the crash-safe write (temporary name, fsync, rename, fsync the directory)."""
+the crash-safe write (temporary name, fsync, rename, fsync the directory), and a read that
+tells whether the page cache held the bytes."""
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import errno
 import os
 import tempfile
 from pathlib import Path
@@ -22,6 +25,51 @@ def _load_libc() -> ctypes.CDLL | None:
 
 
 _libc = _load_libc()
+# preadv2's RWF_NOWAIT (Linux 4.14): a read that fails with EAGAIN where it would wait for the
+# disk. Elsewhere, and on a file system that does not take the flag, every read is a plain one.
+_NOWAIT = getattr(os, "RWF_NOWAIT", 0)
+
+
+def read_cached(fd: int, n: int) -> tuple[bytes, bool]:
+    """Up to `n` bytes of the open file `fd` from offset 0 (its position is not moved), and
+    whether they had to come from the disk: the page cache did not hold them. A read the page
+    cache answers only in part comes back short, as from the cache."""
+    if _NOWAIT:
+        buffer = bytearray(n)
+        try:
+            got = os.preadv(fd, [buffer], 0, _NOWAIT)
+        except BlockingIOError:
+            return os.pread(fd, n, 0), True
+        except OSError as exc:
+            if exc.errno != errno.EOPNOTSUPP:
+                raise
+        else:
+            return bytes(memoryview(buffer)[:got]), False
+    return os.pread(fd, n, 0), False
+
+
+def fetch_ahead(path: bytes) -> bool:
+    """Whether the start of the file at `path` was not in the page cache, in which case the
+    kernel is asked to read the file in (posix_fadvise WILLNEED), without waiting for it: a
+    later read finds it there. False where the system cannot tell; an error is left for the
+    later read to meet. Opening without O_NOATIME is enough: only a read sets the atime."""
+    if not _NOWAIT:
+        return False
+    try:
+        fd = longpath.open_file(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return False
+    try:
+        os.preadv(fd, [bytearray(1)], 0, _NOWAIT)
+        return False
+    except BlockingIOError:
+        with contextlib.suppress(OSError):
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
 
 
 def fsync_dir(path: Path) -> None:

@@ -22,6 +22,7 @@ import deltagrid.uploader.catalog
 import deltagrid.uploader.reader
 import deltagrid.uploader.upload
 from deltagrid.backupdb import connection
+from deltagrid.floor import fs
 from tests.helpers import fail_reading, restored_root, watch_opening
 
 PIECE_SIZE = 256 << 10
@@ -160,6 +161,91 @@ def test_a_first_backup_finds_a_large_copy_through_the_big_reader_past_the_bound
     assert any(name.startswith("dg-big") for name in built), built
     assert catalog_size(tmp_path / "home") == (small + 1, small + 4)  # the large one: 4 pieces
     assert restored(cli, tmp_path / "r", src) == files
+
+
+needs_nowait = pytest.mark.skipif(
+    not hasattr(os, "RWF_NOWAIT"), reason="no read here says whether it would wait for the disk"
+)
+
+
+def evict(paths: list[Path]) -> bool:
+    """Drop the files' pages from the page cache, as the system does with what nobody read
+    lately; whether that took (a file system held in memory, tmpfs, cannot)."""
+    os.sync()  # only clean pages go
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+    fd = os.open(paths[-1], os.O_RDONLY)
+    try:
+        waited = fs.read_cached(fd, 1)[1]
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+    return waited
+
+
+@needs_nowait
+def test_a_read_says_whether_the_page_cache_held_the_file(tmp_path: Path) -> None:
+    """fs.read_cached reads from offset 0, leaves the position alone, and says whether the bytes
+    came from the disk; fs.fetch_ahead says whether the file was not cached and asks for it."""
+    path = tmp_path / "f"
+    data = random.Random(1).randbytes(3_000)
+    path.write_bytes(data)
+    if not evict([path]):
+        pytest.skip("this file system keeps every file in memory")
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        assert fs.read_cached(fd, 4_000) == (data, True)
+        assert os.lseek(fd, 0, os.SEEK_CUR) == 0
+        assert fs.read_cached(fd, 10) == (data[:10], False)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        assert fs.fetch_ahead(os.fsencode(path)) is True
+        assert os.read(fd, 4_000) == data  # waits for what was asked for, if it is not in yet
+        assert fs.fetch_ahead(os.fsencode(path)) is False
+    finally:
+        os.close(fd)
+    assert fs.fetch_ahead(os.fsencode(tmp_path / "gone")) is False  # left for the read to meet
+
+
+@needs_nowait
+def test_tiny_files_the_page_cache_lost_are_asked_for_ahead_until_found_cached(
+    tmp_path: Path, cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A first backup of tiny files nobody read lately: the main thread reads them one at a
+    time, each read waiting for the disk. Once a run of them is found on the disk, the kernel
+    is asked for the next runs before they are read, side by side. A tree found cached is
+    not asked for: the asking stops. Both restore exactly."""
+    rng = random.Random(5)
+    src = tmp_path / "src"
+    files = {f"d{i // 250}/f{i:04d}": rng.randbytes(rng.randrange(1, 300)) for i in range(2_000)}
+    for rel, data in files.items():
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        (src / rel).write_bytes(data)
+    if not evict([src / rel for rel in files]):
+        pytest.skip("this file system keeps every file in memory")
+    asked: list[bool] = []
+    real = fs.fetch_ahead
+
+    def noting(path: bytes) -> bool:
+        asked.append(real(path))
+        return asked[-1]
+
+    monkeypatch.setattr(fs, "fetch_ahead", noting)
+    assert cli("init").code == 0
+    assert cli("backup", src).code == 0
+    # All but the first run or so (64 files) were asked for, each found on the disk.
+    assert asked.count(True) >= 0.9 * len(files), (len(asked), asked.count(True))
+
+    asked.clear()
+    shutil.copytree(src, tmp_path / "copy")  # written just now: in the page cache
+    shutil.move(tmp_path / "copy", src / "copy")
+    assert cli("backup", src).code == 0
+    assert len(asked) < 0.1 * len(files), (len(asked), asked.count(True))
+    expected = files | {f"copy/{rel}": data for rel, data in files.items()}
+    assert restored(cli, tmp_path / "r", src) == expected
 
 
 def test_unreadable_files_read_ahead_are_reported_for_themselves(

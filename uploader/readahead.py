@@ -3,13 +3,16 @@
 The upload is CPU-bound on one thread (BLAKE2b, librsync signatures, zstd), and all three release
 the GIL on large buffers. Two workers prepare the next queue entries, a run of them a task, while
 the main thread still decides and records strictly in queue order; runs of tiny files, whose
-work holds the GIL, the main thread prepares itself when it reaches them. The window is bounded by
-bytes, so memory stays flat; files too large to hold in memory are read elsewhere (bigfiles.py).
+work holds the GIL, the main thread prepares itself when it reaches them. Once such a run finds
+files that had to come from the disk, the main thread asks the kernel to read the next runs in
+before it reaches them, until it finds them cached. The window is bounded by bytes, so memory
+stays flat; files too large to hold in memory are read elsewhere (bigfiles.py).
 """
 
 from __future__ import annotations
 
 import io
+import itertools
 import os
 import stat
 import threading
@@ -24,7 +27,7 @@ from typing import Any, BinaryIO
 import zstandard
 
 from deltagrid.backupdb.entries import KIND_FILE
-from deltagrid.floor import longpath
+from deltagrid.floor import fs, longpath
 from deltagrid.floor.pools import shut_down
 from deltagrid.uploader import reader
 from deltagrid.uploader.packing import PendingBlob
@@ -43,6 +46,13 @@ _RUN_BYTES = 1 << 20
 # their hashing and compression are too short to release the GIL for long, so a reader thread
 # only adds GIL hand-overs (each of a file's six system calls): 5% more CPU and wall time.
 _INLINE_MAX = 4096
+# Tiny files not in the page cache: a first backup of a tree nobody read lately (a million tiny
+# files are 4 GB of page cache, which the system reclaims). Read one at a time, each read waits
+# for the disk; asked for a run at a time (floor/fs.py fetch_ahead), the kernel reads them side by
+# side. A run with _COLD_FILES files read from the disk starts that, for the run at hand and the
+# next ones, _WARMED in all, until a run it is asked for is found cached.
+_COLD_FILES = 2
+_WARMED = 3
 
 
 @dataclass(slots=True)
@@ -68,6 +78,8 @@ class ReadAhead:
         self.settings = settings
         self.workdir = workdir
         self.pool = ThreadPoolExecutor(_WORKERS, thread_name_prefix="dg-read")
+        self.cold = False  # the tiny files are on the disk, not in the page cache
+        self.warmed = -1  # the first queue row of the last run of them asked for ahead
         self.local = threading.local()
         self.waiting: deque[tuple[Any, bool]] = deque()  # (row, compress) not yet submitted
         # Runs in queue order: (their first queue row, their bytes, the future of their entries
@@ -108,6 +120,8 @@ class ReadAhead:
                 discard(taken)
             if not self.submitted or self.submitted[0][0] > qid:
                 return None
+            if self.cold:
+                self._fetch_ahead()
             _first, size, work = self.submitted.popleft()
             if isinstance(work, list):
                 self._fill()
@@ -159,16 +173,36 @@ class ReadAhead:
                 self.submitted.append((run[0][0], size, future))
                 self.buffered += size
 
+    def _fetch_ahead(self) -> None:
+        """Ask the kernel to read in the next runs of tiny files, the one at hand first; stop
+        asking once a run is found cached."""
+        for first, _size, work in itertools.islice(self.submitted, _WARMED):
+            if not isinstance(work, list):
+                return
+            if first > self.warmed:
+                self.warmed = first
+                self.cold = (
+                    sum(fs.fetch_ahead(path) for _qid, path, _size, _c in work) >= _COLD_FILES
+                )
+                if not self.cold:
+                    return
+
     def _prepare_run(self, run: list[Run]) -> list[tuple[int, Taken]]:
         """Each file of a run prepared, or what preparing it raised (the main thread raises it
-        when it reaches the file)."""
+        when it reaches the file). A run of tiny files says whether the page cache held them."""
         compressor = self._compressor()
         out: list[tuple[int, Taken]] = []
+        waited = 0
         for qid, path, size, compress in run:
             try:
-                out.append((qid, self._prepare(path, size, compressor if compress else None)))
+                prepared = self._prepare(path, size, compressor if compress else None)
             except Exception as exc:
                 out.append((qid, exc))
+                continue
+            waited += prepared.source is not None and prepared.source.waited
+            out.append((qid, prepared))
+        if waited >= _COLD_FILES:
+            self.cold = True
         return out
 
     def _prepare(

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from deltagrid.backupdb.entries import Meta
-from deltagrid.floor import longpath, rdiff, sparse, xattrs
+from deltagrid.floor import fs, longpath, rdiff, sparse, xattrs
 from deltagrid.uploader.holes import read_runs
 
 _CHUNK = 1 << 20
@@ -30,6 +30,7 @@ _CHUNK = 1 << 20
 # busy log, a device-like file claiming a size it does not have) is caught by the check after
 # the read, and flagged or copied as it stood, instead of read forever.
 GROWTH = 1 << 20
+_PROBED = 4096  # tiny files, which the main thread reads itself (readahead.py), say more
 
 
 class ChangedWhileReading(Exception):
@@ -56,6 +57,22 @@ def _read_fd(fd: int, n: int) -> bytes:
         return os.read(fd, n)
     except OSError as exc:
         raise SourceError(exc) from exc
+
+
+def _read_first(fd: int, size: int) -> tuple[bytes, bool]:
+    """The first read of a file held in memory, one byte past its `size`, and for a tiny one
+    whether it waited for the disk (fs.read_cached: the read-ahead then asks for the next ones
+    ahead). Unless it read `size` bytes, all there is to read, the fd is left positioned after
+    them for the reads that follow."""
+    if size > _PROBED:
+        return _read_fd(fd, min(size + 1, _CHUNK)), False
+    try:
+        data, waited = fs.read_cached(fd, size + 1)
+        if len(data) != size:
+            os.lseek(fd, len(data), os.SEEK_SET)
+    except OSError as exc:
+        raise SourceError(exc) from exc
+    return data, waited
 
 
 class BackgroundHash:
@@ -172,6 +189,7 @@ class Source:
     path: Path | None = None  # the original, or a private temporary copy
     temporary: bool = False
     attributes: bool = False  # meta.xattrs was read (on the descriptor read), not left unread
+    waited: bool = False  # tiny, and its read waited for the disk (readahead.py)
 
     def open(self) -> BinaryIO:
         if self.data is not None:
@@ -292,8 +310,9 @@ def read_opened(
     # reading to EOF takes two; a larger one, or one grown or shrunk since the fstat, is read
     # on to the end, or to GROWTH past its size.
     try:
-        chunks = [_read_fd(fd, min(before.st_size + 1, _CHUNK))]
-        if len(chunks[0]) != before.st_size:
+        first, waited = _read_first(fd, before.st_size)
+        chunks = [first]
+        if len(first) != before.st_size:
             read = len(chunks[0])
             while read < limit and (chunk := _read_fd(fd, min(_CHUNK, limit - read))):
                 chunks.append(chunk)
@@ -314,6 +333,7 @@ def read_opened(
         changed=stat_key(before) != stat_key(after) or len(data) == limit,
         data=data,
         attributes=attributes,
+        waited=waited,
     )
 
 
