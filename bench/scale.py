@@ -33,6 +33,7 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -293,20 +294,28 @@ class ResticRepo:
         return run(Restic.binary, "backup", "-q", *sources, env=self.env)
 
 
-def versus(size: int, sources: list[Path], work: Path, rounds: int, repeat: int) -> list[list]:
+def versus(
+    size: int, sources: list[Path], work: Path, rounds: int, repeat: int, cold: bool
+) -> list[list]:
     """deltagrid and restic side by side, interleaved (deltagrid, then restic, `rounds` times)
     so both see the same load: the initial backup into a fresh home and repository, then
-    `repeat` no-change nights each, again interleaved. Rows: one a tool."""
+    `repeat` no-change nights each, again interleaved. Rows: one a tool. With `cold`, each
+    initial backup starts with the tree's file data out of the page cache (`evict`)."""
     seen: dict[str, dict[str, list[Child]]] = {"deltagrid": defaultdict(list)}
     seen["restic"] = defaultdict(list)
     stored = {}
     loads = [os.getloadavg()[0]]
-    warm(sources)
+    if not cold:
+        warm(sources)
     for r in range(rounds):
         home = work / f"home-{size}"
         shutil.rmtree(home, ignore_errors=True)
+        if cold:
+            evict(sources)
         seen["deltagrid"]["initial"].append(deltagrid(home, "backup", *sources))
         repo = ResticRepo(work / f"restic-{size}")
+        if cold:
+            evict(sources)
         seen["restic"]["initial"].append(repo.backup(*sources))
         stored = {"deltagrid": du(home / "store"), "restic": du(repo.repo)}
         loads.append(os.getloadavg()[0])
@@ -346,14 +355,32 @@ def versus(size: int, sources: list[Path], work: Path, rounds: int, repeat: int)
     return rows
 
 
-def warm(sources: list[Path]) -> None:
-    """Read the whole tree once, untimed: the first tool to run would otherwise be the one to
-    bring its inodes and bytes into the page cache."""
+def each_file(sources: list[Path]) -> Iterator[str]:
     for source in sources:
         for directory, _dirs, files in os.walk(source):
             for name in files:
-                with open(os.path.join(directory, name), "rb") as f:
-                    f.read()
+                yield os.path.join(directory, name)
+
+
+def warm(sources: list[Path]) -> None:
+    """Read the whole tree once, untimed: the first tool to run would otherwise be the one to
+    bring its inodes and bytes into the page cache."""
+    for path in each_file(sources):
+        with open(path, "rb") as f:
+            f.read()
+
+
+def evict(sources: list[Path]) -> None:
+    """Drop the tree's file data from the page cache, as the system does with what nobody read
+    lately: the first backup of a real tree reads it from the disk. Written back first (only
+    clean pages go); the inodes stay cached (drop_caches, which needs root, drops them too)."""
+    os.sync()
+    for path in each_file(sources):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
 
 
 def median_min(children: list[Child]) -> tuple[float, float]:
@@ -385,6 +412,9 @@ def main() -> None:
     parser.add_argument("--no-restic", action="store_true")
     parser.add_argument("--details", action="store_true", help="deltagrid's own rows too")
     parser.add_argument("--drop-cache", action="store_true", help="delete the tree at the end")
+    parser.add_argument(
+        "--cold", action="store_true", help="each initial backup reads the tree from the disk"
+    )
     add_binary_options(parser)
     args = parser.parse_args()
     use_binaries(args)
@@ -405,7 +435,7 @@ def main() -> None:
         for size in sizes:
             parts = ensure_parts(args.cache, size // PART, args.shape)
             if restic:
-                pairs += versus(size, parts, work, args.rounds, args.repeat)
+                pairs += versus(size, parts, work, args.rounds, args.repeat, args.cold)
             if args.details or not restic:
                 details.append(measure(size, parts, work, args.repeat))
         if args.details or not restic:
@@ -424,12 +454,12 @@ def main() -> None:
     )
     print(f"\n{shape}; {versions}\n")
     if pairs:
-        print_versus(pairs, args.rounds, args.repeat)
+        print_versus(pairs, args.rounds, args.repeat, args.cold)
     if details:
         print_details(details, starts, quiet, args.repeat)
 
 
-def print_versus(rows: list[list], rounds: int, repeat: int) -> None:
+def print_versus(rows: list[list], rounds: int, repeat: int, cold: bool) -> None:
     header = [
         "files",
         "tool",
@@ -446,7 +476,8 @@ def print_versus(rows: list[list], rounds: int, repeat: int) -> None:
     ]
     print(
         f"initial: {rounds} interleaved pairs (deltagrid, then restic) into fresh homes and "
-        f"repositories; night: {repeat} interleaved no-change runs; medians and minimums; "
+        f"repositories{', each with the tree out of the page cache' if cold else ''}; "
+        f"night: {repeat} interleaved no-change runs; medians and minimums; "
         "load: the 1-minute load average seen during the size; ratios of the medians\n"
     )
     print(tables.render([header, *rows], left=(1,)))
