@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import errno
 import os
 import tempfile
 from pathlib import Path
@@ -31,21 +30,20 @@ _NOWAIT = getattr(os, "RWF_NOWAIT", 0)
 
 
 def read_cached(fd: int, n: int) -> tuple[bytes, bool]:
-    """Up to `n` bytes of the open file `fd` from offset 0 (its position is not moved), and
+    """Up to `n` bytes of the open file `fd`, read at its position as os.read reads them, and
     whether they had to come from the disk: the page cache did not hold them. A read the page
     cache answers only in part comes back short, as from the cache."""
     if _NOWAIT:
         buffer = bytearray(n)
         try:
-            got = os.preadv(fd, [buffer], 0, _NOWAIT)
+            got = os.preadv(fd, [buffer], -1, _NOWAIT)  # -1: at the position, moving it
         except BlockingIOError:
-            return os.pread(fd, n, 0), True
-        except OSError as exc:
-            if exc.errno != errno.EOPNOTSUPP:
-                raise
+            return os.read(fd, n), True
+        except OSError:  # a file the flag does not apply to: read as ever
+            pass
         else:
             return bytes(memoryview(buffer)[:got]), False
-    return os.pread(fd, n, 0), False
+    return os.read(fd, n), False
 
 
 def fetch_ahead(path: bytes) -> bool:

@@ -189,8 +189,8 @@ def evict(paths: list[Path]) -> bool:
 
 @needs_nowait
 def test_a_read_says_whether_the_page_cache_held_the_file(tmp_path: Path) -> None:
-    """fs.read_cached reads from offset 0, leaves the position alone, and says whether the bytes
-    came from the disk; fs.fetch_ahead says whether the file was not cached and asks for it."""
+    """fs.read_cached reads at the position, as os.read does, and says whether the bytes came
+    from the disk; fs.fetch_ahead says whether the file was not cached and asks for it."""
     path = tmp_path / "f"
     data = random.Random(1).randbytes(3_000)
     path.write_bytes(data)
@@ -199,15 +199,24 @@ def test_a_read_says_whether_the_page_cache_held_the_file(tmp_path: Path) -> Non
     fd = os.open(path, os.O_RDONLY)
     try:
         assert fs.read_cached(fd, 4_000) == (data, True)
-        assert os.lseek(fd, 0, os.SEEK_CUR) == 0
-        assert fs.read_cached(fd, 10) == (data[:10], False)
+        assert fs.read_cached(fd, 10) == (b"", False)  # at the end
+        os.lseek(fd, 2_000, os.SEEK_SET)
+        assert fs.read_cached(fd, 10) == (data[2_000:2_010], False)
+        assert os.lseek(fd, 0, os.SEEK_CUR) == 2_010
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
         assert fs.fetch_ahead(os.fsencode(path)) is True
-        assert os.read(fd, 4_000) == data  # waits for what was asked for, if it is not in yet
+        assert os.pread(fd, 4_000, 0) == data  # waits for what was asked for, if not in yet
         assert fs.fetch_ahead(os.fsencode(path)) is False
     finally:
         os.close(fd)
     assert fs.fetch_ahead(os.fsencode(tmp_path / "gone")) is False  # left for the read to meet
+    read, write = os.pipe()  # no offsets: read as os.read reads it
+    try:
+        os.write(write, b"abc")
+        assert fs.read_cached(read, 10) == (b"abc", False)
+    finally:
+        os.close(read)
+        os.close(write)
 
 
 @needs_nowait

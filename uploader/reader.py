@@ -62,17 +62,13 @@ def _read_fd(fd: int, n: int) -> bytes:
 def _read_first(fd: int, size: int) -> tuple[bytes, bool]:
     """The first read of a file held in memory, one byte past its `size`, and for a tiny one
     whether it waited for the disk (fs.read_cached: the read-ahead then asks for the next ones
-    ahead). Unless it read `size` bytes, all there is to read, the fd is left positioned after
-    them for the reads that follow."""
+    ahead)."""
     if size > _PROBED:
         return _read_fd(fd, min(size + 1, _CHUNK)), False
     try:
-        data, waited = fs.read_cached(fd, size + 1)
-        if len(data) != size:
-            os.lseek(fd, len(data), os.SEEK_SET)
+        return fs.read_cached(fd, size + 1)
     except OSError as exc:
         raise SourceError(exc) from exc
-    return data, waited
 
 
 class BackgroundHash:
