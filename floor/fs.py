@@ -46,15 +46,26 @@ def read_cached(fd: int, n: int) -> tuple[bytes, bool]:
     return os.read(fd, n), False
 
 
+def open_to_read(path: bytes) -> int:
+    """Open a source file to read its bytes: without following a symlink put in its place,
+    without waiting for a writer if a FIFO is, and without setting its atime where we may
+    (O_NOATIME needs ownership; a backup reads, it does not make the file look read)."""
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK
+    try:
+        return longpath.open_file(path, flags | getattr(os, "O_NOATIME", 0))
+    except PermissionError:
+        return longpath.open_file(path, flags)
+
+
 def fetch_ahead(path: bytes) -> bool:
     """Whether the start of the file at `path` was not in the page cache, in which case the
     kernel is asked to read the file in (posix_fadvise WILLNEED), without waiting for it: a
     later read finds it there. False where the system cannot tell; an error is left for the
-    later read to meet. Opening without O_NOATIME is enough: only a read sets the atime."""
+    later read to meet."""
     if not _NOWAIT:
         return False
     try:
-        fd = longpath.open_file(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        fd = open_to_read(path)
     except OSError:
         return False
     try:

@@ -13,6 +13,7 @@ import random
 import shutil
 import sqlite3
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -187,6 +188,16 @@ def evict(paths: list[Path]) -> bool:
     return waited
 
 
+def tiny_tree(src: Path, count: int, seed: int) -> dict[str, bytes]:
+    """`count` files of 1-299 bytes, 250 a directory."""
+    rng = random.Random(seed)
+    files = {f"d{i // 250}/f{i:04d}": rng.randbytes(rng.randrange(1, 300)) for i in range(count)}
+    for rel, data in files.items():
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        (src / rel).write_bytes(data)
+    return files
+
+
 @needs_nowait
 def test_a_read_says_whether_the_page_cache_held_the_file(tmp_path: Path) -> None:
     """fs.read_cached reads at the position, as os.read does, and says whether the bytes came
@@ -227,12 +238,8 @@ def test_tiny_files_the_page_cache_lost_are_asked_for_ahead_until_found_cached(
     time, each read waiting for the disk. Once a run of them is found on the disk, the kernel
     is asked for the next runs before they are read, side by side. A tree found cached is
     not asked for: the asking stops. Both restore exactly."""
-    rng = random.Random(5)
     src = tmp_path / "src"
-    files = {f"d{i // 250}/f{i:04d}": rng.randbytes(rng.randrange(1, 300)) for i in range(2_000)}
-    for rel, data in files.items():
-        (src / rel).parent.mkdir(parents=True, exist_ok=True)
-        (src / rel).write_bytes(data)
+    files = tiny_tree(src, 2_000, seed=5)
     if not evict([src / rel for rel in files]):
         pytest.skip("this file system keeps every file in memory")
     asked: list[bool] = []
@@ -255,6 +262,26 @@ def test_tiny_files_the_page_cache_lost_are_asked_for_ahead_until_found_cached(
     assert len(asked) < 0.1 * len(files), (len(asked), asked.count(True))
     expected = files | {f"copy/{rel}": data for rel, data in files.items()}
     assert restored(cli, tmp_path / "r", src) == expected
+
+
+@needs_nowait
+def test_a_backup_leaves_every_atime_as_it_was(tmp_path: Path, cli) -> None:
+    """A backup reads a file without making it look read (O_NOATIME), and so does the asking
+    ahead, which reads a byte of each file to tell whether it is cached. Atimes older than the
+    mtimes, which a plain read moves (relatime); half the tree out of the page cache, so the
+    asking starts and then meets cached files: every atime stays as it was."""
+    src = tmp_path / "src"
+    files = tiny_tree(src, 1_000, seed=6)
+    old = time.time_ns() - 2 * 86_400 * 10**9
+    for rel in files:
+        os.utime(src / rel, ns=(old, (src / rel).stat().st_mtime_ns))
+    if not evict([src / rel for rel in list(files)[:500]]):
+        pytest.skip("this file system keeps every file in memory")
+    atimes = {rel: (src / rel).stat().st_atime_ns for rel in files}
+    assert cli("init").code == 0
+    assert cli("backup", src).code == 0
+    assert {rel: (src / rel).stat().st_atime_ns for rel in files} == atimes
+    assert restored(cli, tmp_path / "r", src) == files
 
 
 def test_unreadable_files_read_ahead_are_reported_for_themselves(

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from deltagrid.backupdb.entries import Meta
-from deltagrid.floor import fs, longpath, rdiff, sparse, xattrs
+from deltagrid.floor import fs, rdiff, sparse, xattrs
 from deltagrid.uploader.holes import read_runs
 
 _CHUNK = 1 << 20
@@ -215,12 +215,8 @@ def open_source(path: bytes) -> tuple[int, os.stat_result]:
     """Open a source file for reading without following a symlink put in its place; the fd and
     its fstat. A directory put in its place opens too; it is refused here, as no longer a
     regular file (os.fdopen would refuse it later with an error that is not a SourceError)."""
-    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK
     try:
-        try:
-            fd = longpath.open_file(path, flags | getattr(os, "O_NOATIME", 0))
-        except PermissionError:  # O_NOATIME needs ownership
-            fd = longpath.open_file(path, flags)
+        fd = fs.open_to_read(path)
     except OSError as exc:
         raise SourceError(exc) from exc
     try:
