@@ -30,7 +30,7 @@ _CHUNK = 1 << 20
 # busy log, a device-like file claiming a size it does not have) is caught by the check after
 # the read, and flagged or copied as it stood, instead of read forever.
 GROWTH = 1 << 20
-_PROBED = 4096  # tiny files, which the main thread reads itself (readahead.py), say more
+_PROBED = 4096  # files this small (the main thread reads them itself) say if a read waited
 
 
 class ChangedWhileReading(Exception):
