@@ -45,7 +45,7 @@ _RUN_BYTES = 1 << 20
 # Files this small are prepared by the main thread itself, a run at a time as it reaches them:
 # their hashing and compression are too short to release the GIL for long, so a reader thread
 # only adds GIL hand-overs (each of a file's six system calls): 5% more CPU and wall time.
-_INLINE_MAX = 4096
+_INLINE_MAX = reader.TINY  # one size: up to it, a read says whether it waited for the disk
 # Tiny files not in the page cache: a first backup of a tree nobody read lately (a million tiny
 # files are 4 GB of page cache, which the system reclaims). Read one at a time, each read waits
 # for the disk; asked for a run at a time (floor/fs.py fetch_ahead), the kernel reads them side by

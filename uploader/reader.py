@@ -30,7 +30,9 @@ _CHUNK = 1 << 20
 # busy log, a device-like file claiming a size it does not have) is caught by the check after
 # the read, and flagged or copied as it stood, instead of read forever.
 GROWTH = 1 << 20
-_PROBED = 4096  # files this small (the main thread reads them itself) say if a read waited
+# Tiny files: the read-ahead's main thread reads them itself (readahead.py), and their first
+# read says whether it waited for the disk.
+TINY = 4096
 
 
 class ChangedWhileReading(Exception):
@@ -63,7 +65,7 @@ def _read_first(fd: int, size: int) -> tuple[bytes, bool]:
     """The first read of a file held in memory, one byte past its `size`, and for a tiny one
     whether it waited for the disk (fs.read_cached: the read-ahead then asks for the next ones
     ahead)."""
-    if size > _PROBED:
+    if size > TINY:
         return _read_fd(fd, min(size + 1, _CHUNK)), False
     try:
         return fs.read_cached(fd, size + 1)
